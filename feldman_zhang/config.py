@@ -1,0 +1,100 @@
+"""The base experiment config, its checks, and the part that fixes results.
+
+Files in configs/ start from `base()` and change what their experiment needs;
+every field can be overridden on the command line (--config.num_models=64).
+"""
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A config that cannot run; the message names the field."""
+
+
+# Fields that may differ when a run is resumed: they change how much is done
+# or how it is scheduled, not what any one model computes. (Models per device
+# changes the shapes XLA compiles for, which may reorder float sums; the
+# measured effect is in BENCHMARKS.md.)
+SCHEDULING_FIELDS = ('num_models', 'models_per_device', 'eval_batch_size',
+                     'estimate', 'summary')
+
+
+def base() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.num_models = 1000          # t, the number of subsets and models.
+  c.subset_ratio = 0.7         # m = round(subset_ratio * n), as in the paper.
+  c.models_per_device = 100    # K, models trained by one vmapped call.
+  c.eval_batch_size = 1024
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = 'digits'     # digits | idx:<dir> | npz:<file> | tfds:<name>
+  c.data.data_dir = ''         # tfds only; '' is TFDS's default.
+  c.data.download = False      # tfds only: download and prepare if missing.
+  c.data.num_classes = 0       # 0: the data set's own count.
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = 'mlp'
+  c.model.hidden = (512, 256)
+
+  c.train = ml_collections.ConfigDict()
+  c.train.epochs = 10
+  c.train.batch_size = 128
+  c.train.lr = 0.1
+  c.train.momentum = 0.9
+  c.train.nesterov = False
+  c.train.weight_decay = 0.0
+  c.train.schedule = 'constant'  # constant | cosine | linear (to zero)
+
+  c.estimate = ml_collections.ConfigDict()
+  c.estimate.infl = True
+  c.estimate.infl_stderr = False
+
+  c.summary = ml_collections.ConfigDict()
+  c.summary.mem_threshold = 0.25  # The paper's bar for "memorized".
+  c.summary.top_pairs = 5
+  return c
+
+
+def validate(c) -> None:
+  """Raises ConfigError on the first field that cannot work."""
+  checks = [
+      (c.num_models >= 1, 'num_models must be >= 1'),
+      (0 < c.subset_ratio < 1, 'subset_ratio must lie in (0, 1)'),
+      (c.models_per_device >= 1, 'models_per_device must be >= 1'),
+      (c.eval_batch_size >= 1, 'eval_batch_size must be >= 1'),
+      (c.train.epochs >= 1, 'train.epochs must be >= 1'),
+      (c.train.batch_size >= 1, 'train.batch_size must be >= 1'),
+      (c.train.lr > 0, 'train.lr must be > 0'),
+      (0 <= c.train.momentum < 1, 'train.momentum must lie in [0, 1)'),
+      (c.train.schedule in ('constant', 'cosine', 'linear'),
+       'train.schedule must be constant, cosine or linear'),
+      (c.data.num_classes >= 0, 'data.num_classes must be >= 0'),
+      (c.seed >= 0, 'seed must be >= 0'),
+  ]
+  for ok, message in checks:
+    if not ok:
+      raise ConfigError(f'{message} (got {_value(c, message.split()[0])})')
+
+
+def _value(c, dotted):
+  for part in dotted.split('.'):
+    c = c[part]
+  return c
+
+
+def flatten(d, prefix=''):
+  """Nested dict -> {'a.b': value}."""
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(flatten(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = list(v) if isinstance(v, tuple) else v
+  return out
+
+
+def result_fields(c) -> dict:
+  """The flattened fields that change what the stored models compute."""
+  return {k: v for k, v in flatten(c.to_dict()).items()
+          if k.split('.')[0] not in SCHEDULING_FIELDS}

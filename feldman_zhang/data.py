@@ -1,0 +1,267 @@
+"""Data sets as in-memory arrays, selected by one source string.
+
+Every loader returns a `Dataset`: uint8 images (N, H, W, C) and int32 labels
+(N,), with a fixed train/test split. Sources:
+
+  digits            scikit-learn's bundled 8x8 digits (offline default).
+  idx:<dir>         MNIST-format IDX files, gzip or not.
+  npz:<file>        arrays x_train, y_train, x_test, y_test (num_classes opt.).
+  tfds:<name>       TensorFlow Datasets (mnist, cifar10, cifar100,
+                    imagenet_resized/32x32, ...), read from `data_dir`.
+"""
+
+import dataclasses
+import gzip
+import hashlib
+import os
+
+import numpy as np
+
+
+class DataError(ValueError):
+  """A data set that cannot be loaded; the message is shown to the user."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """x_*: (N, H, W, C) uint8; y_*: (N,) int32 in [0, num_classes)."""
+  name: str
+  x_train: np.ndarray
+  y_train: np.ndarray
+  x_test: np.ndarray
+  y_test: np.ndarray
+  num_classes: int
+
+  @property
+  def num_train(self) -> int:
+    return len(self.y_train)
+
+  @property
+  def num_test(self) -> int:
+    return len(self.y_test)
+
+  def fingerprint(self) -> str:
+    """sha256 over all arrays: the data identity recorded with a run."""
+    h = hashlib.sha256()
+    for a in (self.x_train, self.y_train, self.x_test, self.y_test):
+      h.update(str((a.shape, a.dtype.str)).encode())
+      h.update(np.ascontiguousarray(a).tobytes())
+    h.update(str(self.num_classes).encode())
+    return h.hexdigest()
+
+
+def load(source: str, data_dir: str = '', num_classes: int = 0,
+         download: bool = False) -> Dataset:
+  """Loads and checks the data set named by `source` (see module doc).
+
+  num_classes: 0 takes the data set's own count; otherwise every label must
+    lie in [0, num_classes).
+  """
+  kind, _, arg = source.partition(':')
+  if kind == 'digits' and not arg:
+    ds = _digits()
+  elif kind == 'idx' and arg:
+    ds = _idx(arg)
+  elif kind == 'npz' and arg:
+    ds = _npz(arg)
+  elif kind == 'tfds' and arg:
+    ds = _tfds(arg, data_dir, download)
+  else:
+    raise DataError(f'unknown data source {source!r}: expected digits, '
+                    'idx:<dir>, npz:<file> or tfds:<name>')
+  if num_classes:
+    ds = dataclasses.replace(ds, num_classes=num_classes)
+  return _checked(ds)
+
+
+def _checked(ds: Dataset) -> Dataset:
+  """Normalizes dtypes and layout; rejects what would train silently wrong."""
+  arrays = {}
+  for split in ('train', 'test'):
+    x, y = getattr(ds, f'x_{split}'), getattr(ds, f'y_{split}')
+    x = np.asarray(x)
+    if x.ndim == 3:
+      x = x[..., None]
+    if x.ndim != 4:
+      raise DataError(f'{ds.name}: x_{split} must be (N, H, W[, C]), '
+                      f'got shape {x.shape}')
+    if x.dtype != np.uint8:
+      raise DataError(f'{ds.name}: x_{split} must be uint8, got {x.dtype}')
+    y = np.asarray(y)
+    if y.ndim != 1 or len(y) != len(x):
+      raise DataError(f'{ds.name}: y_{split} must be ({len(x)},), '
+                      f'got shape {y.shape}')
+    if len(y) == 0:
+      raise DataError(f'{ds.name}: the {split} split is empty')
+    if not np.issubdtype(y.dtype, np.integer):
+      raise DataError(f'{ds.name}: y_{split} must hold integers, got {y.dtype}')
+    bad = (y < 0) | (y >= ds.num_classes)
+    if bad.any():
+      raise DataError(
+          f'{ds.name}: {int(bad.sum())} {split} labels out of range '
+          f'[0, {ds.num_classes}), e.g. {int(y[bad][0])} at index '
+          f'{int(np.flatnonzero(bad)[0])}')
+    arrays[f'x_{split}'] = np.ascontiguousarray(x)
+    arrays[f'y_{split}'] = y.astype(np.int32)
+  if arrays['x_train'].shape[1:] != arrays['x_test'].shape[1:]:
+    raise DataError(f'{ds.name}: train images {arrays["x_train"].shape[1:]} '
+                    f'and test images {arrays["x_test"].shape[1:]} differ')
+  return dataclasses.replace(ds, **arrays)
+
+
+# -- digits -------------------------------------------------------------------
+
+DIGITS_TEST_SIZE = 497  # 1797 - 1300: a round training set of 1300.
+DIGITS_SPLIT_SEED = 0
+
+
+def _digits() -> Dataset:
+  """scikit-learn's 1797 8x8 digits, split 1300/497, stratified, seed 0.
+
+  Pixel values 0..16 are rescaled to 0..255 so every source is uint8.
+  """
+  try:
+    from sklearn import datasets as skdatasets
+  except ImportError as e:
+    raise DataError('source digits needs scikit-learn: pip install '
+                    'scikit-learn') from e
+  bunch = skdatasets.load_digits()
+  x = np.round(bunch.images * (255 / 16)).astype(np.uint8)[..., None]
+  y = bunch.target.astype(np.int32)
+  test = _stratified_test_indices(y, DIGITS_TEST_SIZE, DIGITS_SPLIT_SEED)
+  train = np.setdiff1d(np.arange(len(y)), test)
+  return Dataset('digits', x[train], y[train], x[test], y[test], 10)
+
+
+def _stratified_test_indices(y, size, seed):
+  """`size` indices, each class in proportion, chosen by a seeded shuffle."""
+  rng = np.random.default_rng(seed)
+  classes, counts = np.unique(y, return_counts=True)
+  quota = np.floor(counts * size / len(y)).astype(int)
+  # Largest remainders take the leftover places, so the sizes add up exactly.
+  rest = size - quota.sum()
+  quota[np.argsort(-(counts * size / len(y) - quota), kind='stable')[:rest]] += 1
+  picks = [rng.permutation(np.flatnonzero(y == c))[:q]
+           for c, q in zip(classes, quota)]
+  return np.sort(np.concatenate(picks))
+
+
+# -- IDX (MNIST format) -------------------------------------------------------
+
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: '>i2', 0x0C: '>i4',
+               0x0D: '>f4', 0x0E: '>f8'}
+_IDX_FILES = {
+    'x_train': 'train-images-idx3-ubyte', 'y_train': 'train-labels-idx1-ubyte',
+    'x_test': 't10k-images-idx3-ubyte', 'y_test': 't10k-labels-idx1-ubyte'}
+
+
+def read_idx(path: str) -> np.ndarray:
+  """Reads one IDX file (gzip if its name ends in .gz) into an array."""
+  opener = gzip.open if path.endswith('.gz') else open
+  try:
+    with opener(path, 'rb') as f:
+      raw = f.read()
+  except (OSError, EOFError) as e:
+    raise DataError(f'cannot read IDX file {path}: {e}') from e
+  if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+    raise DataError(f'{path} is not an IDX file (bad magic number)')
+  ndim = raw[3]
+  shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], 'big')
+                for i in range(ndim))
+  dtype = np.dtype(_IDX_DTYPES[raw[2]])
+  offset = 4 + 4 * ndim
+  if len(raw) - offset != int(np.prod(shape)) * dtype.itemsize:
+    raise DataError(f'{path}: header says {shape} but the file holds '
+                    f'{len(raw) - offset} bytes of data (truncated?)')
+  return np.frombuffer(raw, dtype, offset=offset).reshape(shape)
+
+
+def _idx(directory: str) -> Dataset:
+  if not os.path.isdir(directory):
+    raise DataError(f'IDX directory {directory} does not exist')
+  arrays = {}
+  for key, stem in _IDX_FILES.items():
+    for name in (stem + '.gz', stem):
+      if os.path.exists(os.path.join(directory, name)):
+        arrays[key] = read_idx(os.path.join(directory, name))
+        break
+    else:
+      raise DataError(f'IDX directory {directory} has no {stem}[.gz]')
+  return Dataset(f'idx:{directory}', num_classes=10, **arrays)
+
+
+# -- npz ----------------------------------------------------------------------
+
+
+def _npz(path: str) -> Dataset:
+  if not os.path.isfile(path):
+    raise DataError(f'npz file {path} does not exist')
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      arrays = {k: f[k] for k in f.files}
+  except (OSError, ValueError) as e:
+    raise DataError(f'cannot read npz file {path}: {e}') from e
+  missing = {'x_train', 'y_train', 'x_test', 'y_test'} - set(arrays)
+  if missing:
+    raise DataError(f'{path} lacks arrays {sorted(missing)}')
+  num_classes = int(arrays.pop('num_classes', 0))
+  arrays = {k: arrays[k] for k in ('x_train', 'y_train', 'x_test', 'y_test')}
+  if not num_classes:
+    num_classes = 1 + int(max(np.max(arrays['y_train'], initial=0),
+                              np.max(arrays['y_test'], initial=0)))
+  return Dataset(f'npz:{path}', num_classes=num_classes, **arrays)
+
+
+# -- TFDS ---------------------------------------------------------------------
+
+
+def _tfds(name: str, data_dir: str, download: bool) -> Dataset:
+  """Reads a TFDS data set through its random-access source (no TensorFlow).
+
+  Data prepared in the TFRecord format is read through TensorFlow when it is
+  installed (`pip install feldman_zhang[tf]`).
+  """
+  try:
+    import tensorflow_datasets as tfds
+  except ImportError as e:
+    raise DataError('tfds sources need tensorflow-datasets: pip install '
+                    'tensorflow-datasets') from e
+  where = data_dir or '~/tensorflow_datasets (the default)'
+  try:
+    builder = tfds.builder(name, data_dir=data_dir or None)
+  except Exception as e:  # TFDS raises several types for unknown names.
+    raise DataError(f'unknown TFDS data set {name!r}: {e}') from e
+  if download and not builder.is_prepared():
+    builder.download_and_prepare(
+        file_format=tfds.core.FileFormat.ARRAY_RECORD)
+  test_split = 'test' if name.split('/')[0] != 'imagenet_resized' else 'validation'
+  arrays = {}
+  for split, tfds_split in (('train', 'train'), ('test', test_split)):
+    try:
+      source = builder.as_data_source(split=tfds_split)
+      examples = [source[i] for i in range(len(source))]
+      arrays[f'x_{split}'] = np.stack([e['image'] for e in examples])
+      arrays[f'y_{split}'] = np.asarray([e['label'] for e in examples])
+    except Exception as e:  # pylint: disable=broad-except
+      if not builder.is_prepared():
+        raise DataError(
+            f'TFDS data set {name!r} is not prepared under data_dir={where}; '
+            'prepare it there on a machine with network access (tfds build '
+            f'{name} --data_dir=DIR --file_format=array_record) or set '
+            'config.data.download=True') from e
+      arrays.update(_tfds_through_tensorflow(builder, split, tfds_split, e))
+  num_classes = builder.info.features['label'].num_classes
+  return Dataset(f'tfds:{name}', num_classes=num_classes, **arrays)
+
+
+def _tfds_through_tensorflow(builder, split, tfds_split, cause):
+  try:
+    import tensorflow_datasets as tfds
+    ds = builder.as_dataset(split=tfds_split, batch_size=-1)
+    batch = tfds.as_numpy(ds)
+  except Exception as e:
+    raise DataError(
+        f'TFDS data set {builder.name!r} under {builder.data_dir} cannot be '
+        f'read without TensorFlow ({cause}); install feldman_zhang[tf] or '
+        're-prepare it with --file_format=array_record') from e
+  return {f'x_{split}': batch['image'], f'y_{split}': batch['label']}

@@ -1,0 +1,79 @@
+"""The end-of-run summary: model accuracy, memorized examples, top pairs."""
+
+import numpy as np
+
+_SHADES = ' .:-=+*#%@'
+
+
+def top_pairs(infl, k):
+  """The k largest entries of infl (n, n_test): [(train i, test j)]."""
+  k = min(k, infl.size)
+  flat = np.argpartition(-infl.reshape(-1), k - 1)[:k]
+  flat = flat[np.argsort(-infl.reshape(-1)[flat], kind='stable')]
+  return [tuple(int(v) for v in np.unravel_index(f, infl.shape)) for f in flat]
+
+
+def summarize(config, ds, preds, valid, est) -> dict:
+  """A JSON-able dict of the run's headline numbers."""
+  test_acc = preds['test_correct'][valid].mean(1)
+  mem = est['mem']
+  threshold = config.summary.mem_threshold
+  order = np.argsort(-mem, kind='stable')
+  out = dict(
+      data=ds.name, num_train=ds.num_train, num_test=ds.num_test,
+      num_models=int(len(valid)), diverged_models=int((~valid).sum()),
+      model_test_acc_mean=float(test_acc.mean()),
+      model_test_acc_sd=float(test_acc.std()),
+      mem_threshold=threshold,
+      num_memorized=int((mem >= threshold).sum()),
+      median_mem_stderr=float(np.median(est['mem_stderr'])),
+      top_memorized=[dict(train=int(i), label=int(ds.y_train[i]),
+                          mem=float(mem[i]),
+                          heldout_acc=float(est['heldout_acc'][i]))
+                     for i in order[:config.summary.top_pairs]])
+  if 'infl' in est:
+    out['top_pairs'] = [
+        dict(train=i, test=j, train_label=int(ds.y_train[i]),
+             test_label=int(ds.y_test[j]), infl=float(est['infl'][i, j]),
+             mem=float(mem[i]))
+        for i, j in top_pairs(est['infl'], config.summary.top_pairs)]
+  return out
+
+
+def ascii_image(x):
+  """(H, W, C) uint8 -> lines of characters, darkest ink as '@'."""
+  g = x.mean(-1) if x.ndim == 3 else x
+  levels = (g.astype(np.float32) / 256 * len(_SHADES)).astype(int)
+  return [''.join(_SHADES[v] * 2 for v in row) for row in levels]
+
+
+def render(s, ds, est) -> str:
+  lines = [
+      f'{s["num_models"]} models on {s["data"]} (n={s["num_train"]}, '
+      f'n_test={s["num_test"]}), {s["diverged_models"]} diverged',
+      f'model test accuracy: {s["model_test_acc_mean"]:.4f} '
+      f'(sd {s["model_test_acc_sd"]:.4f} across models)',
+      f'examples with mem >= {s["mem_threshold"]}: {s["num_memorized"]} of '
+      f'{s["num_train"]} (median mem stderr {s["median_mem_stderr"]:.3f})',
+      'most memorized training examples:']
+  for r in s['top_memorized']:
+    lines.append(f'  train {r["train"]:>6} label {r["label"]}: mem '
+                 f'{r["mem"]:.3f}, held-out accuracy {r["heldout_acc"]:.3f}')
+  # Small images are worth seeing: the memorized ones are the odd ones.
+  if ds.x_train.shape[1] <= 16 and ds.x_train.shape[2] <= 16:
+    pics = [ascii_image(ds.x_train[r['train']]) for r in s['top_memorized']]
+    width = len(pics[0][0]) if pics else 0
+    lines.append('  ' + ' | '.join(f'label {r["label"]}'.ljust(width)
+                                   for r in s['top_memorized']))
+    for row in zip(*pics):
+      lines.append('  ' + ' | '.join(row))
+  if 'top_pairs' in s:
+    lines.append('strongest train -> test influence pairs:')
+    for p in s['top_pairs']:
+      se = (f' +- {est["infl_stderr"][p["train"], p["test"]]:.3f}'
+            if 'infl_stderr' in est else '')
+      lines.append(
+          f'  train {p["train"]:>6} (label {p["train_label"]}) -> test '
+          f'{p["test"]:>6} (label {p["test_label"]}): infl {p["infl"]:.3f}'
+          f'{se}, mem {p["mem"]:.3f}')
+  return '\n'.join(lines)

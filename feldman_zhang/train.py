@@ -1,0 +1,142 @@
+"""Trains K models at once on their own subsets, then evaluates each on all data.
+
+One jitted call (`make_chunk_fn`) does a whole chunk: `jax.vmap` over models of
+a per-model trainer whose epochs and steps run inside `lax.scan`, reading
+mini-batches by gather from the device-resident data set. Each model k draws
+its initialization and its data order from fold_in(key(seed), k), so a model
+trains the same whichever chunk, device or host it lands on.
+"""
+
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def steps_per_epoch(m: int, batch_size: int) -> int:
+  """The last, partial batch is kept (zero-weight padding fills it)."""
+  return math.ceil(m / batch_size)
+
+
+def make_optimizer(config, steps: int) -> optax.GradientTransformation:
+  """SGD with momentum (the reference setup) and an optional schedule.
+
+  config: config.train; steps: steps per epoch.
+  """
+  total = config.epochs * steps
+  if config.schedule == 'constant':
+    lr = config.lr
+  elif config.schedule == 'cosine':
+    lr = optax.cosine_decay_schedule(config.lr, total)
+  elif config.schedule == 'linear':
+    lr = optax.linear_schedule(config.lr, 0.0, total)
+  else:
+    raise ValueError(f'unknown schedule {config.schedule!r}: expected '
+                     'constant, cosine or linear')
+  parts = []
+  if config.weight_decay:
+    parts.append(optax.add_decayed_weights(config.weight_decay))
+  parts.append(optax.sgd(lr, momentum=config.momentum or None,
+                         nesterov=bool(config.nesterov)))
+  return optax.chain(*parts)
+
+
+def model_keys(seed: int, model_ids):
+  """(K,) typed PRNG keys, one per global model id."""
+  return jax.vmap(lambda k: jax.random.fold_in(jax.random.key(seed), k))(
+      jnp.asarray(model_ids, jnp.uint32))
+
+
+def make_train_one(model, tx, *, m: int, batch_size: int, epochs: int):
+  """Returns train_one(key, idx, x, y) -> (params, epoch_losses (epochs,)).
+
+  idx: (m,) int32 training indices of this model's subset; x: (N, H, W, C)
+  uint8 and y: (N,) int32, the whole training set, shared by all models.
+  """
+  steps = steps_per_epoch(m, batch_size)
+  pad = steps * batch_size - m
+  # Padding slots repeat real indices but weigh nothing: static shapes, and
+  # the loss of the short last batch is its true mean.
+  weights = jnp.concatenate([jnp.ones(m), jnp.zeros(pad)]).reshape(
+      steps, batch_size)
+
+  def loss_fn(params, xb, yb, wb):
+    logits = model.apply({'params': params}, xb)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
+    return jnp.sum(losses * wb) / jnp.sum(wb)
+
+  def train_one(key, idx, x, y):
+    init_key, order_key = jax.random.split(key)
+    params = model.init(init_key, x[:1])['params']
+    opt_state = tx.init(params)
+
+    def step(carry, batch):
+      params, opt_state = carry
+      bidx, wb = batch
+      loss, grads = jax.value_and_grad(loss_fn)(params, x[bidx], y[bidx], wb)
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return (optax.apply_updates(params, updates), opt_state), loss
+
+    def epoch(carry, ekey):
+      perm = jax.random.permutation(ekey, idx)
+      order = jnp.concatenate([perm, perm[:pad]]).reshape(steps, batch_size)
+      carry, losses = jax.lax.scan(step, carry, (order, weights))
+      return carry, jnp.sum(losses * weights.sum(1)) / m
+
+    (params, _), epoch_losses = jax.lax.scan(
+        epoch, (params, opt_state), jax.random.split(order_key, epochs))
+    return params, epoch_losses
+
+  return train_one
+
+
+def make_evaluate(model, batch_size: int):
+  """Returns evaluate(params, x, y) -> (correct (N,) bool, p_true (N,) f32)."""
+
+  def evaluate(params, x, y):
+    n = x.shape[0]
+    nb = math.ceil(n / batch_size)
+    pad = nb * batch_size - n
+    xp = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
+    yp = jnp.pad(y, (0, pad))
+
+    def one_batch(batch):
+      xb, yb = batch
+      logits = model.apply({'params': params}, xb).astype(jnp.float32)
+      p = jax.nn.softmax(logits)
+      p_true = jnp.take_along_axis(p, yb[:, None], axis=1)[:, 0]
+      return jnp.argmax(logits, -1) == yb, p_true
+
+    correct, p_true = jax.lax.map(
+        one_batch, (xp.reshape(nb, batch_size, *x.shape[1:]),
+                    yp.reshape(nb, batch_size)))
+    return correct.reshape(-1)[:n], p_true.reshape(-1)[:n]
+
+  return evaluate
+
+
+def make_chunk_fn(model, config, m: int) -> Callable:
+  """The jitted trainer of one chunk of models.
+
+  Returns fn(keys (K,), idx (K, m) int32, x_train, y_train, x_test, y_test) ->
+    dict(train_correct (K, n) bool, train_ptrue (K, n) f32,
+         test_correct (K, n_test) bool, test_ptrue (K, n_test) f32,
+         loss (K, epochs) f32).
+  """
+  steps = steps_per_epoch(m, config.train.batch_size)
+  tx = make_optimizer(config.train, steps)
+  train_one = make_train_one(model, tx, m=m, batch_size=config.train.batch_size,
+                             epochs=config.train.epochs)
+  evaluate = make_evaluate(model, config.eval_batch_size)
+
+  def one_model(key, idx, x_train, y_train, x_test, y_test):
+    params, losses = train_one(key, idx, x_train, y_train)
+    train_correct, train_ptrue = evaluate(params, x_train, y_train)
+    test_correct, test_ptrue = evaluate(params, x_test, y_test)
+    return dict(train_correct=train_correct, train_ptrue=train_ptrue,
+                test_correct=test_correct, test_ptrue=test_ptrue, loss=losses)
+
+  return jax.jit(jax.vmap(one_model, in_axes=(0, 0, None, None, None, None)))
+
