@@ -1,0 +1,56 @@
+"""The command line: bad input is one clear line, a non-zero exit, no files."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+
+
+def _cli(workdir, *overrides):
+  return subprocess.run(
+      [sys.executable, '-m', 'feldman_zhang.main',
+       '--config=configs/digits_mlp.py', f'--workdir={workdir}', *overrides],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize('override, message', [
+    ('--config.data.source=cifar', 'unknown data source'),
+    ('--config.data.source=idx:/no/such/dir', 'does not exist'),
+    ('--config.data.source=npz:/no/such/file.npz', 'does not exist'),
+    ('--config.subset_ratio=1.5', 'subset_ratio must lie in (0, 1)'),
+    ('--config.subset_ratio=0.0', 'subset_ratio must lie in (0, 1)'),
+    ('--config.num_models=0', 'num_models must be >= 1'),
+    ('--config.data.num_classes=5', 'labels out of range'),
+])
+def test_bad_input(tmp_path, override, message):
+  workdir = tmp_path / 'run'
+  result = _cli(workdir, override)
+  assert result.returncode != 0
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: ') and message in last, result.stderr
+  assert 'Traceback' not in result.stderr
+  assert not workdir.exists()
+
+
+def test_labels_out_of_range_in_file(tmp_path):
+  x = np.zeros((10, 4, 4), np.uint8)
+  y = np.array([0, 1, 2, 3, 0, 1, 2, 3, 0, 12])
+  np.savez(tmp_path / 'bad.npz', x_train=x, y_train=y, x_test=x, y_test=y % 4,
+           num_classes=np.int64(4))
+  result = _cli(tmp_path / 'run', f'--config.data.source=npz:{tmp_path}/bad.npz')
+  assert result.returncode != 0
+  assert 'labels out of range [0, 4), e.g. 12' in result.stderr
+  assert not (tmp_path / 'run').exists()
+
+
+def test_small_job_runs(tmp_path):
+  result = _cli(tmp_path / 'run', '--config.num_models=6',
+                '--config.models_per_device=3', '--config.train.epochs=2')
+  assert result.returncode == 0, result.stderr
+  assert '6 models on digits' in result.stdout
+  assert 'models 6/6 (100%)' in result.stderr  # progress lines
+  assert os.path.exists(tmp_path / 'run' / 'estimates.npz')

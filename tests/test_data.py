@@ -1,0 +1,123 @@
+import gzip
+import os
+
+import numpy as np
+import pytest
+
+from conftest import MNIST_DIR
+from feldman_zhang import data
+
+MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851,
+                      5949]
+
+
+def test_digits_split_is_fixed_and_stratified():
+  a, b = data.load('digits'), data.load('digits')
+  assert a.x_train.shape == (1300, 8, 8, 1) and a.x_test.shape == (497, 8, 8, 1)
+  assert a.x_train.dtype == np.uint8 and a.y_train.dtype == np.int32
+  assert a.x_train.max() == 255 and a.num_classes == 10
+  np.testing.assert_array_equal(a.y_test, b.y_test)
+  assert a.fingerprint() == b.fingerprint()
+  counts = np.bincount(a.y_test, minlength=10)
+  assert counts.min() >= 48 and counts.max() <= 51  # ~497/10 each.
+
+
+@pytest.mark.skipif(not os.path.isdir(MNIST_DIR), reason='no shared MNIST')
+def test_idx_reads_real_mnist():
+  ds = data.load(f'idx:{MNIST_DIR}')
+  assert ds.x_train.shape == (60000, 28, 28, 1)
+  assert ds.x_test.shape == (10000, 28, 28, 1)
+  np.testing.assert_array_equal(np.bincount(ds.y_train), MNIST_TRAIN_COUNTS)
+
+
+def _write_idx(path, array, compress):
+  header = bytes([0, 0, 0x08, array.ndim]) + b''.join(
+      d.to_bytes(4, 'big') for d in array.shape)
+  opener = gzip.open if compress else open
+  with opener(path, 'wb') as f:
+    f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.mark.parametrize('compress', [True, False])
+def test_idx_plain_and_gzip(tmp_path, compress):
+  rng = np.random.default_rng(0)
+  arrays = dict(x_train=rng.integers(0, 256, (7, 5, 4)),
+                y_train=rng.integers(0, 10, 7),
+                x_test=rng.integers(0, 256, (3, 5, 4)),
+                y_test=rng.integers(0, 10, 3))
+  for key, stem in data._IDX_FILES.items():
+    _write_idx(str(tmp_path / (stem + ('.gz' if compress else ''))),
+               arrays[key], compress)
+  ds = data.load(f'idx:{tmp_path}')
+  np.testing.assert_array_equal(ds.x_train[..., 0], arrays['x_train'])
+  np.testing.assert_array_equal(ds.y_test, arrays['y_test'])
+
+
+def test_idx_truncated(tmp_path):
+  path = str(tmp_path / 'x.idx')
+  _write_idx(path, np.zeros((4, 3, 3)), compress=False)
+  with open(path, 'r+b') as f:
+    f.truncate(20)
+  with pytest.raises(data.DataError, match='truncated'):
+    data.read_idx(path)
+
+
+def _npz(tmp_path, **overrides):
+  rng = np.random.default_rng(0)
+  arrays = dict(x_train=rng.integers(0, 256, (20, 4, 4, 3), np.uint8),
+                y_train=np.arange(20) % 4,
+                x_test=rng.integers(0, 256, (6, 4, 4, 3), np.uint8),
+                y_test=np.arange(6) % 4)
+  arrays.update(overrides)
+  np.savez(tmp_path / 'd.npz', **arrays)
+  return f'npz:{tmp_path / "d.npz"}'
+
+
+def test_npz(tmp_path):
+  ds = data.load(_npz(tmp_path))
+  assert ds.num_classes == 4 and ds.x_test.shape == (6, 4, 4, 3)
+  ds = data.load(_npz(tmp_path, num_classes=np.int64(7)))
+  assert ds.num_classes == 7
+
+
+@pytest.mark.parametrize('source, message', [
+    ('cifar', 'unknown data source'),
+    ('idx:/nonexistent/dir', 'does not exist'),
+    ('npz:/nonexistent.npz', 'does not exist'),
+])
+def test_bad_sources(source, message):
+  with pytest.raises(data.DataError, match=message):
+    data.load(source)
+
+
+def test_bad_arrays(tmp_path):
+  with pytest.raises(data.DataError, match='out of range'):
+    data.load(_npz(tmp_path, y_test=np.array([0, 1, 2, 3, 9, -1])),
+              num_classes=4)
+  with pytest.raises(data.DataError, match='uint8'):
+    data.load(_npz(tmp_path, x_train=np.zeros((20, 4, 4, 3), np.float32)))
+  with pytest.raises(data.DataError, match='differ'):
+    data.load(_npz(tmp_path, x_test=np.zeros((6, 4, 4, 1), np.uint8)))
+  with pytest.raises(data.DataError, match='out of range'):
+    data.load('digits', num_classes=5)
+
+
+@pytest.mark.parametrize('name, shape, classes', [
+    ('mnist', (28, 28, 1), 10),
+    ('cifar10', (32, 32, 3), 10),
+    ('cifar100', (32, 32, 3), 100),
+])
+def test_tfds_mock(name, shape, classes):
+  tfds = pytest.importorskip('tensorflow_datasets')
+  with tfds.testing.mock_data(num_examples=12):
+    ds = data.load(f'tfds:{name}', data_dir='/nonexistent')
+  assert ds.x_train.shape == (12, *shape) and ds.x_test.shape == (12, *shape)
+  assert ds.x_train.dtype == np.uint8 and ds.y_train.dtype == np.int32
+  assert ds.num_classes == classes
+  assert ds.y_train.min() >= 0 and ds.y_train.max() < classes
+
+
+def test_tfds_not_prepared_names_data_dir(tmp_path):
+  pytest.importorskip('tensorflow_datasets')
+  with pytest.raises(data.DataError, match=f'not prepared.*data_dir={tmp_path}'):
+    data.load('tfds:mnist', data_dir=str(tmp_path))

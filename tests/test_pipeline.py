@@ -1,0 +1,119 @@
+"""The estimate job end to end on digits: store, estimates, resume, identity."""
+
+import os
+
+import numpy as np
+import pytest
+
+import reference
+from feldman_zhang import pipeline
+from feldman_zhang import store
+from feldman_zhang import subsets
+
+
+@pytest.fixture
+def finished(tiny_config, tmp_path):
+  workdir = str(tmp_path / 'run')
+  summary = pipeline.run(tiny_config, workdir)
+  return tiny_config, workdir, summary
+
+
+def test_store_and_estimates(capsys, finished):
+  c, workdir, summary = finished
+  preds = store.load_predictions(workdir)
+  t, n, n_test = c.num_models, 1300, 497
+  np.testing.assert_array_equal(preds['model_ids'], np.arange(t))
+  assert preds['masks'].shape == (t, n) and preds['masks'].dtype == bool
+  assert preds['train_correct'].shape == (t, n)
+  assert preds['test_correct'].shape == (t, n_test)
+  assert preds['test_ptrue'].dtype == np.float16
+  m = subsets.subset_size(n, c.subset_ratio)
+  np.testing.assert_array_equal(preds['masks'],
+                                subsets.masks(c.seed, n, m, range(t)))
+  # 12 models, 5 per call: chunks 0-5, 5-10, 10-12.
+  assert [(a, b) for a, b, _ in store.list_chunks(workdir)] == [
+      (0, 5), (5, 10), (10, 12)]
+
+  est = store.load_estimates(workdir)
+  assert {'mem', 'infl', 'mem_stderr', 'heldout_acc'} <= set(est)
+  want = reference.estimates(preds['masks'][:, :40], preds['train_correct'][:, :40],
+                             preds['test_correct'][:, :30])
+  for k in ('mem', 'mem_stderr', 'heldout_acc'):
+    np.testing.assert_allclose(est[k][:40], want[k], atol=2e-7, err_msg=k)
+  np.testing.assert_allclose(est['infl'][:40, :30], want['infl'], atol=2e-7)
+
+  assert summary['num_models'] == t and summary['diverged_models'] == 0
+  assert summary['model_test_acc_mean'] > 0.85
+  assert summary['num_memorized'] == int((est['mem'] >= 0.25).sum())
+  best = summary['top_pairs'][0]
+  assert best['infl'] == pytest.approx(est['infl'].max())
+  out = capsys.readouterr().out
+  assert 'examples with mem >= 0.25' in out and 'influence pairs' in out
+
+
+def test_rerun_resumes_and_extends(finished):
+  c, workdir, _ = finished
+  before = store.load_estimates(workdir)
+  again = pipeline.run(c, workdir)
+  assert again['timing']['models_trained'] == 0
+  after = store.load_estimates(workdir)
+  for k in before:
+    np.testing.assert_array_equal(before[k], after[k])
+  c.num_models = 15
+  extended = pipeline.run(c, workdir)
+  assert extended['timing']['models_trained'] == 3
+  assert store.load_estimates(workdir)['num_models'] == 15
+
+
+def test_lost_and_corrupt_chunks_are_retrained_identically(finished):
+  c, workdir, _ = finished
+  before = store.load_estimates(workdir)
+  chunks = store.list_chunks(workdir)
+  os.remove(chunks[0][2])
+  with open(chunks[1][2], 'r+b') as f:  # flip bytes inside the file
+    f.seek(200)
+    f.write(b'\xff\xfe\xfd\xfc')
+  summary = pipeline.run(c, workdir)
+  assert summary['timing']['models_trained'] == 10
+  assert os.path.exists(os.path.join(workdir, 'chunks', 'corrupt'))
+  after = store.load_estimates(workdir)
+  for k in before:
+    np.testing.assert_array_equal(before[k], after[k], err_msg=k)
+
+
+def test_changed_config_is_refused_and_results_kept(finished):
+  c, workdir, _ = finished
+  before = os.path.getmtime(store.estimates_path(workdir))
+  c.train.lr = 0.2
+  c.seed = 3
+  with pytest.raises(store.StoreError, match='config.seed, config.train.lr'):
+    pipeline.run(c, workdir)
+  assert os.path.getmtime(store.estimates_path(workdir)) == before
+
+
+def _poison(workdir, model_ids):
+  """Rewrites the chunks holding model_ids as if those models had diverged."""
+  for _, _, path in store.list_chunks(workdir):
+    chunk = store.read_chunk(path)
+    bad = np.isin(chunk['model_ids'], model_ids)
+    chunk['loss'][bad, -1] = np.nan
+    store.write_chunk(workdir, **chunk)
+
+
+def test_diverged_models_are_excluded(finished):
+  c, workdir, _ = finished
+  preds = store.load_predictions(workdir)
+  _poison(workdir, [2, 7])
+  summary = pipeline.run(c, workdir)
+  assert summary['diverged_models'] == 2
+  est = store.load_estimates(workdir)
+  np.testing.assert_array_equal(est['diverged_models'], [2, 7])
+  keep = ~np.isin(np.arange(c.num_models), [2, 7])
+  want = reference.estimates(preds['masks'][keep][:, :20],
+                             preds['train_correct'][keep][:, :20],
+                             preds['test_correct'][keep][:, :5])
+  np.testing.assert_allclose(est['mem'][:20], want['mem'], atol=2e-7)
+  np.testing.assert_allclose(est['infl'][:20, :5], want['infl'], atol=2e-7)
+  _poison(workdir, range(c.num_models))
+  with pytest.raises(store.StoreError, match='every model diverged'):
+    pipeline.run(c, workdir)
