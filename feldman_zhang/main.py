@@ -3,6 +3,10 @@ r"""Runs an experiment config.
   python -m feldman_zhang.main --config=configs/digits_mlp.py --workdir=runs/digits
   python -m feldman_zhang.main --config=configs/digits_mlp.py \
       --config.num_models=200 --config.data.source=npz:my.npz --workdir=runs/x
+
+Several hosts share one workdir: start the same command on each with
+--distributed (SLURM, TPU pods) or --coordinator_address/--num_processes/
+--process_id.
 """
 
 import sys
@@ -12,6 +16,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from feldman_zhang import distributed
 from feldman_zhang import pipeline
 
 FLAGS = flags.FLAGS
@@ -19,6 +24,12 @@ config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory of the run (resumed if it '
                     'exists).')
+flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() '
+                  '(auto-detects SLURM and TPU pods).')
+flags.DEFINE_string('coordinator_address', '', 'host:port of process 0, for '
+                    'an explicit multi-process run (implies --distributed).')
+flags.DEFINE_integer('num_processes', 1, 'With --coordinator_address.')
+flags.DEFINE_integer('process_id', 0, 'With --coordinator_address.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -26,6 +37,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.INFO)
+  if FLAGS.distributed or FLAGS.coordinator_address:
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                           FLAGS.process_id)
   try:
     pipeline.run(FLAGS.config, FLAGS.workdir)
   except pipeline.USER_ERRORS as e:

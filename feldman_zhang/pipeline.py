@@ -14,6 +14,7 @@ from absl import logging
 
 from feldman_zhang import config as config_lib
 from feldman_zhang import data as data_lib
+from feldman_zhang import distributed
 from feldman_zhang import estimate as estimate_lib
 from feldman_zhang import models
 from feldman_zhang import store
@@ -53,12 +54,16 @@ def identity(config, ds) -> dict:
 
 
 def check_identity(workdir, ident) -> None:
-  """Records the run's identity, or refuses a workdir made by another run."""
+  """Records the run's identity, or refuses a workdir made by another run.
+
+  Every process checks; only the leader writes.
+  """
   path = os.path.join(workdir, 'run.json')
   if not os.path.exists(path):
     if store.list_chunks(workdir):
       raise store.StoreError(f'{workdir} holds chunks but no run.json')
-    store.write_json(path, dict(identity=ident, versions=_versions()))
+    if distributed.is_leader():
+      store.write_json(path, dict(identity=ident, versions=_versions()))
     return
   old = store.read_json(path)['identity']
   if old == ident:
@@ -80,49 +85,58 @@ def _versions():
               backend=jax.default_backend())
 
 
-def missing_models(workdir, num_models):
-  """Model ids in [0, num_models) with no readable chunk, sorted.
+def stored_models(workdir, num_models, quarantine):
+  """(num_models,) bool: which models have a readable chunk.
 
-  Corrupt chunks are reported and moved aside, so their models train again.
+  A corrupt chunk is reported and, with quarantine, moved to chunks/corrupt,
+  so its models train again.
   """
   have = np.zeros(num_models, bool)
   for start, stop, path in store.list_chunks(workdir):
     try:
       store.read_chunk(path)
     except store.StoreError as e:
-      logging.warning('%s; moving it to chunks/corrupt and retraining', e)
-      os.makedirs(os.path.join(workdir, 'chunks', 'corrupt'), exist_ok=True)
-      os.replace(path, os.path.join(workdir, 'chunks', 'corrupt',
-                                    os.path.basename(path)))
+      if quarantine:
+        logging.warning('%s; moving it to chunks/corrupt and retraining', e)
+        os.makedirs(os.path.join(workdir, 'chunks', 'corrupt'), exist_ok=True)
+        os.replace(path, os.path.join(workdir, 'chunks', 'corrupt',
+                                      os.path.basename(path)))
       continue
     have[start:min(stop, num_models)] = True
-  return np.flatnonzero(~have)
+  return have
 
 
-def plan_chunks(missing, size):
-  """Splits sorted ids into runs of consecutive ids, each at most `size`."""
-  chunks, run = [], []
-  for k in missing.tolist():
-    if run and (k != run[-1] + 1 or len(run) == size):
-      chunks.append(run)
-      run = []
-    run.append(k)
-  if run:
-    chunks.append(run)
-  return chunks
+def plan_cells(have, cell, process_index=0, process_count=1):
+  """The cells of `cell` consecutive models that this process must train.
+
+  Cells sit on a fixed grid (0, cell, 2 cell, ...), dealt round-robin over
+  processes, so each model always trains at the same place of the same
+  program: a resumed run recomputes lost models bit for bit.
+  Returns [(start, missing ids)] for cells with any model missing.
+  """
+  out = []
+  for c, start in enumerate(range(0, len(have), cell)):
+    missing = start + np.flatnonzero(~have[start:start + cell])
+    if c % process_count == process_index and len(missing):
+      out.append((start, missing))
+  return out
+
+
+def consecutive_runs(ids):
+  """Sorted ids -> list of arrays of consecutive ids."""
+  return np.split(ids, np.flatnonzero(np.diff(ids) != 1) + 1)
 
 
 class Progress:
   """Logs models done, models/s and ETA."""
 
-  def __init__(self, total, already):
-    self.total, self.done, self.start_done = total, already, already
+  def __init__(self, total):
+    self.total, self.done = total, 0
     self.start = time.time()
 
   def update(self, count):
     self.done += count
-    elapsed = time.time() - self.start
-    rate = (self.done - self.start_done) / max(elapsed, 1e-9)
+    rate = self.done / max(time.time() - self.start, 1e-9)
     eta = (self.total - self.done) / rate if rate > 0 else float('inf')
     logging.info('models %d/%d (%.0f%%), %.1f models/s, ETA %s', self.done,
                  self.total, 100 * self.done / self.total, rate,
@@ -135,61 +149,86 @@ def _duration(s):
   return f'{s:.0f}s' if s < 120 else f'{s / 60:.1f}min'
 
 
-def train_missing(config, workdir, ds, m) -> int:
-  """Trains and stores every model the workdir lacks; returns how many."""
-  missing = missing_models(workdir, config.num_models)
-  if not len(missing):
+def models_per_call(config) -> tuple[int, int]:
+  """(K, D): models per device and local devices. K never exceeds t."""
+  return min(config.models_per_device, config.num_models), jax.local_device_count()
+
+
+def train_missing(config, workdir, ds, m, have) -> int:
+  """Trains and stores this process's share of the missing models."""
+  k, d = models_per_call(config)
+  cells = plan_cells(have, k * d, jax.process_index(), jax.process_count())
+  todo = sum(len(ids) for _, ids in cells)
+  if not todo:
     return 0
-  size = config.models_per_device * jax.local_device_count()
+  mesh = train.local_mesh()
   chunk_fn = train.make_chunk_fn(models.create(config.model, ds.num_classes),
-                                 config, m)
-  arrays = [jax.device_put(a) for a in (ds.x_train, ds.y_train, ds.x_test,
-                                        ds.y_test)]
-  progress = Progress(config.num_models, config.num_models - len(missing))
-  logging.info('training %d models, %d per call, on %d %s device(s)',
-               len(missing), size, jax.local_device_count(),
-               jax.default_backend())
+                                 config, m, mesh)
+  arrays = train.put_replicated(mesh, ds.x_train, ds.y_train, ds.x_test,
+                                ds.y_test)
+  progress = Progress(todo)
+  logging.info('training %d models, %d per call (%d per device on %d %s '
+               'devices)', todo, k * d, k, d, jax.default_backend())
   pending = None
-  for ids in plan_chunks(missing, size):
-    # A short chunk is padded with the ids that follow, so every call has the
-    # same shapes and compiles once; the padding models are discarded.
-    padded = np.arange(ids[0], ids[0] + size)
-    idx = subsets.indices(config.seed, ds.num_train, m, padded)
-    out = chunk_fn(train.model_keys(config.seed, padded), idx, *arrays)
-    # Dispatch is asynchronous: the previous chunk is written while this one
+  for start, missing in cells:
+    # A cell is trained whole (the padding past num_models too), so every
+    # call has the same shapes and compiles once; only missing models are
+    # written.
+    ids = np.arange(start, start + k * d)
+    idx = subsets.indices(config.seed, ds.num_train, m, ids)
+    out = chunk_fn(*train.put_models(mesh, train.model_keys(config.seed, ids),
+                                     idx), *arrays)
+    # Dispatch is asynchronous: the previous cell is written while this one
     # trains.
     if pending:
       _write(workdir, ds, *pending, progress)
-    pending = (ids, idx, out)
+    pending = (start, missing, idx, out)
   _write(workdir, ds, *pending, progress)
-  return len(missing)
+  return todo
 
 
-def _write(workdir, ds, ids, idx, out, progress):
-  k = len(ids)
+def _write(workdir, ds, start, missing, idx, out, progress):
   out = jax.device_get(out)
-  loss = out['loss'][:k]
-  bad = ~np.isfinite(loss[:, -1])
-  if bad.any():
-    logging.warning('models %s diverged (non-finite loss); they are kept in '
-                    'the store and excluded from the estimates',
-                    np.asarray(ids)[bad].tolist())
-  store.write_chunk(
-      workdir, ids, subsets.to_masks(idx[:k], ds.num_train),
-      out['train_correct'][:k], out['test_correct'][:k],
-      out['train_ptrue'][:k], out['test_ptrue'][:k], loss)
-  progress.update(k)
+  for ids in consecutive_runs(missing):
+    rows = ids - start
+    loss = out['loss'][rows]
+    bad = ~np.isfinite(loss[:, -1])
+    if bad.any():
+      logging.warning('models %s diverged (non-finite loss); they are kept in '
+                      'the store and excluded from the estimates',
+                      ids[bad].tolist())
+    store.write_chunk(
+        workdir, ids, subsets.to_masks(idx[rows], ds.num_train),
+        out['train_correct'][rows], out['test_correct'][rows],
+        out['train_ptrue'][rows], out['test_ptrue'][rows], loss)
+  progress.update(len(missing))
 
 
-def run(config, workdir) -> dict:
-  """The whole estimate job. Returns the summary dict (also summary.json)."""
+def run(config, workdir):
+  """The whole estimate job. Returns the summary dict (also summary.json).
+
+  In a multi-process run every process trains its share; the leader (process
+  0) then reduces and returns the summary, the others return None.
+  """
   ds, m = prepare(config)
   check_identity(workdir, identity(config, ds))
-  logging.info('%s: n=%d, n_test=%d, %d classes, subsets of m=%d', ds.name,
-               ds.num_train, ds.num_test, ds.num_classes, m)
+  distributed.barrier('identity')
+  if distributed.is_leader():
+    store.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+    logging.info('%s: n=%d, n_test=%d, %d classes, subsets of m=%d', ds.name,
+                 ds.num_train, ds.num_test, ds.num_classes, m)
+    have = stored_models(workdir, config.num_models, quarantine=True)
+  distributed.barrier('scan')
+  if not distributed.is_leader():
+    have = stored_models(workdir, config.num_models, quarantine=False)
   t0 = time.time()
-  trained = train_missing(config, workdir, ds, m)
+  trained = train_missing(config, workdir, ds, m, have)
   train_s = time.time() - t0
+  distributed.barrier('trained')
+  if not distributed.is_leader():
+    logging.info('process %d trained %d models; process 0 writes the '
+                 'estimates', jax.process_index(), trained)
+    return None
   preds = store.load_predictions(workdir, config.num_models)
   valid = np.isfinite(preds['loss'][:, -1])
   if not valid.any():

@@ -1,0 +1,41 @@
+r"""Compares the stored predictions and estimates of two runs.
+
+  python analysis/compare_runs.py --a=runs/k100 --b=runs/k25
+
+Reports how many correctness entries differ (models trained with another
+models-per-device K may reorder float sums) and the largest estimate change.
+"""
+
+from absl import app
+from absl import flags
+import numpy as np
+
+from feldman_zhang import store
+
+_A = flags.DEFINE_string('a', None, 'First workdir.', required=True)
+_B = flags.DEFINE_string('b', None, 'Second workdir.', required=True)
+
+
+def compare(a: str, b: str) -> dict:
+  pa, pb = store.load_predictions(a), store.load_predictions(b)
+  t = min(len(pa['model_ids']), len(pb['model_ids']))
+  out = dict(models=t)
+  for k in ('masks', 'train_correct', 'test_correct'):
+    diff = pa[k][:t] != pb[k][:t]
+    out[f'{k}_differ'] = int(diff.sum())
+    out[f'{k}_entries'] = int(diff.size)
+  ea, eb = store.load_estimates(a), store.load_estimates(b)
+  for k in ('mem', 'infl'):
+    if k in ea and k in eb:
+      out[f'{k}_max_abs_diff'] = float(np.abs(ea[k] - eb[k]).max())
+  return out
+
+
+def main(argv):
+  del argv
+  for k, v in compare(_A.value, _B.value).items():
+    print(f'{k}: {v}')
+
+
+if __name__ == '__main__':
+  app.run(main)
