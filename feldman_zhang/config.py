@@ -4,6 +4,9 @@ Files in configs/ start from `base()` and change what their experiment needs;
 every field can be overridden on the command line (--config.num_models=64).
 """
 
+import importlib.util
+import os
+
 import ml_collections
 
 
@@ -32,6 +35,7 @@ def base() -> ml_collections.ConfigDict:
   c.data.data_dir = ''         # tfds only; '' is TFDS's default.
   c.data.download = False      # tfds only: download and prepare if missing.
   c.data.num_classes = 0       # 0: the data set's own count.
+  c.data.label_noise = 0.0     # Fraction of training labels replaced, seeded.
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'mlp'
@@ -45,6 +49,11 @@ def base() -> ml_collections.ConfigDict:
   c.train.nesterov = False
   c.train.weight_decay = 0.0
   c.train.schedule = 'constant'  # constant | cosine | linear (to zero)
+  c.train.warmup_epochs = 0.0    # cosine and linear: ramp up from zero.
+  c.train.label_smoothing = 0.0
+  c.train.augment = 'none'       # none | crop_flip, drawn per model and step.
+  c.train.crop_padding = 4
+  c.train.compute_dtype = 'auto'  # auto (bf16 on GPU/TPU) | float32 | bfloat16
 
   c.estimate = ml_collections.ConfigDict()
   c.estimate.infl = True
@@ -54,6 +63,20 @@ def base() -> ml_collections.ConfigDict:
   c.summary.mem_threshold = 0.25  # The paper's bar for "memorized".
   c.summary.top_pairs = 5
   return c
+
+
+def from_file(path: str, arg: str = '') -> ml_collections.ConfigDict:
+  """get_config() of a config file, as --config=path[:arg] would load it."""
+  spec = importlib.util.spec_from_file_location(
+      os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def sibling(config_file: str, name: str) -> ml_collections.ConfigDict:
+  """Another config of the same folder: configs build on each other."""
+  return from_file(os.path.join(os.path.dirname(config_file), name + '.py'))
 
 
 def validate(c) -> None:
@@ -69,6 +92,15 @@ def validate(c) -> None:
       (0 <= c.train.momentum < 1, 'train.momentum must lie in [0, 1)'),
       (c.train.schedule in ('constant', 'cosine', 'linear'),
        'train.schedule must be constant, cosine or linear'),
+      (0 <= c.train.warmup_epochs < c.train.epochs,
+       'train.warmup_epochs must lie in [0, epochs)'),
+      (0 <= c.train.label_smoothing < 1,
+       'train.label_smoothing must lie in [0, 1)'),
+      (c.train.augment in ('none', 'crop_flip'),
+       'train.augment must be none or crop_flip'),
+      (c.train.compute_dtype in ('auto', 'float32', 'bfloat16'),
+       'train.compute_dtype must be auto, float32 or bfloat16'),
+      (0 <= c.data.label_noise < 1, 'data.label_noise must lie in [0, 1)'),
       (c.data.num_classes >= 0, 'data.num_classes must be >= 0'),
       (c.seed >= 0, 'seed must be >= 0'),
   ]

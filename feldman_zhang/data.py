@@ -31,6 +31,8 @@ class Dataset:
   x_test: np.ndarray
   y_test: np.ndarray
   num_classes: int
+  # (N_train,) bool: training labels replaced by `with_label_noise`, if any.
+  corrupted: np.ndarray | None = None
 
   @property
   def num_train(self) -> int:
@@ -107,6 +109,20 @@ def _checked(ds: Dataset) -> Dataset:
     raise DataError(f'{ds.name}: train images {arrays["x_train"].shape[1:]} '
                     f'and test images {arrays["x_test"].shape[1:]} differ')
   return dataclasses.replace(ds, **arrays)
+
+
+def with_label_noise(ds: Dataset, fraction: float, seed: int) -> Dataset:
+  """Replaces round(fraction * n) training labels, chosen by the seed, each
+  with a uniformly drawn *different* class; records which in `corrupted`."""
+  rng = np.random.default_rng(np.random.SeedSequence([seed, 0x401533]))
+  n = ds.num_train
+  picked = rng.choice(n, int(round(fraction * n)), replace=False)
+  y = ds.y_train.copy()
+  shift = rng.integers(1, ds.num_classes, len(picked))
+  y[picked] = (y[picked] + shift) % ds.num_classes
+  corrupted = np.zeros(n, bool)
+  corrupted[picked] = True
+  return dataclasses.replace(ds, y_train=y, corrupted=corrupted)
 
 
 # -- digits -------------------------------------------------------------------

@@ -34,16 +34,23 @@ def prepare(config):
   config_lib.validate(config)
   ds = data_lib.load(config.data.source, config.data.data_dir,
                      config.data.num_classes, config.data.download)
+  if config.data.label_noise:
+    ds = data_lib.with_label_noise(ds, config.data.label_noise, config.seed)
   m = subsets.subset_size(ds.num_train, config.subset_ratio)
   if not 0 < m < ds.num_train:
     raise config_lib.ConfigError(
         f'subset_ratio={config.subset_ratio} gives subsets of {m} of '
         f'{ds.num_train} examples; each subset must hold some but not all')
   try:
-    models.create(config.model, ds.num_classes)
+    create_model(config, ds)
   except ValueError as e:
     raise config_lib.ConfigError(str(e)) from e
   return ds, m
+
+
+def create_model(config, ds):
+  return models.create(config.model, ds.num_classes,
+                       train.compute_dtype(config.train.compute_dtype))
 
 
 def identity(config, ds) -> dict:
@@ -162,8 +169,7 @@ def train_missing(config, workdir, ds, m, have) -> int:
   if not todo:
     return 0
   mesh = train.local_mesh()
-  chunk_fn = train.make_chunk_fn(models.create(config.model, ds.num_classes),
-                                 config, m, mesh)
+  chunk_fn = train.make_chunk_fn(create_model(config, ds), config, m, mesh)
   arrays = train.put_replicated(mesh, ds.x_train, ds.y_train, ds.x_test,
                                 ds.y_test)
   progress = Progress(todo)
@@ -239,6 +245,8 @@ def run(config, workdir):
       preds['test_correct'][valid], with_infl=config.estimate.infl,
       with_infl_stderr=config.estimate.infl_stderr)
   est['diverged_models'] = preds['model_ids'][~valid]
+  if ds.corrupted is not None:
+    est['label_corrupted'] = ds.corrupted
   store.write_estimates(workdir, est)
   summary = summary_lib.summarize(config, ds, preds, valid, est)
   summary['timing'] = dict(models_trained=trained, train_s=train_s,

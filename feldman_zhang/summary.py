@@ -31,6 +31,14 @@ def summarize(config, ds, preds, valid, est) -> dict:
                           mem=float(mem[i]),
                           heldout_acc=float(est['heldout_acc'][i]))
                      for i in order[:config.summary.top_pairs]])
+  if ds.corrupted is not None:
+    bad = ds.corrupted
+    out['label_noise'] = dict(
+        num_corrupted=int(bad.sum()),
+        mem_median_corrupted=float(np.median(mem[bad])),
+        mem_median_clean=float(np.median(mem[~bad])),
+        memorized_corrupted=int((mem[bad] >= threshold).sum()),
+        memorized_clean=int((mem[~bad] >= threshold).sum()))
   if 'infl' in est:
     out['top_pairs'] = [
         dict(train=i, test=j, train_label=int(ds.y_train[i]),
@@ -56,6 +64,13 @@ def render(s, ds, est) -> str:
       f'examples with mem >= {s["mem_threshold"]}: {s["num_memorized"]} of '
       f'{s["num_train"]} (median mem stderr {s["median_mem_stderr"]:.3f})',
       'most memorized training examples:']
+  if 'label_noise' in s:
+    ln = s['label_noise']
+    lines.insert(3, f'label noise: {ln["num_corrupted"]} corrupted labels, '
+                 f'median mem {ln["mem_median_corrupted"]:.3f} (corrupted) vs '
+                 f'{ln["mem_median_clean"]:.3f} (clean); mem >= '
+                 f'{s["mem_threshold"]}: {ln["memorized_corrupted"]} corrupted, '
+                 f'{ln["memorized_clean"]} clean')
   for r in s['top_memorized']:
     lines.append(f'  train {r["train"]:>6} label {r["label"]}: mem '
                  f'{r["mem"]:.3f}, held-out accuracy {r["heldout_acc"]:.3f}')

@@ -16,6 +16,8 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
+from feldman_zhang import augment as augment_lib
+
 
 def steps_per_epoch(m: int, batch_size: int) -> int:
   """The last, partial batch is kept (zero-weight padding fills it)."""
@@ -28,12 +30,16 @@ def make_optimizer(config, steps: int) -> optax.GradientTransformation:
   config: config.train; steps: steps per epoch.
   """
   total = config.epochs * steps
+  warmup = int(config.warmup_epochs * steps)
   if config.schedule == 'constant':
     lr = config.lr
   elif config.schedule == 'cosine':
-    lr = optax.cosine_decay_schedule(config.lr, total)
+    lr = optax.warmup_cosine_decay_schedule(0.0, config.lr, warmup, total)
   elif config.schedule == 'linear':
-    lr = optax.linear_schedule(config.lr, 0.0, total)
+    # Up to lr over the warm-up, then down to zero: the fast CIFAR recipes.
+    lr = optax.join_schedules(
+        [optax.linear_schedule(0.0, config.lr, warmup),
+         optax.linear_schedule(config.lr, 0.0, total - warmup)], [warmup])
   else:
     raise ValueError(f'unknown schedule {config.schedule!r}: expected '
                      'constant, cosine or linear')
@@ -45,17 +51,53 @@ def make_optimizer(config, steps: int) -> optax.GradientTransformation:
   return optax.chain(*parts)
 
 
+def compute_dtype(name: str):
+  """'auto' is bf16 on accelerators (f32 parameters and optimizer state stay)
+  and f32 on the CPU, which has no fast bf16 matrix unit."""
+  if name == 'auto':
+    name = 'float32' if jax.default_backend() == 'cpu' else 'bfloat16'
+  return {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[name]
+
+
 def model_keys(seed: int, model_ids):
   """(K,) typed PRNG keys, one per global model id."""
   return jax.vmap(lambda k: jax.random.fold_in(jax.random.key(seed), k))(
       jnp.asarray(model_ids, jnp.uint32))
 
 
-def make_train_one(model, tx, *, m: int, batch_size: int, epochs: int):
-  """Returns train_one(key, idx, x, y) -> (params, epoch_losses (epochs,)).
+def split_model_key(key, epochs: int, steps: int):
+  """A model's key -> (init key, (epochs,) order keys, (epochs, steps)
+  augmentation keys): every model and step draws its own augmentation."""
+  init_key, order_key, aug_key = jax.random.split(key, 3)
+  aug_keys = jax.vmap(lambda k: jax.random.split(k, steps))(
+      jax.random.split(aug_key, epochs))
+  return init_key, jax.random.split(order_key, epochs), aug_keys
+
+
+def init(model, key, x):
+  """(params, state): state holds the non-trained collections (BatchNorm)."""
+  variables = model.init(key, x[:1], train=False)
+  params = variables.pop('params')
+  return params, dict(variables)
+
+
+def apply(model, params, state, x, train: bool):
+  """logits, new state; the state is updated only when training."""
+  variables = {'params': params, **state}
+  if train and state:
+    logits, new_state = model.apply(variables, x, train=True,
+                                    mutable=list(state))
+    return logits, dict(new_state)
+  return model.apply(variables, x, train=train), state
+
+
+def make_train_one(model, tx, *, m: int, batch_size: int, epochs: int,
+                   augment=None, label_smoothing: float = 0.0):
+  """Returns train_one(key, idx, x, y) -> ((params, state), epoch_losses).
 
   idx: (m,) int32 training indices of this model's subset; x: (N, H, W, C)
   uint8 and y: (N,) int32, the whole training set, shared by all models.
+  epoch_losses: (epochs,) mean training loss of each epoch.
   """
   steps = steps_per_epoch(m, batch_size)
   pad = steps * batch_size - m
@@ -63,41 +105,49 @@ def make_train_one(model, tx, *, m: int, batch_size: int, epochs: int):
   # the loss of the short last batch is its true mean.
   weights = jnp.concatenate([jnp.ones(m), jnp.zeros(pad)]).reshape(
       steps, batch_size)
+  augment = augment or (lambda key, x: x)
 
-  def loss_fn(params, xb, yb, wb):
-    logits = model.apply({'params': params}, xb)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
-    return jnp.sum(losses * wb) / jnp.sum(wb)
+  def loss_fn(params, state, xb, yb, wb):
+    logits, state = apply(model, params, state, xb, train=True)
+    labels = optax.smooth_labels(jax.nn.one_hot(yb, logits.shape[-1]),
+                                 label_smoothing)
+    losses = optax.softmax_cross_entropy(logits, labels)
+    return jnp.sum(losses * wb) / jnp.sum(wb), state
 
   def train_one(key, idx, x, y):
-    init_key, order_key = jax.random.split(key)
-    params = model.init(init_key, x[:1])['params']
+    init_key, order_keys, aug_keys = split_model_key(key, epochs, steps)
+    params, state = init(model, init_key, x)
     opt_state = tx.init(params)
 
     def step(carry, batch):
-      params, opt_state = carry
-      bidx, wb = batch
-      loss, grads = jax.value_and_grad(loss_fn)(params, x[bidx], y[bidx], wb)
+      params, state, opt_state = carry
+      bidx, wb, step_key = batch
+      xb = augment(step_key, x[bidx])
+      (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+          params, state, xb, y[bidx], wb)
       updates, opt_state = tx.update(grads, opt_state, params)
-      return (optax.apply_updates(params, updates), opt_state), loss
+      return (optax.apply_updates(params, updates), state, opt_state), loss
 
-    def epoch(carry, ekey):
-      perm = jax.random.permutation(ekey, idx)
+    def epoch(carry, keys):
+      order_key, step_keys = keys
+      perm = jax.random.permutation(order_key, idx)
       order = jnp.concatenate([perm, perm[:pad]]).reshape(steps, batch_size)
-      carry, losses = jax.lax.scan(step, carry, (order, weights))
+      carry, losses = jax.lax.scan(step, carry, (order, weights, step_keys))
       return carry, jnp.sum(losses * weights.sum(1)) / m
 
-    (params, _), epoch_losses = jax.lax.scan(
-        epoch, (params, opt_state), jax.random.split(order_key, epochs))
-    return params, epoch_losses
+    (params, state, _), epoch_losses = jax.lax.scan(
+        epoch, (params, state, opt_state), (order_keys, aug_keys))
+    return (params, state), epoch_losses
 
   return train_one
 
 
 def make_evaluate(model, batch_size: int):
-  """Returns evaluate(params, x, y) -> (correct (N,) bool, p_true (N,) f32)."""
+  """Returns evaluate((params, state), x, y) -> (correct (N,) bool,
+  p_true (N,) f32)."""
 
-  def evaluate(params, x, y):
+  def evaluate(variables, x, y):
+    params, state = variables
     n = x.shape[0]
     nb = math.ceil(n / batch_size)
     pad = nb * batch_size - n
@@ -106,8 +156,8 @@ def make_evaluate(model, batch_size: int):
 
     def one_batch(batch):
       xb, yb = batch
-      logits = model.apply({'params': params}, xb).astype(jnp.float32)
-      p = jax.nn.softmax(logits)
+      logits, _ = apply(model, params, state, xb, train=False)
+      p = jax.nn.softmax(logits.astype(jnp.float32))
       p_true = jnp.take_along_axis(p, yb[:, None], axis=1)[:, 0]
       return jnp.argmax(logits, -1) == yb, p_true
 
@@ -117,6 +167,16 @@ def make_evaluate(model, batch_size: int):
     return correct.reshape(-1)[:n], p_true.reshape(-1)[:n]
 
   return evaluate
+
+
+def make_trainer(model, config, m: int):
+  """train_one for the config's optimizer, batch size, epochs, augmentation."""
+  c = config.train
+  tx = make_optimizer(c, steps_per_epoch(m, c.batch_size))
+  return make_train_one(model, tx, m=m, batch_size=c.batch_size,
+                        epochs=c.epochs,
+                        augment=augment_lib.make(c.augment, c.crop_padding),
+                        label_smoothing=c.label_smoothing)
 
 
 def make_chunk_fn(model, config, m: int, mesh=None) -> Callable:
@@ -133,16 +193,13 @@ def make_chunk_fn(model, config, m: int, mesh=None) -> Callable:
   test_correct (D*K, n_test) bool, test_ptrue (D*K, n_test) f32,
   loss (D*K, epochs) f32).
   """
-  steps = steps_per_epoch(m, config.train.batch_size)
-  tx = make_optimizer(config.train, steps)
-  train_one = make_train_one(model, tx, m=m, batch_size=config.train.batch_size,
-                             epochs=config.train.epochs)
+  train_one = make_trainer(model, config, m)
   evaluate = make_evaluate(model, config.eval_batch_size)
 
   def one_model(key, idx, x_train, y_train, x_test, y_test):
-    params, losses = train_one(key, idx, x_train, y_train)
-    train_correct, train_ptrue = evaluate(params, x_train, y_train)
-    test_correct, test_ptrue = evaluate(params, x_test, y_test)
+    variables, losses = train_one(key, idx, x_train, y_train)
+    train_correct, train_ptrue = evaluate(variables, x_train, y_train)
+    test_correct, test_ptrue = evaluate(variables, x_test, y_test)
     return dict(train_correct=train_correct, train_ptrue=train_ptrue,
                 test_correct=test_correct, test_ptrue=test_ptrue, loss=losses)
 

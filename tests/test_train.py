@@ -75,7 +75,7 @@ def test_partial_last_batch_counts_once():
   idx = np.arange(10, dtype=np.int32)
   tx = train.make_optimizer(c.train, train.steps_per_epoch(10, 4))
   train_one = train.make_train_one(model, tx, m=10, batch_size=4, epochs=1)
-  params, losses = jax.jit(train_one)(jax.random.key(0), idx, x, y)
+  (params, _), losses = jax.jit(train_one)(jax.random.key(0), idx, x, y)
   logits = model.apply({'params': params}, x[:10])
   want = optax.softmax_cross_entropy_with_integer_labels(logits, y[:10]).mean()
   np.testing.assert_allclose(losses[0], want, rtol=1e-5)

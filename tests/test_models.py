@@ -1,0 +1,92 @@
+"""Every model trains under vmap, equals its one-at-a-time self, and splits
+into features and head."""
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from feldman_zhang import config as config_lib
+from feldman_zhang import models
+from feldman_zhang import subsets
+from feldman_zhang import train
+
+MODELS = {
+    'mlp': dict(name='mlp', hidden=(32,)),
+    'cnn': dict(name='cnn', channels=(4, 8), dense=16),
+    'resnet9': dict(name='resnet9', widths=(4, 8, 8, 16)),
+}
+
+
+def _config(name):
+  c = config_lib.base()
+  c.model = ml_collections.ConfigDict(MODELS[name])
+  c.train.update(epochs=2, batch_size=16, lr=0.05, augment='crop_flip')
+  c.eval_batch_size = 32
+  return c
+
+
+def _data():
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 256, (60, 8, 8, 3), np.uint8)
+  y = rng.integers(0, 4, 60).astype(np.int32)
+  return x[:48], y[:48], x[48:], y[48:]
+
+
+@pytest.mark.parametrize('name', sorted(MODELS))
+def test_vmapped_equals_one_at_a_time(name):
+  c = _config(name)
+  x, y, xt, yt = _data()
+  fn = train.make_chunk_fn(models.create(c.model, 4), c, 32)
+  run = lambda ids: jax.device_get(fn(
+      train.model_keys(0, ids), subsets.indices(0, 48, 32, ids), x, y, xt, yt))
+  together = run(np.arange(3))
+  alone = [run(np.array([k])) for k in range(3)]
+  for k in ('train_ptrue', 'test_ptrue', 'loss'):
+    np.testing.assert_allclose(
+        together[k], np.concatenate([a[k] for a in alone]), atol=1e-4,
+        err_msg=f'{name} {k}')
+  assert np.all(np.isfinite(together['loss']))
+  assert not np.allclose(together['loss'][0], together['loss'][1])
+
+
+@pytest.mark.parametrize('name', sorted(MODELS))
+def test_features_then_head_is_the_model(name):
+  c = _config(name)
+  model = models.create(c.model, 4)
+  x = _data()[0][:5]
+  params, state = train.init(model, jax.random.key(0), x)
+  variables = {'params': params, **state}
+  logits = model.apply(variables, x)
+  feats = model.apply(variables, x, method='features')
+  assert feats.ndim == 2 and feats.shape[0] == 5
+  head = model.apply(variables, feats, method=lambda m, f: m.head(f))
+  scale = getattr(model, 'head_scale', 1.0)
+  np.testing.assert_allclose(logits, head * scale, rtol=1e-5, atol=1e-6)
+  assert set(state) == ({'batch_stats'} if name == 'resnet9' else set())
+
+
+def test_bf16_compute_keeps_f32_params():
+  c = _config('resnet9')
+  model = models.create(c.model, 4, dtype=train.compute_dtype('bfloat16'))
+  x = _data()[0][:5]
+  params, _ = train.init(model, jax.random.key(0), x)
+  assert {p.dtype for p in jax.tree.leaves(params)} == {np.dtype('float32')}
+  f32 = models.create(c.model, 4)
+  a = model.apply({'params': params, **train.init(model, jax.random.key(0), x)[1]}, x)
+  b = f32.apply({'params': params, **train.init(f32, jax.random.key(0), x)[1]}, x)
+  assert a.dtype == np.float32
+  np.testing.assert_allclose(a, b, atol=0.05)  # bf16 rounding, same model
+  assert not np.array_equal(a, b)
+
+
+def test_batch_norm_statistics_are_trained():
+  c = _config('resnet9')
+  x, y, _, _ = _data()
+  model = models.create(c.model, 4)
+  train_one = train.make_trainer(model, c, 32)
+  (params, state), _ = jax.jit(train_one)(
+      jax.random.key(0), np.arange(32, dtype=np.int32), x, y)
+  _, state0 = train.init(model, jax.random.key(0), x)
+  moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), state, state0)
+  assert max(jax.tree.leaves(moved)) > 1e-3
