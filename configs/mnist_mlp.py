@@ -1,7 +1,10 @@
 """The reference MNIST setup of Feldman & Zhang's demo.
 
-784-512-256-10 ReLU MLP, SGD with momentum 0.9, lr 0.1, batch 128, 10 epochs,
-70% subsets; t = 2000 models as in the demo. The offline copy of MNIST:
+784-512-256-10 ReLU MLP, SGD with momentum 0.9, peak lr 0.1, batch 128,
+10 epochs, 70% subsets; t = 2000 models as in the demo. One change: the lr
+decays (cosine) instead of staying at 0.1, which lifts the models' mean test
+accuracy from 97.8% to 98.1% (BENCHMARKS.md); --config.train.schedule=constant
+is the demo exactly. The offline copy of MNIST:
   --config.data.source=idx:../shared/datasets/mnist
 """
 
@@ -14,8 +17,7 @@ def get_config():
   c.num_models = 2000
   c.models_per_device = 250
   c.model.hidden = (512, 256)
-  c.train.epochs = 10
-  c.train.batch_size = 128
-  c.train.lr = 0.1
-  c.train.momentum = 0.9
+  c.train.update(epochs=10, batch_size=128, lr=0.1, momentum=0.9,
+                 schedule='cosine')
+  c.estimate.infl = True  # 60,000 x 10,000 float32: 2.4 GB in estimates.npz.
   return c

@@ -40,6 +40,7 @@ def base() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.name = 'mlp'
   c.model.hidden = (512, 256)
+  c.model.kernel_init = 'lecun_normal'  # mlp: or glorot_normal (as stax)
 
   c.train = ml_collections.ConfigDict()
   c.train.epochs = 10

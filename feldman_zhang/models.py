@@ -26,10 +26,13 @@ class MLP(nn.Module):
   hidden: Sequence[int]
   num_classes: int
   dtype: Any = jnp.float32
+  kernel_init: str = 'lecun_normal'  # The reference (stax) uses glorot_normal.
 
   def setup(self):
-    self.layers = [nn.Dense(h, dtype=self.dtype) for h in self.hidden]
-    self.head = nn.Dense(self.num_classes, dtype=self.dtype)
+    init = getattr(nn.initializers, self.kernel_init)()
+    self.layers = [nn.Dense(h, dtype=self.dtype, kernel_init=init)
+                   for h in self.hidden]
+    self.head = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=init)
 
   def features(self, x, train: bool = False):
     """(B, H, W, C) uint8 -> (B, hidden[-1])."""
@@ -136,7 +139,7 @@ def create(config, num_classes: int, dtype=jnp.float32) -> nn.Module:
   """The model named by config.name, with config's hyperparameters."""
   if config.name == 'mlp':
     return MLP(hidden=tuple(config.hidden), num_classes=num_classes,
-               dtype=dtype)
+               dtype=dtype, kernel_init=config.get('kernel_init', 'lecun_normal'))
   if config.name == 'cnn':
     return CNN(channels=tuple(config.get('channels', (32, 64))),
                dense=config.get('dense', 128), num_classes=num_classes,
