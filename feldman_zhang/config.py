@@ -19,7 +19,7 @@ class ConfigError(ValueError):
 # changes the shapes XLA compiles for, which may reorder float sums; the
 # measured effect is in BENCHMARKS.md.)
 SCHEDULING_FIELDS = ('num_models', 'models_per_device', 'eval_batch_size',
-                     'estimate', 'summary')
+                     'estimate', 'summary', 'drop', 'lastlayer')
 
 
 def base() -> ml_collections.ConfigDict:
@@ -59,6 +59,21 @@ def base() -> ml_collections.ConfigDict:
   c.estimate = ml_collections.ConfigDict()
   c.estimate.infl = True
   c.estimate.infl_stderr = False
+
+  # --mode=drop: retrain without the examples of mem >= each threshold, and
+  # without as many random ones; num_models models per arm and threshold.
+  c.drop = ml_collections.ConfigDict()
+  c.drop.thresholds = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
+  c.drop.num_models = 8
+  c.drop.seed = 0
+
+  # --mode=lastlayer: heads on the frozen features of a backbone trained on
+  # the full training set, on the estimate's own subsets.
+  c.lastlayer = ml_collections.ConfigDict()
+  c.lastlayer.epochs = 20
+  c.lastlayer.batch_size = 128
+  c.lastlayer.lr = 0.05
+  c.lastlayer.models_per_device = 1000
 
   c.summary = ml_collections.ConfigDict()
   c.summary.mem_threshold = 0.25  # The paper's bar for "memorized".

@@ -17,6 +17,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from feldman_zhang import distributed
+from feldman_zhang import experiments
 from feldman_zhang import pipeline
 
 FLAGS = flags.FLAGS
@@ -24,6 +25,10 @@ config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory of the run (resumed if it '
                     'exists).')
+flags.DEFINE_enum('mode', 'estimate', ['estimate', 'drop', 'lastlayer'],
+                  'estimate: train the subset models and estimate mem/infl. '
+                  'drop, lastlayer: the experiments, on a finished estimate '
+                  'run in --workdir.')
 flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() '
                   '(auto-detects SLURM and TPU pods).')
 flags.DEFINE_string('coordinator_address', '', 'host:port of process 0, for '
@@ -41,7 +46,12 @@ def main(argv):
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                            FLAGS.process_id)
   try:
-    pipeline.run(FLAGS.config, FLAGS.workdir)
+    if FLAGS.mode == 'estimate':
+      pipeline.run(FLAGS.config, FLAGS.workdir)
+    elif FLAGS.mode == 'drop':
+      experiments.drop(FLAGS.config, FLAGS.workdir)
+    else:
+      experiments.lastlayer(FLAGS.config, FLAGS.workdir)
   except pipeline.USER_ERRORS as e:
     sys.exit(f'error: {e}')
 

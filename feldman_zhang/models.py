@@ -69,6 +69,21 @@ class CNN(nn.Module):
     return self.head(self.features(x, train)).astype(jnp.float32)
 
 
+class Linear(nn.Module):
+  """A last layer alone, on precomputed float features (B, d)."""
+  num_classes: int
+
+  def setup(self):
+    self.head = nn.Dense(self.num_classes)
+
+  def features(self, x, train: bool = False):
+    del train
+    return x
+
+  def __call__(self, x, train: bool = False):
+    return self.head(x)
+
+
 class _ConvBN(nn.Module):
   features: int
   pool: bool = False
@@ -132,7 +147,7 @@ def preprocess_cifar(x, dtype=jnp.float32):
   return ((x.astype(jnp.float32) / 255 - mean) / std).astype(dtype)
 
 
-NAMES = ('mlp', 'cnn', 'resnet9')
+NAMES = ('mlp', 'cnn', 'resnet9', 'linear')
 
 
 def create(config, num_classes: int, dtype=jnp.float32) -> nn.Module:
@@ -147,5 +162,7 @@ def create(config, num_classes: int, dtype=jnp.float32) -> nn.Module:
   if config.name == 'resnet9':
     return ResNet9(widths=tuple(config.get('widths', (64, 128, 256, 512))),
                    num_classes=num_classes, dtype=dtype)
+  if config.name == 'linear':
+    return Linear(num_classes)
   raise ValueError(f'unknown model {config.name!r}: expected one of '
                    f'{", ".join(NAMES)}')

@@ -161,7 +161,28 @@ def models_per_call(config) -> tuple[int, int]:
   return min(config.models_per_device, config.num_models), jax.local_device_count()
 
 
-def train_missing(config, workdir, ds, m, have) -> int:
+def train_models(config, model, ds, idx, keys) -> dict:
+  """Trains one model per row of idx on all local devices; for experiments.
+
+  idx: (R, m) int32 training indices; keys: (R,) PRNG keys.
+  Returns the chunk outputs of the R models as numpy arrays, in order.
+  """
+  r = len(idx)
+  size = min(config.models_per_device, r) * jax.local_device_count()
+  # Whole calls: padded with copies of the last model, whose outputs drop.
+  rows = np.minimum(np.arange(-(-r // size) * size), r - 1)
+  idx, keys = idx[rows], keys[rows]
+  mesh = train.local_mesh()
+  chunk_fn = train.make_chunk_fn(model, config, idx.shape[1], mesh)
+  arrays = train.put_replicated(mesh, ds.x_train, ds.y_train, ds.x_test,
+                                ds.y_test)
+  outs = [chunk_fn(*train.put_models(mesh, keys[i:i + size], idx[i:i + size]),
+                   *arrays) for i in range(0, len(rows), size)]
+  outs = jax.device_get(outs)
+  return {k: np.concatenate([o[k] for o in outs])[:r] for k in outs[0]}
+
+
+def train_missing(config, workdir, ds, m, have, model) -> int:
   """Trains and stores this process's share of the missing models."""
   k, d = models_per_call(config)
   cells = plan_cells(have, k * d, jax.process_index(), jax.process_count())
@@ -169,7 +190,7 @@ def train_missing(config, workdir, ds, m, have) -> int:
   if not todo:
     return 0
   mesh = train.local_mesh()
-  chunk_fn = train.make_chunk_fn(create_model(config, ds), config, m, mesh)
+  chunk_fn = train.make_chunk_fn(model, config, m, mesh)
   arrays = train.put_replicated(mesh, ds.x_train, ds.y_train, ds.x_test,
                                 ds.y_test)
   progress = Progress(todo)
@@ -217,6 +238,11 @@ def run(config, workdir):
   0) then reduces and returns the summary, the others return None.
   """
   ds, m = prepare(config)
+  return run_on(config, workdir, ds, m, create_model(config, ds))
+
+
+def run_on(config, workdir, ds, m, model, show=True):
+  """The estimate job on a loaded data set and a built model."""
   check_identity(workdir, identity(config, ds))
   distributed.barrier('identity')
   if distributed.is_leader():
@@ -228,7 +254,7 @@ def run(config, workdir):
   if not distributed.is_leader():
     have = stored_models(workdir, config.num_models, quarantine=False)
   t0 = time.time()
-  trained = train_missing(config, workdir, ds, m, have)
+  trained = train_missing(config, workdir, ds, m, have, model)
   train_s = time.time() - t0
   distributed.barrier('trained')
   if not distributed.is_leader():
@@ -252,5 +278,6 @@ def run(config, workdir):
   summary['timing'] = dict(models_trained=trained, train_s=train_s,
                            estimate_s=time.time() - t0)
   store.write_json(os.path.join(workdir, 'summary.json'), summary)
-  print(summary_lib.render(summary, ds, est))
+  if show:
+    print(summary_lib.render(summary, ds, est))
   return summary

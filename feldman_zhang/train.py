@@ -59,9 +59,16 @@ def compute_dtype(name: str):
   return {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[name]
 
 
-def model_keys(seed: int, model_ids):
-  """(K,) typed PRNG keys, one per global model id."""
-  return jax.vmap(lambda k: jax.random.fold_in(jax.random.key(seed), k))(
+def model_keys(seed: int, model_ids, stream: int = 0):
+  """(K,) typed PRNG keys, one per global model id.
+
+  stream 0 is the estimate's models; experiments draw from other streams so
+  their models never share a key with the estimate's.
+  """
+  base = jax.random.key(seed)
+  if stream:
+    base = jax.random.fold_in(base, 0xFFFF0000 + stream)
+  return jax.vmap(lambda k: jax.random.fold_in(base, k))(
       jnp.asarray(model_ids, jnp.uint32))
 
 

@@ -1,0 +1,261 @@
+"""The paper's two experiments on top of a finished estimate run.
+
+drop:      for each threshold theta, retrain without the training examples of
+           mem >= theta, and without as many random examples; memorized
+           examples are needed if the first arm loses more test accuracy.
+lastlayer: train a backbone on the full training set, freeze its features,
+           and re-run the subset estimator training only a last layer; the
+           representation, not the last layer, is where memorization happens.
+
+Both write under WORKDIR/<experiment>/, resume after an interruption (each
+finished threshold, the backbone checkpoint and the heads' chunks are kept)
+and log their progress.
+"""
+
+import dataclasses
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+from feldman_zhang import models
+from feldman_zhang import pipeline
+from feldman_zhang import store
+from feldman_zhang import train
+
+DROP_STREAM = 1       # model-key streams (train.model_keys): never the
+BACKBONE_STREAM = 2   # estimate's own models.
+
+
+def _finished_run(config, workdir):
+  """(dataset, m, estimates) of the estimate run in workdir."""
+  ds, m = pipeline.prepare(config)
+  if not os.path.exists(store.estimates_path(workdir)):
+    raise store.StoreError(f'{workdir} has no estimates.npz: run the estimate '
+                           '(--mode=estimate) there first')
+  pipeline.check_identity(workdir, pipeline.identity(config, ds))
+  return ds, m, store.load_estimates(workdir)
+
+
+# -- drop ---------------------------------------------------------------------
+
+
+def random_removal(seed: int, theta_index: int, model: int, n: int, r: int):
+  """(r,) sorted indices removed for one random-arm model."""
+  rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(
+      [seed, theta_index, model, 0xD809])))
+  return np.sort(rng.choice(n, r, replace=False))
+
+
+def drop_one(config, ds, model, mem, theta, theta_index) -> dict:
+  """Both arms at one threshold: arrays for drop/theta_*.npz."""
+  n, num = ds.num_train, config.drop.num_models
+  removed = np.flatnonzero(mem >= theta)
+  r = len(removed)
+  if r >= n:
+    raise store.StoreError(f'mem >= {theta} removes every training example')
+  random_removed = np.stack([random_removal(config.drop.seed, theta_index, j,
+                                            n, r) for j in range(num)])
+  keep = lambda gone: np.setdiff1d(np.arange(n), gone).astype(np.int32)
+  idx = np.stack([keep(removed)] * num + [keep(g) for g in random_removed])
+  keys = train.model_keys(config.seed, theta_index * 2**20 + np.arange(2 * num),
+                          stream=DROP_STREAM)
+  out = pipeline.train_models(config, model, ds, idx, keys)
+  acc = out['test_correct'].mean(1)
+  return dict(theta=np.float64(theta), removed=removed,
+              random_removed=random_removed.reshape(num, r),
+              test_correct=out['test_correct'], loss=out['loss'],
+              acc_high=acc[:num], acc_random=acc[num:])
+
+
+def _mean_se(a):
+  a = a[np.isfinite(a)]
+  se = a.std(ddof=1) / np.sqrt(len(a)) if len(a) > 1 else float('nan')
+  return float(a.mean()), float(se)
+
+
+def drop(config, workdir) -> list:
+  """The drop experiment; returns the table rows (also drop/drop.csv)."""
+  ds, _, est = _finished_run(config, workdir)
+  model = pipeline.create_model(config, ds)
+  out_dir = os.path.join(workdir, 'drop')
+  rows, start = [], time.time()
+  thresholds = list(config.drop.thresholds)
+  for i, theta in enumerate(thresholds):
+    path = os.path.join(out_dir, f'theta_{theta:.4f}.npz')
+    result = _read_npz(path)
+    if result is None:
+      result = drop_one(config, ds, model, est['mem'], theta, i)
+      store.atomic_write(path, lambda f, r=result: np.savez(f, **r))
+    high, high_se = _mean_se(result['acc_high'])
+    rand, rand_se = _mean_se(result['acc_random'])
+    rows.append(dict(theta=float(theta), num_removed=len(result['removed']),
+                     fraction_removed=len(result['removed']) / ds.num_train,
+                     acc_high_mem_removed=high, acc_high_mem_removed_se=high_se,
+                     acc_random_removed=rand, acc_random_removed_se=rand_se))
+    logging.info('drop %d/%d: mem >= %.2f removes %d; test acc %.4f +- %.4f '
+                 'vs random %.4f +- %.4f (%.0fs)', i + 1, len(thresholds),
+                 theta, rows[-1]['num_removed'], high, high_se, rand, rand_se,
+                 time.time() - start)
+  _write_csv(os.path.join(out_dir, 'drop.csv'), rows)
+  _plot_drop(os.path.join(out_dir, 'drop.png'), rows, ds.name)
+  print(_drop_table(rows))
+  return rows
+
+
+def _read_npz(path):
+  if not os.path.exists(path):
+    return None
+  try:
+    with np.load(path) as f:
+      return {k: f[k] for k in f.files}
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning('%s is unreadable (%s); recomputing it', path, e)
+    return None
+
+
+def _write_csv(path, rows):
+  lines = [','.join(rows[0])]
+  lines += [','.join(f'{v:.6g}' if isinstance(v, float) else str(v)
+                     for v in r.values()) for r in rows]
+  store.atomic_write(path, lambda f: f.write(('\n'.join(lines) + '\n').encode()))
+
+
+def _drop_table(rows):
+  out = ['theta  removed  fraction  acc(high mem removed)  acc(random removed)']
+  for r in rows:
+    out.append(f'{r["theta"]:5.2f}  {r["num_removed"]:7d}  '
+               f'{r["fraction_removed"]:8.4f}  '
+               f'{r["acc_high_mem_removed"]:.4f} +- '
+               f'{r["acc_high_mem_removed_se"]:.4f}      '
+               f'{r["acc_random_removed"]:.4f} +- '
+               f'{r["acc_random_removed_se"]:.4f}')
+  return '\n'.join(out)
+
+
+def _plot_drop(path, rows, name):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  frac = [r['fraction_removed'] for r in rows]
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  for key, label in (('acc_high_mem_removed', 'highest mem removed'),
+                     ('acc_random_removed', 'random removed')):
+    ax.errorbar(frac, [r[key] for r in rows],
+                yerr=[r[key + '_se'] for r in rows], marker='o', capsize=3,
+                label=label)
+  ax.set_xlabel('fraction of training set removed')
+  ax.set_ylabel('test accuracy')
+  ax.set_title(f'{name}: removing memorized examples')
+  ax.legend()
+  fig.tight_layout()
+  store.atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=120))
+  plt.close(fig)
+
+
+# -- last layer ---------------------------------------------------------------
+
+
+def backbone(config, ds, workdir):
+  """(params, state) of one model trained on the whole training set, saved
+  with orbax under workdir/lastlayer/backbone and restored on a rerun."""
+  path = os.path.abspath(os.path.join(workdir, 'lastlayer', 'backbone'))
+  model = pipeline.create_model(config, ds)
+  params, state = train.init(model, jax.random.key(0), ds.x_train)
+  target = {'params': params, **state}
+  checkpointer = ocp.StandardCheckpointer()
+  if os.path.exists(path):
+    restored = checkpointer.restore(path, target)
+    logging.info('restored the backbone from %s', path)
+  else:
+    logging.info('training the backbone on all %d examples', ds.num_train)
+    train_one = jax.jit(train.make_trainer(model, config, ds.num_train))
+    key = train.model_keys(config.seed, [0], stream=BACKBONE_STREAM)[0]
+    (params, state), losses = train_one(
+        key, np.arange(ds.num_train, dtype=np.int32), ds.x_train, ds.y_train)
+    if not np.isfinite(float(losses[-1])):
+      raise store.StoreError('the backbone diverged; lower train.lr')
+    restored = {'params': params, **state}
+    checkpointer.save(path, restored)
+    checkpointer.wait_until_finished()
+  params = restored.pop('params')
+  return model, params, restored
+
+
+def features(model, params, state, x, batch_size=1024):
+  """(N, d) float32 features of the frozen backbone."""
+  fn = jax.jit(lambda xb: model.apply({'params': params, **state}, xb,
+                                      method='features').astype(jnp.float32))
+  return np.concatenate([np.asarray(fn(x[i:i + batch_size]))
+                         for i in range(0, len(x), batch_size)])
+
+
+def lastlayer(config, workdir) -> dict:
+  """The last-layer experiment; returns the comparison (also JSON, PNG)."""
+  ds, m, est = _finished_run(config, workdir)
+  out_dir = os.path.join(workdir, 'lastlayer')
+  model, params, state = backbone(config, ds, workdir)
+  feats = dataclasses.replace(
+      ds, name=f'{ds.name} (frozen features)',
+      x_train=features(model, params, state, ds.x_train),
+      x_test=features(model, params, state, ds.x_test))
+  head_config = config.copy_and_resolve_references()
+  with head_config.unlocked():
+    head_config.models_per_device = config.lastlayer.models_per_device
+    head_config.train.update(epochs=config.lastlayer.epochs,
+                             batch_size=config.lastlayer.batch_size,
+                             lr=config.lastlayer.lr, augment='none',
+                             compute_dtype='float32', weight_decay=0.0)
+    head_config.model.name = 'linear'
+  # The same seed, n and m: every head trains on its full model's subset.
+  summary = pipeline.run_on(head_config, out_dir, feats, m,
+                            models.Linear(ds.num_classes), show=False)
+  head = store.load_estimates(out_dir)
+  comparison = compare_mem(est['mem'], head['mem'],
+                           config.summary.mem_threshold)
+  comparison['head_test_acc_mean'] = summary['model_test_acc_mean']
+  store.write_json(os.path.join(out_dir, 'comparison.json'), comparison)
+  _plot_histograms(os.path.join(out_dir, 'mem_histograms.png'), est['mem'],
+                   head['mem'], ds.name)
+  print(f'memorization, full network vs last layer alone ({ds.name}):\n'
+        f'  examples with mem >= {comparison["threshold"]}: '
+        f'{comparison["memorized_full"]} full, {comparison["memorized_last"]} '
+        f'last layer\n  median mem {comparison["median_full"]:.3f} vs '
+        f'{comparison["median_last"]:.3f}; correlation '
+        f'{comparison["correlation"]:.3f}')
+  return comparison
+
+
+def compare_mem(full, last, threshold) -> dict:
+  corr = (float(np.corrcoef(full, last)[0, 1])
+          if full.std() > 0 and last.std() > 0 else float('nan'))
+  return dict(threshold=threshold,
+              memorized_full=int((full >= threshold).sum()),
+              memorized_last=int((last >= threshold).sum()),
+              median_full=float(np.median(full)),
+              median_last=float(np.median(last)),
+              mean_full=float(full.mean()), mean_last=float(last.mean()),
+              correlation=corr)
+
+
+def _plot_histograms(path, full, last, name):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  bins = np.linspace(-1, 1, 41)
+  ax.hist(full, bins, alpha=0.6, label='full network')
+  ax.hist(last, bins, alpha=0.6, label='last layer only')
+  ax.set_yscale('log')
+  ax.set_xlabel('memorization estimate')
+  ax.set_ylabel('training examples')
+  ax.set_title(name)
+  ax.legend()
+  fig.tight_layout()
+  store.atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=120))
+  plt.close(fig)
+

@@ -1,0 +1,102 @@
+"""The two experiments on the planted long-tail data set."""
+
+import os
+
+import numpy as np
+import pytest
+
+import planted
+from feldman_zhang import experiments
+from feldman_zhang import pipeline
+from feldman_zhang import store
+
+
+@pytest.fixture(scope='module')
+def planted_run(tmp_path_factory):
+  from feldman_zhang import config as config_lib
+  tmp = tmp_path_factory.mktemp('planted')
+  train_ids, test_ids = planted.make(tmp / 'planted.npz')
+  c = config_lib.base()
+  c.data.source = f'npz:{tmp / "planted.npz"}'
+  c.num_models = 64
+  c.models_per_device = 32
+  c.model.hidden = (128,)
+  c.train.update(epochs=25, batch_size=64, lr=0.05)
+  c.drop.update(thresholds=(0.6,), num_models=6)
+  c.lastlayer.update(epochs=25, models_per_device=64)
+  workdir = str(tmp / 'run')
+  pipeline.run(c, workdir)
+  return c, workdir, train_ids, test_ids
+
+
+def test_dropping_memorized_costs_more_than_random(planted_run):
+  c, workdir, train_ids, test_ids = planted_run
+  mem = store.load_estimates(workdir)['mem']
+  rows = experiments.drop(c, workdir)
+  assert len(rows) == 1 and rows[0]['num_removed'] == (mem >= 0.6).sum()
+  result = np.load(os.path.join(workdir, 'drop', 'theta_0.6000.npz'))
+  # The highest-mem examples include the plants: without them their twins
+  # in the test set are lost; a random removal of as many rarely hits one.
+  assert np.isin(train_ids, result['removed']).mean() >= 0.8
+  twins_high = result['test_correct'][:6, test_ids].mean()
+  twins_random = result['test_correct'][6:, test_ids].mean()
+  assert twins_random - twins_high > 0.3, (twins_high, twins_random)
+  assert rows[0]['acc_high_mem_removed'] < rows[0]['acc_random_removed']
+  csv = open(os.path.join(workdir, 'drop', 'drop.csv')).read().splitlines()
+  assert csv[0].startswith('theta,num_removed,fraction_removed') and len(csv) == 2
+  assert os.path.getsize(os.path.join(workdir, 'drop', 'drop.png')) > 1000
+  # A rerun reads the finished threshold back instead of retraining.
+  mtime = os.path.getmtime(os.path.join(workdir, 'drop', 'theta_0.6000.npz'))
+  assert experiments.drop(c, workdir) == rows
+  assert os.path.getmtime(
+      os.path.join(workdir, 'drop', 'theta_0.6000.npz')) == mtime
+
+
+def test_random_arm_sets_are_distinct_and_exact():
+  n, r = 500, 40
+  sets = {experiments.random_removal(0, 0, j, n, r).tobytes() for j in range(20)}
+  sets |= {experiments.random_removal(s, 0, 0, n, r).tobytes()
+           for s in range(1, 20)}
+  assert len(sets) == 39
+  gone = experiments.random_removal(3, 2, 1, n, r)
+  assert len(np.unique(gone)) == r and gone.min() >= 0 and gone.max() < n
+  np.testing.assert_array_equal(gone, experiments.random_removal(3, 2, 1, n, r))
+
+
+def test_drop_keeps_exactly_the_complement(planted_run, monkeypatch):
+  c, workdir, _, _ = planted_run
+  seen = {}
+
+  def fake_train(config, model, ds, idx, keys):
+    seen['idx'] = idx
+    k = len(idx)
+    return dict(test_correct=np.ones((k, ds.num_test), bool),
+                loss=np.zeros((k, 1)))
+
+  monkeypatch.setattr(pipeline, 'train_models', fake_train)
+  ds, _ = pipeline.prepare(c)
+  mem = store.load_estimates(workdir)['mem']
+  result = experiments.drop_one(c, ds, None, mem, 0.5, 3)
+  n = ds.num_train
+  for row, gone in zip(seen['idx'], [result['removed']] * 6 +
+                       list(result['random_removed'])):
+    assert len(row) + len(gone) == n
+    np.testing.assert_array_equal(np.union1d(row, gone), np.arange(n))
+
+
+def test_last_layer_does_not_memorize_the_plants(planted_run):
+  c, workdir, train_ids, _ = planted_run
+  comparison = experiments.lastlayer(c, workdir)
+  full = store.load_estimates(workdir)['mem']
+  last = store.load_estimates(os.path.join(workdir, 'lastlayer'))['mem']
+  assert np.median(full[train_ids]) > 0.8
+  assert np.median(last[train_ids]) < 0.2
+  assert comparison['memorized_last'] < comparison['memorized_full'] / 2
+  # Heads trained on the full models' own subsets.
+  a = store.load_predictions(workdir)['masks']
+  b = store.load_predictions(os.path.join(workdir, 'lastlayer'))['masks']
+  np.testing.assert_array_equal(a, b)
+  assert os.path.exists(os.path.join(workdir, 'lastlayer', 'backbone'))
+  # Resumes: the backbone is restored, the heads are not retrained.
+  again = experiments.lastlayer(c, workdir)
+  assert again == comparison
