@@ -19,6 +19,7 @@ class ConfigError(ValueError):
 # changes the shapes XLA compiles for, which may reorder float sums; the
 # measured effect is in BENCHMARKS.md.)
 SCHEDULING_FIELDS = ('num_models', 'models_per_device', 'eval_batch_size',
+                     'target_stderr',
                      'estimate', 'summary', 'drop', 'lastlayer')
 
 
@@ -29,6 +30,9 @@ def base() -> ml_collections.ConfigDict:
   c.subset_ratio = 0.7         # m = round(subset_ratio * n), as in the paper.
   c.models_per_device = 100    # K, models trained by one vmapped call.
   c.eval_batch_size = 1024
+  # > 0: stop training once the median standard error of mem falls below it
+  # (checked after each call); the estimates then use the models trained.
+  c.target_stderr = 0.0
 
   c.data = ml_collections.ConfigDict()
   c.data.source = 'digits'     # digits | idx:<dir> | npz:<file> | tfds:<name>
@@ -59,6 +63,11 @@ def base() -> ml_collections.ConfigDict:
   c.estimate = ml_collections.ConfigDict()
   c.estimate.infl = True
   c.estimate.infl_stderr = False
+  # Top-k influence per test example, computed tile by tile without the full
+  # matrix (for runs where n x n_test does not fit), and every pair with
+  # infl >= pair_threshold: 0 turns it off.
+  c.estimate.infl_topk = 0
+  c.estimate.pair_threshold = 0.15
 
   # --mode=drop: retrain without the examples of mem >= each threshold, and
   # without as many random ones; num_models models per arm and threshold.

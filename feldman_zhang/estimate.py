@@ -24,9 +24,16 @@ def _mean(total, count):
   return jnp.where(count > 0, total / jnp.maximum(count, 1), EMPTY_MEAN)
 
 
-def _var_of_mean(p, count):
-  """Bernoulli variance of a group mean; an empty group counts as the largest
-  variance of one observation (1/4), so its stderr reads as unknown."""
+def _var_of_mean(total, count):
+  """Variance of a group's mean of 0/1 values.
+
+  p(1-p)/count with p smoothed by half a success and half a failure
+  ((total + 1/2) / (count + 1)): a group that is all right or all wrong still
+  has some uncertainty, where the raw p would claim none (and a 95% interval
+  would then miss every example whose true rate is just below 1). An empty
+  group counts as one observation of the largest variance, 1/4.
+  """
+  p = (total + 0.5) / (count + 1)
   return jnp.where(count > 0, p * (1 - p) / jnp.maximum(count, 1), 0.25)
 
 
@@ -39,8 +46,8 @@ def _memorization(masks, correct):
   right_in = jnp.sum(masks & correct, 0, dtype=jnp.int32)
   right_out = jnp.sum(correct, 0, dtype=jnp.int32) - right_in
   in_acc, out_acc = _mean(right_in, num_in), _mean(right_out, num_out)
-  stderr = jnp.sqrt(_var_of_mean(in_acc, num_in) +
-                    _var_of_mean(out_acc, num_out))
+  stderr = jnp.sqrt(_var_of_mean(right_in, num_in) +
+                    _var_of_mean(right_out, num_out))
   return dict(mem=in_acc - out_acc, mem_stderr=stderr, in_acc=in_acc,
               heldout_acc=out_acc, num_in=num_in)
 
@@ -60,11 +67,11 @@ def _influence_block(masks_block, test_correct, num_in, with_stderr):
   right_all = jnp.sum(test_correct, 0, dtype=jnp.int32).astype(jnp.float32)
   num_in = num_in[:, None].astype(jnp.float32)
   num_out = t - num_in
-  in_acc = _mean(right_in, num_in)
-  out_acc = _mean(right_all[None, :] - right_in, num_out)
-  stderr = (jnp.sqrt(_var_of_mean(in_acc, num_in) +
-                     _var_of_mean(out_acc, num_out)) if with_stderr else None)
-  return in_acc - out_acc, stderr
+  right_out = right_all[None, :] - right_in
+  infl = _mean(right_in, num_in) - _mean(right_out, num_out)
+  stderr = (jnp.sqrt(_var_of_mean(right_in, num_in) +
+                     _var_of_mean(right_out, num_out)) if with_stderr else None)
+  return infl, stderr
 
 
 def estimate(masks, train_correct, test_correct, *, with_infl: bool = True,
@@ -109,4 +116,89 @@ def estimate(masks, train_correct, test_correct, *, with_infl: bool = True,
     out['infl'] = infl
     if with_infl_stderr:
       out['infl_stderr'] = infl_se
+  return out
+
+
+@functools.partial(jax.jit, static_argnames=('k',))
+def _merge_top(top_vals, top_idx, tile, start, k):
+  """Keeps the k largest per test column of [running top; tile].
+
+  top_vals, top_idx: (k, n_test); tile: (b, n_test) rows start..start+b-1.
+  """
+  rows = start + jnp.arange(tile.shape[0], dtype=jnp.int32)
+  vals = jnp.concatenate([top_vals, tile])
+  idx = jnp.concatenate([top_idx, jnp.broadcast_to(rows[:, None], tile.shape)])
+  # top_k runs along the last axis: work on (n_test, k + b).
+  best, where = jax.lax.top_k(vals.T, k)
+  return best.T, jnp.take_along_axis(idx.T, where, axis=1).T
+
+
+def top_influence(masks, test_correct, k: int, threshold: float = 1.0,
+                  block: int = 4096, max_pairs: int = 1_000_000) -> dict:
+  """Top-k influence per test example, tile by tile: never the full matrix.
+
+  For ImageNet-scale runs, where infl (n, n_test) would not fit in memory
+  (1.28M x 50k floats is 256 GB), each tile of `block` training rows is
+  computed on the device, merged into the running top-k, and dropped.
+
+  Args:
+    masks: (t, n) bool; test_correct: (t, n_test) bool.
+    k: training examples kept per test example.
+    threshold: also keep every pair with infl >= threshold (at most
+      max_pairs of them, largest first).
+    block: training rows per tile.
+  Returns:
+    top_infl (k, n_test) float32 and top_train (k, n_test) int32, best first
+    along axis 0; pair_train, pair_test (P,) int32 and pair_infl (P,) float32.
+  """
+  masks = jnp.asarray(masks, bool)
+  test_correct = jnp.asarray(test_correct, bool)
+  n, n_test = masks.shape[1], test_correct.shape[1]
+  k = min(k, n)
+  num_in = jnp.sum(masks, 0, dtype=jnp.int32)
+  top_vals = jnp.full((k, n_test), -jnp.inf, jnp.float32)
+  top_idx = jnp.zeros((k, n_test), jnp.int32)
+  pairs = []
+  block = min(block, n)
+  for start in range(0, n, block):
+    # Tiles keep one shape: the last one overlaps the one before, and its
+    # repeated rows are masked out of the merge and the pairs.
+    lo = min(start, n - block)
+    tile, _ = _influence_block(masks[:, lo:lo + block], test_correct,
+                               num_in[lo:lo + block], False)
+    fresh = jnp.arange(block) >= start - lo
+    tile = jnp.where(fresh[:, None], tile, -jnp.inf)
+    top_vals, top_idx = _merge_top(top_vals, top_idx, tile, lo, k)
+    host_tile = np.asarray(tile)
+    rows, cols = np.nonzero(host_tile >= threshold)
+    pairs.append((rows + lo, cols, host_tile[rows, cols]))
+  pair_train = np.concatenate([p[0] for p in pairs]).astype(np.int32)
+  pair_test = np.concatenate([p[1] for p in pairs]).astype(np.int32)
+  pair_infl = np.concatenate([p[2] for p in pairs]).astype(np.float32)
+  order = np.lexsort((pair_test, pair_train, -pair_infl))[:max_pairs]
+  return dict(top_infl=np.asarray(top_vals), top_train=np.asarray(top_idx),
+              pair_train=pair_train[order], pair_test=pair_test[order],
+              pair_infl=pair_infl[order])
+
+
+def convergence(masks, train_correct, fractions=(0.25, 0.5)) -> list:
+  """How mem moves as t grows: estimates from the first fraction of the
+  models against those from all of them.
+
+  Returns [dict(models, mean_abs_diff, max_abs_diff, correlation,
+  median_stderr)] for each fraction, then for all models.
+  """
+  t = len(masks)
+  full = estimate(masks, train_correct, None, with_infl=False)
+  out = []
+  for f in tuple(fractions) + (1.0,):
+    k = max(1, int(round(f * t)))
+    part = full if k == t else estimate(masks[:k], train_correct[:k], None,
+                                        with_infl=False)
+    diff = np.abs(part['mem'] - full['mem'])
+    corr = (float(np.corrcoef(part['mem'], full['mem'])[0, 1])
+            if part['mem'].std() > 0 and full['mem'].std() > 0 else 1.0)
+    out.append(dict(models=k, mean_abs_diff=float(diff.mean()),
+                    max_abs_diff=float(diff.max()), correlation=corr,
+                    median_stderr=float(np.median(part['mem_stderr']))))
   return out

@@ -182,13 +182,48 @@ def train_models(config, model, ds, idx, keys) -> dict:
   return {k: np.concatenate([o[k] for o in outs])[:r] for k in outs[0]}
 
 
-def train_missing(config, workdir, ds, m, have, model) -> int:
-  """Trains and stores this process's share of the missing models."""
+class StderrTarget:
+  """Says when the median standard error of mem falls below a target.
+
+  Holds the masks and train correctness of the models stored so far (those
+  found at the start and those this process writes) and re-estimates mem
+  after each call.
+  """
+
+  def __init__(self, target, workdir, num_models):
+    self.target, self.blocks = target, []
+    if store.list_chunks(workdir):
+      preds = store.load_predictions(workdir)
+      keep = preds['model_ids'] < num_models
+      self.add(preds['masks'][keep], preds['train_correct'][keep])
+
+  def add(self, masks, train_correct):
+    self.blocks.append((masks, train_correct))
+
+  def reached(self) -> bool:
+    if not self.blocks:
+      return False
+    est = estimate_lib.estimate(
+        np.concatenate([b[0] for b in self.blocks]),
+        np.concatenate([b[1] for b in self.blocks]), None, with_infl=False)
+    median = float(np.median(est['mem_stderr']))
+    logging.info('median mem stderr %.4f (target %.4f) from %d models', median,
+                 self.target, est['num_models'])
+    return median < self.target
+
+
+def train_missing(config, workdir, ds, m, have, model) -> tuple[int, bool]:
+  """Trains and stores this process's share of the missing models.
+
+  Returns (models trained, whether config.target_stderr stopped it early).
+  """
   k, d = models_per_call(config)
   cells = plan_cells(have, k * d, jax.process_index(), jax.process_count())
   todo = sum(len(ids) for _, ids in cells)
-  if not todo:
-    return 0
+  target = (StderrTarget(config.target_stderr, workdir, config.num_models)
+            if config.target_stderr > 0 else None)
+  if not todo or (target and target.reached()):
+    return 0, bool(todo)
   mesh = train.local_mesh()
   chunk_fn = train.make_chunk_fn(model, config, m, mesh)
   arrays = train.put_replicated(mesh, ds.x_train, ds.y_train, ds.x_test,
@@ -196,7 +231,7 @@ def train_missing(config, workdir, ds, m, have, model) -> int:
   progress = Progress(todo)
   logging.info('training %d models, %d per call (%d per device on %d %s '
                'devices)', todo, k * d, k, d, jax.default_backend())
-  pending = None
+  pending, trained = None, 0
   for start, missing in cells:
     # A cell is trained whole (the padding past num_models too), so every
     # call has the same shapes and compiles once; only missing models are
@@ -208,13 +243,16 @@ def train_missing(config, workdir, ds, m, have, model) -> int:
     # Dispatch is asynchronous: the previous cell is written while this one
     # trains.
     if pending:
-      _write(workdir, ds, *pending, progress)
+      trained += _write(workdir, ds, *pending, progress, target)
+      if target and target.reached():
+        return trained, True
     pending = (start, missing, idx, out)
-  _write(workdir, ds, *pending, progress)
-  return todo
+  trained += _write(workdir, ds, *pending, progress, target)
+  return trained, False
 
 
-def _write(workdir, ds, start, missing, idx, out, progress):
+def _write(workdir, ds, start, missing, idx, out, progress, target=None):
+  """Stores the missing models of one trained cell; returns how many."""
   out = jax.device_get(out)
   for ids in consecutive_runs(missing):
     rows = ids - start
@@ -228,7 +266,11 @@ def _write(workdir, ds, start, missing, idx, out, progress):
         workdir, ids, subsets.to_masks(idx[rows], ds.num_train),
         out['train_correct'][rows], out['test_correct'][rows],
         out['train_ptrue'][rows], out['test_ptrue'][rows], loss)
+    if target:
+      target.add(subsets.to_masks(idx[rows], ds.num_train),
+                 out['train_correct'][rows])
   progress.update(len(missing))
+  return len(missing)
 
 
 def run(config, workdir):
@@ -254,14 +296,19 @@ def run_on(config, workdir, ds, m, model, show=True):
   if not distributed.is_leader():
     have = stored_models(workdir, config.num_models, quarantine=False)
   t0 = time.time()
-  trained = train_missing(config, workdir, ds, m, have, model)
+  trained, stopped = train_missing(config, workdir, ds, m, have, model)
   train_s = time.time() - t0
   distributed.barrier('trained')
   if not distributed.is_leader():
     logging.info('process %d trained %d models; process 0 writes the '
                  'estimates', jax.process_index(), trained)
     return None
-  preds = store.load_predictions(workdir, config.num_models)
+  if stopped or config.target_stderr > 0:
+    preds = store.load_predictions(workdir)
+    preds = {k: v[preds['model_ids'] < config.num_models]
+             for k, v in preds.items()}
+  else:
+    preds = store.load_predictions(workdir, config.num_models)
   valid = np.isfinite(preds['loss'][:, -1])
   if not valid.any():
     raise store.StoreError('every model diverged; lower train.lr')
@@ -270,6 +317,11 @@ def run_on(config, workdir, ds, m, model, show=True):
       preds['masks'][valid], preds['train_correct'][valid],
       preds['test_correct'][valid], with_infl=config.estimate.infl,
       with_infl_stderr=config.estimate.infl_stderr)
+  if config.estimate.infl_topk:
+    top = estimate_lib.top_influence(
+        preds['masks'][valid], preds['test_correct'][valid],
+        config.estimate.infl_topk, config.estimate.pair_threshold)
+    est.update({f'infl_{k}': v for k, v in top.items()})
   est['diverged_models'] = preds['model_ids'][~valid]
   if ds.corrupted is not None:
     est['label_corrupted'] = ds.corrupted
@@ -277,6 +329,9 @@ def run_on(config, workdir, ds, m, model, show=True):
   summary = summary_lib.summarize(config, ds, preds, valid, est)
   summary['timing'] = dict(models_trained=trained, train_s=train_s,
                            estimate_s=time.time() - t0)
+  summary['stopped_at_target_stderr'] = stopped
+  summary['convergence'] = estimate_lib.convergence(
+      preds['masks'][valid], preds['train_correct'][valid])
   store.write_json(os.path.join(workdir, 'summary.json'), summary)
   if show:
     print(summary_lib.render(summary, ds, est))

@@ -91,4 +91,11 @@ def render(s, ds, est) -> str:
           f'  train {p["train"]:>6} (label {p["train_label"]}) -> test '
           f'{p["test"]:>6} (label {p["test_label"]}): infl {p["infl"]:.3f}'
           f'{se}, mem {p["mem"]:.3f}')
+  if s.get('convergence'):
+    parts = [f'{c["models"]} models: mean |change| {c["mean_abs_diff"]:.4f}, '
+             f'corr {c["correlation"]:.3f}' for c in s['convergence'][:-1]]
+    lines.append('convergence of mem against all models: ' + '; '.join(parts))
+  if s.get('stopped_at_target_stderr'):
+    lines.append(f'stopped early: median mem stderr reached the target with '
+                 f'{s["num_models"]} models')
   return '\n'.join(lines)

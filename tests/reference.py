@@ -8,9 +8,10 @@ def _mean(values):
 
 
 def _var_of_mean(values):
+  """Smoothed Bernoulli variance of a mean: p = (successes + 1/2) / (n + 1)."""
   if not len(values):
     return 0.25
-  p = values.mean()
+  p = (values.sum() + 0.5) / (len(values) + 1)
   return p * (1 - p) / len(values)
 
 

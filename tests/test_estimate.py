@@ -38,8 +38,10 @@ def test_empty_groups_mean_one_half():
   assert got['in_acc'][1] == 0.5
   assert got['mem'][1] == np.float32(0.5) - np.float32(2 / 3)
   np.testing.assert_array_equal(got['infl'], [[0.5], [-0.5]])
-  # An empty group's stderr term is 1/4: unknown, not zero.
-  assert got['mem_stderr'][0] == pytest.approx(np.sqrt(2 / 9 / 3 + 0.25))
+  # An empty group's stderr term is 1/4: unknown, not zero. The full group
+  # has 2 of 3 right: smoothed p = 2.5 / 4.
+  p = 2.5 / 4
+  assert got['mem_stderr'][0] == pytest.approx(np.sqrt(p * (1 - p) / 3 + 0.25))
 
 
 def test_tiles_equal_one_block():
@@ -74,3 +76,44 @@ def test_without_infl():
   rng = np.random.default_rng(2)
   got = estimate.estimate(*_random_case(rng, 5, 6, 3), with_infl=False)
   assert 'infl' not in got and got['mem'].shape == (6,)
+
+
+def test_tiled_top_k_equals_dense_top_k():
+  rng = np.random.default_rng(5)
+  masks, _, test_correct = _random_case(rng, 60, 103, 11)
+  dense = estimate.estimate(masks, masks, test_correct)['infl']
+  for block in (7, 50, 103, 500):
+    top = estimate.top_influence(masks, test_correct, k=5, threshold=0.3,
+                                 block=block)
+    want = -np.sort(-dense, axis=0)[:5]
+    np.testing.assert_array_equal(top['top_infl'], want)
+    # Ties may pick other rows of the same value: check values at the rows.
+    np.testing.assert_array_equal(
+        np.take_along_axis(dense, top['top_train'], axis=0), want)
+    for j in range(11):
+      assert len(set(top['top_train'][:, j])) == 5  # no row counted twice
+    rows, cols = np.nonzero(dense >= 0.3)
+    assert sorted(zip(top['pair_train'], top['pair_test'])) == sorted(
+        zip(rows, cols))
+    np.testing.assert_array_equal(top['pair_infl'],
+                                  dense[top['pair_train'], top['pair_test']])
+    assert np.all(np.diff(top['pair_infl']) <= 0)
+
+
+def test_stderr_covers_the_truth():
+  """95% intervals from mem_stderr cover the true mem 90-99% of the time,
+  over many simulated runs of Bernoulli models with known rates."""
+  rng = np.random.default_rng(0)
+  n, t, reps = 200, 150, 40
+  # Rates across the range, extremes included (most real examples sit at 1).
+  p_in = rng.choice([1.0, 0.995, 0.98, 0.9, 0.7, 0.5, 0.2], n)
+  p_out = p_in * rng.choice([1.0, 0.9, 0.5, 0.1], n)
+  truth = p_in - p_out
+  hits = []
+  for _ in range(reps):
+    masks = rng.random((t, n)) < 0.7
+    correct = rng.random((t, n)) < np.where(masks, p_in, p_out)
+    est = estimate.estimate(masks, correct, correct[:, :1], with_infl=False)
+    hits.append(np.abs(est['mem'] - truth) <= 1.96 * est['mem_stderr'])
+  coverage = np.mean(hits)
+  assert 0.90 <= coverage <= 0.99, coverage

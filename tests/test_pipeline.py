@@ -117,3 +117,31 @@ def test_diverged_models_are_excluded(finished):
   _poison(workdir, range(c.num_models))
   with pytest.raises(store.StoreError, match='every model diverged'):
     pipeline.run(c, workdir)
+
+
+def test_target_stderr_stops_early(tiny_config, tmp_path):
+  c = tiny_config
+  c.num_models = 40
+  c.models_per_device = 8
+  c.target_stderr = 0.3   # reached after the first calls
+  summary = pipeline.run(c, str(tmp_path / 'run'))
+  assert summary['stopped_at_target_stderr']
+  t = summary['num_models']
+  assert 8 <= t < 40 and t % 8 == 0
+  est = store.load_estimates(str(tmp_path / 'run'))
+  assert est['num_models'] == t and np.median(est['mem_stderr']) < 0.3
+  assert [c['models'] for c in summary['convergence']] == [
+      round(t / 4), round(t / 2), t]
+
+
+def test_top_k_influence_in_estimates(tiny_config, tmp_path):
+  c = tiny_config
+  c.estimate.infl_topk = 3
+  c.estimate.pair_threshold = 0.5
+  pipeline.run(c, str(tmp_path / 'run'))
+  est = store.load_estimates(str(tmp_path / 'run'))
+  assert est['infl_top_infl'].shape == (3, 497)
+  np.testing.assert_array_equal(est['infl_top_infl'],
+                                -np.sort(-est['infl'], axis=0)[:3])
+  assert np.all(est['infl_pair_infl'] >= 0.5)
+  assert len(est['infl_pair_infl']) == (est['infl'] >= 0.5).sum()
