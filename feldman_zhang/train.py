@@ -98,20 +98,13 @@ def apply(model, params, state, x, train: bool):
   return model.apply(variables, x, train=train), state
 
 
-def make_train_one(model, tx, *, m: int, batch_size: int, epochs: int,
-                   augment=None, label_smoothing: float = 0.0):
-  """Returns train_one(key, idx, x, y) -> ((params, state), epoch_losses).
+def make_step(model, tx, augment=None, label_smoothing: float = 0.0):
+  """One SGD step of one model.
 
-  idx: (m,) int32 training indices of this model's subset; x: (N, H, W, C)
-  uint8 and y: (N,) int32, the whole training set, shared by all models.
-  epoch_losses: (epochs,) mean training loss of each epoch.
+  Returns step(carry, xb, yb, wb, key) -> (carry, loss), where carry is
+  (params, state, opt_state), xb: (B, H, W, C) uint8, yb: (B,) int32,
+  wb: (B,) float weights (0 for padding) and key draws the augmentation.
   """
-  steps = steps_per_epoch(m, batch_size)
-  pad = steps * batch_size - m
-  # Padding slots repeat real indices but weigh nothing: static shapes, and
-  # the loss of the short last batch is its true mean.
-  weights = jnp.concatenate([jnp.ones(m), jnp.zeros(pad)]).reshape(
-      steps, batch_size)
   augment = augment or (lambda key, x: x)
 
   def loss_fn(params, state, xb, yb, wb):
@@ -121,25 +114,56 @@ def make_train_one(model, tx, *, m: int, batch_size: int, epochs: int,
     losses = optax.softmax_cross_entropy(logits, labels)
     return jnp.sum(losses * wb) / jnp.sum(wb), state
 
+  def step(carry, xb, yb, wb, key):
+    params, state, opt_state = carry
+    (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        params, state, augment(key, xb), yb, wb)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), state, opt_state), loss
+
+  return step
+
+
+def epoch_order(key, idx, batch_size: int):
+  """(steps, B) example indices of one epoch: a permutation of idx, its last
+  batch filled up with repeats, and (steps, B) weights, 0 on the repeats."""
+  m = idx.shape[0]
+  steps = steps_per_epoch(m, batch_size)
+  pad = steps * batch_size - m
+  perm = jax.random.permutation(key, idx)
+  order = jnp.concatenate([perm, perm[:pad]]).reshape(steps, batch_size)
+  # Padding slots repeat real indices but weigh nothing: static shapes, and
+  # the loss of the short last batch is its true mean.
+  weights = jnp.concatenate([jnp.ones(m), jnp.zeros(pad)]).reshape(
+      steps, batch_size)
+  return order, weights
+
+
+def make_train_one(model, tx, *, m: int, batch_size: int, epochs: int,
+                   augment=None, label_smoothing: float = 0.0):
+  """Returns train_one(key, idx, x, y) -> ((params, state), epoch_losses).
+
+  idx: (m,) int32 training indices of this model's subset; x: (N, H, W, C)
+  uint8 and y: (N,) int32, the whole training set, shared by all models.
+  epoch_losses: (epochs,) mean training loss of each epoch.
+  """
+  steps = steps_per_epoch(m, batch_size)
+  step = make_step(model, tx, augment, label_smoothing)
+
   def train_one(key, idx, x, y):
     init_key, order_keys, aug_keys = split_model_key(key, epochs, steps)
     params, state = init(model, init_key, x)
     opt_state = tx.init(params)
 
-    def step(carry, batch):
-      params, state, opt_state = carry
+    def scan_step(carry, batch):
       bidx, wb, step_key = batch
-      xb = augment(step_key, x[bidx])
-      (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-          params, state, xb, y[bidx], wb)
-      updates, opt_state = tx.update(grads, opt_state, params)
-      return (optax.apply_updates(params, updates), state, opt_state), loss
+      return step(carry, x[bidx], y[bidx], wb, step_key)
 
     def epoch(carry, keys):
       order_key, step_keys = keys
-      perm = jax.random.permutation(order_key, idx)
-      order = jnp.concatenate([perm, perm[:pad]]).reshape(steps, batch_size)
-      carry, losses = jax.lax.scan(step, carry, (order, weights, step_keys))
+      order, weights = epoch_order(order_key, idx, batch_size)
+      carry, losses = jax.lax.scan(scan_step, carry,
+                                   (order, weights, step_keys))
       return carry, jnp.sum(losses * weights.sum(1)) / m
 
     (params, state, _), epoch_losses = jax.lax.scan(

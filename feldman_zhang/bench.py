@@ -1,0 +1,259 @@
+r"""Throughput of the trainer, against the ways people train subset models.
+
+  python -m feldman_zhang.bench --config=configs/mnist_mlp.py \
+      --config.data.source=idx:../shared/datasets/mnist --num_models=2000
+
+Three arms train the same models (same keys, subsets and data order):
+  vmap      this project: K models per jitted call, all steps in lax.scan;
+  single    the same trainer, one model per call;
+  steploop  the reference demo's way: one jitted step per Python iteration,
+            each mini-batch gathered on the host and copied to the device.
+The slow arms are timed on a sample (--sample_models, --sample_steps) and
+scaled to num_models; each arm's compile time is reported apart. Achieved
+FLOP/s and parameter traffic come from counted models of the network (see
+`count`), set against the device's measured matmul and copy peaks.
+"""
+
+import json
+import math
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ml_collections import config_flags
+
+from feldman_zhang import pipeline
+from feldman_zhang import subsets
+from feldman_zhang import train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Experiment config file.')
+flags.DEFINE_integer('num_models', 0, 'Models the figures are for; 0: one '
+                     'call of models_per_device on every device.')
+flags.DEFINE_integer('sample_models', 2, 'Models timed in the single arm.')
+flags.DEFINE_integer('sample_steps', 50, 'Steps timed in the steploop arm.')
+flags.DEFINE_list('arms', ['vmap', 'single', 'steploop'], 'Arms to run.')
+flags.DEFINE_string('out', 'bench.json', 'Where the JSON goes.')
+
+# Bytes moved per parameter per SGD-momentum step, all f32: the forward and
+# the backward pass read it (8), the gradient is written and read (8), the
+# momentum read and written (8), the parameter read and written (8).
+BYTES_PER_PARAM_STEP = 32
+
+
+def count(model, config, ds, m) -> dict:
+  """FLOP and byte counts of one model's training and evaluation.
+
+  Forward FLOPs per example come from XLA's cost analysis of one batch; a
+  training step costs 3 forward passes (forward, and a backward pass of
+  twice the work).
+  """
+  params, state = train.init(model, jax.random.key(0), ds.x_train)
+  batch = ds.x_train[:config.train.batch_size]
+  fwd = jax.jit(lambda p, s, x: train.apply(model, p, s, x, False)[0])
+  cost = fwd.lower(params, state, batch).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  fwd_flops = float(cost['flops']) / len(batch)
+  steps = train.steps_per_epoch(m, config.train.batch_size) * config.train.epochs
+  num_params = sum(p.size for p in jax.tree.leaves(params))
+  examples = steps * config.train.batch_size
+  return dict(
+      num_params=int(num_params), forward_flops_per_example=fwd_flops,
+      steps_per_model=steps, train_examples_per_model=m * config.train.epochs,
+      train_flops_per_model=3 * fwd_flops * examples,
+      eval_flops_per_model=fwd_flops * (ds.num_train + ds.num_test),
+      param_bytes_per_model=BYTES_PER_PARAM_STEP * num_params * steps)
+
+
+def measure_peaks(device=None) -> dict:
+  """Measured matmul FLOP/s (bf16 on accelerators, f32 on CPU) and copy
+  bandwidth of one device: the ceilings the achieved figures are set against."""
+  device = device or jax.local_devices()[0]
+  cpu = device.platform == 'cpu'
+  n, dtype = (1024, jnp.float32) if cpu else (8192, jnp.bfloat16)
+  a = jax.device_put(jnp.ones((n, n), dtype), device)
+  matmul = jax.jit(lambda a: a @ a)
+  secs = _best_of(lambda: matmul(a), 5)
+  words = (16 if cpu else 256) * 2**20  # 64 MiB / 1 GiB of f32
+  x = jax.device_put(jnp.ones(words, jnp.float32), device)
+  scale = jax.jit(lambda x: x * 2)
+  copy_secs = _best_of(lambda: scale(x), 5)
+  return dict(device=device.device_kind, platform=device.platform,
+              matmul_tflops=2 * n**3 / secs / 1e12,
+              copy_gbps=2 * 4 * words / copy_secs / 1e9)
+
+
+def _best_of(fn, reps):
+  jax.block_until_ready(fn())
+  best = float('inf')
+  for _ in range(reps):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    best = min(best, time.perf_counter() - start)
+  return best
+
+
+def _inputs(config, ds, m, ids):
+  return (train.model_keys(config.seed, ids),
+          subsets.indices(config.seed, ds.num_train, m, ids))
+
+
+def time_chunks(config, model, ds, m, num_models, per_device) -> dict:
+  """The vmap (per_device = K) or single (per_device = 1) arm."""
+  mesh = train.local_mesh() if per_device > 1 else None
+  size = per_device * (jax.local_device_count() if mesh else 1)
+  fn = train.make_chunk_fn(model, config, m, mesh)
+  data = (ds.x_train, ds.y_train, ds.x_test, ds.y_test)
+  if mesh:
+    data = train.put_replicated(mesh, *data)
+  else:
+    data = [jax.device_put(a) for a in data]
+  args = _inputs(config, ds, m, np.arange(size))
+  if mesh:
+    args = train.put_models(mesh, *args)
+  start = time.perf_counter()
+  compiled = fn.lower(*args, *data).compile()
+  compile_s = time.perf_counter() - start
+  memory = compiled.memory_analysis()
+  calls = math.ceil(num_models / size)
+  start = time.perf_counter()
+  for c in range(calls):
+    args = _inputs(config, ds, m, np.arange(c * size, (c + 1) * size))
+    if mesh:
+      args = train.put_models(mesh, *args)
+    out = compiled(*args, *data)
+  jax.block_until_ready(out)
+  secs = time.perf_counter() - start
+  out = dict(models_timed=calls * size, seconds=secs * num_models / (calls * size),
+             compile_s=compile_s, models_per_call=size)
+  if memory is not None:
+    total = (memory.temp_size_in_bytes + memory.argument_size_in_bytes +
+             memory.output_size_in_bytes)
+    out['device_bytes_per_model'] = total / size
+  return out
+
+
+def train_steploop(model, config, m, key, idx, x, y, max_steps=None):
+  """One model, one jitted step per Python iteration, batches from the host.
+
+  Returns ((params, state), losses (steps,)): the same model train_one
+  trains, step for step. max_steps stops early (for timing a sample).
+  """
+  c = config.train
+  steps = train.steps_per_epoch(m, c.batch_size)
+  tx = train.make_optimizer(c, steps)
+  step = jax.jit(train.make_step(model, tx, train.augment_lib.make(
+      c.augment, c.crop_padding), c.label_smoothing))
+  init_key, order_keys, aug_keys = train.split_model_key(key, c.epochs, steps)
+  params, state = train.init(model, init_key, x)
+  carry = (params, state, tx.init(params))
+  x, y = np.asarray(x), np.asarray(y)
+  losses = []
+  for e in range(c.epochs):
+    order, weights = jax.device_get(train.epoch_order(order_keys[e], idx,
+                                                      c.batch_size))
+    for s in range(steps):
+      if max_steps is not None and len(losses) == max_steps:
+        return carry[:2], jnp.stack(losses)
+      carry, loss = step(carry, x[order[s]], y[order[s]], weights[s],
+                         aug_keys[e, s])
+      losses.append(loss)
+  return carry[:2], jnp.stack(losses)
+
+
+def time_steploop(config, model, ds, m, num_models, sample_steps) -> dict:
+  key, idx = _inputs(config, ds, m, np.arange(1))
+  start = time.perf_counter()
+  jax.block_until_ready(train_steploop(model, config, m, key[0], idx[0],
+                                       ds.x_train, ds.y_train, 1))
+  compile_s = time.perf_counter() - start
+  start = time.perf_counter()
+  jax.block_until_ready(train_steploop(model, config, m, key[0], idx[0],
+                                       ds.x_train, ds.y_train, sample_steps))
+  secs = time.perf_counter() - start
+  steps = train.steps_per_epoch(m, config.train.batch_size) * config.train.epochs
+  # Evaluation is left out of this arm: its time is a lower bound.
+  return dict(models_timed=sample_steps / steps,
+              seconds=secs / sample_steps * steps * num_models,
+              compile_s=compile_s, models_per_call=1)
+
+
+def figures(arm: dict, counts: dict, peaks: dict, num_models: int) -> dict:
+  secs = arm['seconds']
+  flops = num_models * (counts['train_flops_per_model'] +
+                        counts['eval_flops_per_model'])
+  traffic = num_models * counts['param_bytes_per_model']
+  return dict(arm, models_per_s=num_models / secs,
+              train_examples_per_s=num_models *
+              counts['train_examples_per_model'] / secs,
+              tflops=flops / secs / 1e12,
+              tflops_fraction=flops / secs / 1e12 / peaks['matmul_tflops'],
+              param_gbps=traffic / secs / 1e9,
+              param_bandwidth_fraction=traffic / secs / 1e9 / peaks['copy_gbps'])
+
+
+def run(config, num_models=0, arms=('vmap', 'single', 'steploop'),
+        sample_models=2, sample_steps=50) -> dict:
+  ds, m = pipeline.prepare(config)
+  model = pipeline.create_model(config, ds)
+  k = config.models_per_device
+  num_models = num_models or k * jax.local_device_count()
+  counts = count(model, config, ds, m)
+  peaks = measure_peaks()
+  result = dict(config=config.to_dict(), num_models=num_models, counts=counts,
+                peaks=peaks, arms={})
+  for name in arms:
+    if name == 'vmap':
+      arm = time_chunks(config, model, ds, m, num_models, k)
+    elif name == 'single':  # a sample, scaled to num_models
+      arm = time_chunks(config, model, ds, m, sample_models, 1)
+      arm['seconds'] *= num_models / sample_models
+    elif name == 'steploop':
+      arm = time_steploop(config, model, ds, m, num_models, sample_steps)
+    else:
+      raise ValueError(f'unknown arm {name!r}: expected vmap, single, steploop')
+    result['arms'][name] = figures(arm, counts, peaks, num_models)
+  if 'vmap' in result['arms']:
+    base = result['arms']['vmap']['seconds']
+    result['speedup'] = {f'vmap_over_{a}': v['seconds'] / base
+                         for a, v in result['arms'].items() if a != 'vmap'}
+  return result
+
+
+def table(result) -> str:
+  p = result['peaks']
+  lines = [f'{result["num_models"]} models; device {p["device"]} '
+           f'(measured peaks: {p["matmul_tflops"]:.1f} TFLOP/s matmul, '
+           f'{p["copy_gbps"]:.0f} GB/s copy); {result["counts"]["num_params"]:,} '
+           'params per model',
+           f'{"arm":9} {"seconds":>10} {"models/s":>10} {"examples/s":>12} '
+           f'{"TFLOP/s":>8} {"%peak":>6} {"param GB/s":>11} {"%copy":>6} '
+           f'{"compile s":>9} {"MB/model":>9}']
+  for name, a in result['arms'].items():
+    mb = a.get('device_bytes_per_model', float('nan')) / 2**20
+    lines.append(
+        f'{name:9} {a["seconds"]:10.2f} {a["models_per_s"]:10.2f} '
+        f'{a["train_examples_per_s"]:12.3g} {a["tflops"]:8.3f} '
+        f'{100 * a["tflops_fraction"]:6.1f} {a["param_gbps"]:11.1f} '
+        f'{100 * a["param_bandwidth_fraction"]:6.1f} {a["compile_s"]:9.1f} '
+        f'{mb:9.1f}')
+  for k, v in result.get('speedup', {}).items():
+    lines.append(f'{k}: {v:.1f}x')
+  return '\n'.join(lines)
+
+
+def main(argv):
+  del argv
+  result = run(FLAGS.config, FLAGS.num_models, FLAGS.arms, FLAGS.sample_models,
+               FLAGS.sample_steps)
+  print(table(result))
+  with open(FLAGS.out, 'w') as f:
+    json.dump(result, f, indent=2, default=str)
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config'])
+  app.run(main)

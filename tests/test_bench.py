@@ -1,0 +1,60 @@
+"""The benchmark harness: its counts, and that its arms train the same models."""
+
+import jax
+import numpy as np
+
+from feldman_zhang import bench
+from feldman_zhang import data
+from feldman_zhang import models
+from feldman_zhang import subsets
+from feldman_zhang import train
+
+
+def test_counts_of_the_reference_mlp(tiny_config):
+  c = tiny_config
+  c.model.hidden = (512, 256)
+  ds = data.load('digits')
+  m = subsets.subset_size(ds.num_train, c.subset_ratio)
+  counts = bench.count(models.create(c.model, 10), c, ds, m)
+  matmul = 2 * (64 * 512 + 512 * 256 + 256 * 10)
+  # XLA also counts bias adds, ReLUs and the like: a few percent more.
+  assert matmul <= counts['forward_flops_per_example'] <= 1.05 * matmul
+  assert counts['num_params'] == 64 * 512 + 512 + 512 * 256 + 256 + 2570
+  steps = -(-m // 64) * c.train.epochs
+  assert counts['steps_per_model'] == steps
+  assert counts['param_bytes_per_model'] == 32 * counts['num_params'] * steps
+  assert counts['train_flops_per_model'] == (
+      3 * counts['forward_flops_per_example'] * steps * 64)
+
+
+def test_steploop_trains_the_same_model(tiny_config):
+  c = tiny_config
+  c.train.epochs = 2
+  ds = data.load('digits')
+  m = subsets.subset_size(ds.num_train, c.subset_ratio)
+  model = models.create(c.model, 10)
+  key = train.model_keys(c.seed, [5])[0]
+  idx = subsets.indices(c.seed, ds.num_train, m, [5])[0]
+  (p_scan, _), _ = jax.jit(train.make_trainer(model, c, m))(
+      key, idx, ds.x_train, ds.y_train)
+  (p_loop, _), losses = bench.train_steploop(model, c, m, key, idx,
+                                             ds.x_train, ds.y_train)
+  assert len(losses) == 2 * -(-m // 64)
+  for a, b in zip(jax.tree.leaves(p_scan), jax.tree.leaves(p_loop)):
+    np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+def test_run_reports_consistent_figures(tiny_config):
+  c = tiny_config
+  c.train.epochs = 1
+  result = bench.run(c, num_models=6, sample_models=1, sample_steps=3)
+  assert set(result['arms']) == {'vmap', 'single', 'steploop'}
+  for arm in result['arms'].values():
+    assert arm['seconds'] > 0 and arm['compile_s'] > 0
+    np.testing.assert_allclose(arm['models_per_s'], 6 / arm['seconds'])
+    np.testing.assert_allclose(
+        arm['tflops_fraction'], arm['tflops'] / result['peaks']['matmul_tflops'])
+  assert result['arms']['vmap']['models_timed'] == 10  # 2 calls of K=5
+  assert result['speedup']['vmap_over_single'] == (
+      result['arms']['single']['seconds'] / result['arms']['vmap']['seconds'])
+  assert 'vmap' in bench.table(result)
