@@ -16,6 +16,7 @@ FLOP/s and parameter traffic come from counted models of the network (see
 
 import json
 import math
+import sys
 import time
 
 from absl import app
@@ -37,6 +38,8 @@ flags.DEFINE_integer('sample_models', 2, 'Models timed in the single arm.')
 flags.DEFINE_integer('sample_steps', 50, 'Steps timed in the steploop arm.')
 flags.DEFINE_list('arms', ['vmap', 'single', 'steploop'], 'Arms to run.')
 flags.DEFINE_string('out', 'bench.json', 'Where the JSON goes.')
+flags.DEFINE_list('estimate_only', [], 'T,N,N_TEST: time only the estimate '
+                  'step on random predictions of that size (no --config).')
 
 # Bytes moved per parameter per SGD-momentum step, all f32: the forward and
 # the backward pass read it (8), the gradient is written and read (8), the
@@ -181,6 +184,24 @@ def time_steploop(config, model, ds, m, num_models, sample_steps) -> dict:
               compile_s=compile_s, models_per_call=1)
 
 
+def time_estimate(t: int, n: int, n_test: int, reps: int = 3) -> dict:
+  """The estimate step alone (mem, stderr and the dense infl matrix, copied
+  back to the host) on random 0/1 predictions of the given size."""
+  from feldman_zhang import estimate  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  masks = rng.random((t, n), np.float32) < 0.7
+  train_correct = rng.random((t, n), np.float32) < 0.9
+  test_correct = rng.random((t, n_test), np.float32) < 0.9
+  secs = []
+  for _ in range(reps + 1):  # the first call compiles
+    start = time.perf_counter()
+    out = estimate.estimate(masks, train_correct, test_correct)
+    secs.append(time.perf_counter() - start)
+  return dict(t=t, n=n, n_test=n_test, first_call_s=secs[0],
+              seconds=min(secs[1:]), infl_bytes=out['infl'].nbytes,
+              device=jax.local_devices()[0].device_kind)
+
+
 def figures(arm: dict, counts: dict, peaks: dict, num_models: int) -> dict:
   secs = arm['seconds']
   flops = num_models * (counts['train_flops_per_model'] +
@@ -247,6 +268,17 @@ def table(result) -> str:
 
 def main(argv):
   del argv
+  if FLAGS.estimate_only:
+    t, n, n_test = (int(v) for v in FLAGS.estimate_only)
+    result = time_estimate(t, n, n_test)
+    print(f'estimate step, t={t} n={n} n_test={n_test} on {result["device"]}: '
+          f'{result["seconds"]:.2f} s (first call {result["first_call_s"]:.2f} '
+          's, with compilation)')
+    with open(FLAGS.out, 'w') as f:
+      json.dump(result, f, indent=2)
+    return
+  if FLAGS.config is None:
+    sys.exit('error: --config is required (or --estimate_only=T,N,N_TEST)')
   result = run(FLAGS.config, FLAGS.num_models, FLAGS.arms, FLAGS.sample_models,
                FLAGS.sample_steps)
   print(table(result))
@@ -255,5 +287,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['config'])
   app.run(main)

@@ -8,6 +8,9 @@ Every loader returns a `Dataset`: uint8 images (N, H, W, C) and int32 labels
   npz:<file>        arrays x_train, y_train, x_test, y_test (num_classes opt.).
   tfds:<name>       TensorFlow Datasets (mnist, cifar10, cifar100,
                     imagenet_resized/32x32, ...), read from `data_dir`.
+  random:HxWxC:classes:n:n_test
+                    seeded random images and labels of a real data set's
+                    shape, for timing (e.g. random:32x32x3:10:50000:10000).
 """
 
 import dataclasses
@@ -68,9 +71,12 @@ def load(source: str, data_dir: str = '', num_classes: int = 0,
     ds = _npz(arg)
   elif kind == 'tfds' and arg:
     ds = _tfds(arg, data_dir, download)
+  elif kind == 'random' and arg:
+    ds = _random(arg)
   else:
     raise DataError(f'unknown data source {source!r}: expected digits, '
-                    'idx:<dir>, npz:<file> or tfds:<name>')
+                    'idx:<dir>, npz:<file>, tfds:<name> or '
+                    'random:HxWxC:classes:n:n_test')
   if num_classes:
     ds = dataclasses.replace(ds, num_classes=num_classes)
   return _checked(ds)
@@ -226,6 +232,24 @@ def _npz(path: str) -> Dataset:
     num_classes = 1 + int(max(np.max(arrays['y_train'], initial=0),
                               np.max(arrays['y_test'], initial=0)))
   return Dataset(f'npz:{path}', num_classes=num_classes, **arrays)
+
+
+# -- random -------------------------------------------------------------------
+
+
+def _random(spec: str) -> Dataset:
+  try:
+    shape, classes, n, n_test = spec.split(':')
+    shape = tuple(int(d) for d in shape.split('x'))
+    classes, n, n_test = int(classes), int(n), int(n_test)
+    assert len(shape) == 3 and min(shape) > 0 and classes > 1
+  except (ValueError, AssertionError) as e:
+    raise DataError(f'bad random source {spec!r}: expected '
+                    'HxWxC:classes:n:n_test, e.g. 32x32x3:10:50000:10000') from e
+  rng = np.random.default_rng(0)
+  x = lambda k: rng.integers(0, 256, (k, *shape), np.uint8)
+  y = lambda k: rng.integers(0, classes, k).astype(np.int32)
+  return Dataset(f'random:{spec}', x(n), y(n), x(n_test), y(n_test), classes)
 
 
 # -- TFDS ---------------------------------------------------------------------

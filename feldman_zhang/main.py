@@ -38,6 +38,20 @@ flags.DEFINE_integer('process_id', 0, 'With --coordinator_address.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+def parse_flags(argv):
+  """absl's parser, with config-override mistakes as one-line errors."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f'error: {e}')
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    # ml_collections raises these for an unknown field or a value of the
+    # wrong type, with the field in the message.
+    message = str(e).replace('\\n', ' ').replace('\\', '').replace("'", '')
+    message = ' '.join(message.split())
+    sys.exit(f'error: bad --config override: {message}')
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -57,4 +71,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

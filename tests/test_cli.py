@@ -25,6 +25,9 @@ def _cli(workdir, *overrides):
     ('--config.subset_ratio=0.0', 'subset_ratio must lie in (0, 1)'),
     ('--config.num_models=0', 'num_models must be >= 1'),
     ('--config.data.num_classes=5', 'labels out of range'),
+    ('--config.num_modelz=5', 'Did you mean "num_models"'),
+    ('--config.train.lr=fast', "could not convert string to float"),
+    ('--config.model.name=transformer', 'unknown model'),
 ])
 def test_bad_input(tmp_path, override, message):
   workdir = tmp_path / 'run'

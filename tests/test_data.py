@@ -121,3 +121,12 @@ def test_tfds_not_prepared_names_data_dir(tmp_path):
   pytest.importorskip('tensorflow_datasets')
   with pytest.raises(data.DataError, match=f'not prepared.*data_dir={tmp_path}'):
     data.load('tfds:mnist', data_dir=str(tmp_path))
+
+
+def test_random_source_for_timing():
+  ds = data.load('random:32x32x3:100:50:20')
+  assert ds.x_train.shape == (50, 32, 32, 3) and ds.x_test.shape == (20, 32, 32, 3)
+  assert ds.num_classes == 100 and ds.y_train.max() < 100
+  assert ds.fingerprint() == data.load('random:32x32x3:100:50:20').fingerprint()
+  with pytest.raises(data.DataError, match='bad random source'):
+    data.load('random:32x32:10:5:5')
