@@ -40,6 +40,10 @@ flags.DEFINE_list('arms', ['vmap', 'single', 'steploop'], 'Arms to run.')
 flags.DEFINE_string('out', 'bench.json', 'Where the JSON goes.')
 flags.DEFINE_list('estimate_only', [], 'T,N,N_TEST: time only the estimate '
                   'step on random predictions of that size (no --config).')
+flags.DEFINE_list('step_variants', [], 'Time only training-step layouts '
+                  '(gather, shared, map; see bench_step.py) ...')
+flags.DEFINE_list('step_ks', [], '... at these models per device K.')
+flags.DEFINE_integer('step_steps', 50, '... over this many steps.')
 
 # Bytes moved per parameter per SGD-momentum step, all f32: the forward and
 # the backward pass read it (8), the gradient is written and read (8), the
@@ -77,11 +81,13 @@ def measure_peaks(device=None) -> dict:
   device = device or jax.local_devices()[0]
   cpu = device.platform == 'cpu'
   n, dtype = (1024, jnp.float32) if cpu else (8192, jnp.bfloat16)
-  a = jax.device_put(jnp.ones((n, n), dtype), device)
+  # Random operands: zeros or ones can run faster than real data.
+  a = jax.device_put(jax.random.normal(jax.random.key(0), (n, n), dtype),
+                     device)
   matmul = jax.jit(lambda a: a @ a)
   secs = _best_of(lambda: matmul(a), 5)
   words = (16 if cpu else 256) * 2**20  # 64 MiB / 1 GiB of f32
-  x = jax.device_put(jnp.ones(words, jnp.float32), device)
+  x = jax.device_put(jax.random.normal(jax.random.key(1), (words,)), device)
   scale = jax.jit(lambda x: x * 2)
   copy_secs = _best_of(lambda: scale(x), 5)
   return dict(device=device.device_kind, platform=device.platform,
@@ -244,6 +250,24 @@ def run(config, num_models=0, arms=('vmap', 'single', 'steploop'),
   return result
 
 
+def step_variants(config, variants, ks, steps) -> list:
+  """Per-step time of each layout at each K; prints a table as it goes."""
+  from feldman_zhang import bench_step  # pylint: disable=g-import-not-at-top
+  ds, m = pipeline.prepare(config)
+  model = pipeline.create_model(config, ds)
+  print(f'{"variant":8} {"K":>6} {"ms/step":>9} {"us/step/model":>14} '
+        f'{"compile s":>9} {"loss":>7}')
+  rows = []
+  for k in ks:
+    for v in variants:
+      r = bench_step.time_variant(v, model, config, ds, m, k, steps)
+      rows.append(r)
+      print(f'{v:8} {k:6d} {1e3 * r["step_s"]:9.3f} '
+            f'{1e6 * r["step_s_per_model"]:14.2f} {r["compile_s"]:9.1f} '
+            f'{r["final_loss"]:7.3f}', flush=True)
+  return rows
+
+
 def table(result) -> str:
   p = result['peaks']
   lines = [f'{result["num_models"]} models; device {p["device"]} '
@@ -279,6 +303,13 @@ def main(argv):
     return
   if FLAGS.config is None:
     sys.exit('error: --config is required (or --estimate_only=T,N,N_TEST)')
+  if FLAGS.step_variants:
+    rows = step_variants(FLAGS.config, FLAGS.step_variants,
+                         [int(k) for k in FLAGS.step_ks] or
+                         [FLAGS.config.models_per_device], FLAGS.step_steps)
+    with open(FLAGS.out, 'w') as f:
+      json.dump(rows, f, indent=2)
+    return
   result = run(FLAGS.config, FLAGS.num_models, FLAGS.arms, FLAGS.sample_models,
                FLAGS.sample_steps)
   print(table(result))
