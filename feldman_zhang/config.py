@@ -18,8 +18,8 @@ class ConfigError(ValueError):
 # or how it is scheduled, not what any one model computes. (Models per device
 # changes the shapes XLA compiles for, which may reorder float sums; the
 # measured effect is in BENCHMARKS.md.)
-SCHEDULING_FIELDS = ('num_models', 'models_per_device', 'eval_batch_size',
-                     'target_stderr',
+SCHEDULING_FIELDS = ('num_models', 'models_per_device', 'vectorize',
+                     'eval_batch_size', 'target_stderr',
                      'estimate', 'summary', 'drop', 'lastlayer')
 
 
@@ -28,7 +28,12 @@ def base() -> ml_collections.ConfigDict:
   c.seed = 0
   c.num_models = 1000          # t, the number of subsets and models.
   c.subset_ratio = 0.7         # m = round(subset_ratio * n), as in the paper.
-  c.models_per_device = 100    # K, models trained by one vmapped call.
+  c.models_per_device = 100    # K, models trained by one jitted call.
+  # How a call runs its K models: vmap (one batched program; dense layers
+  # become batched matmuls) or map (lax.map, one model after another inside
+  # the call; convolutions stay plain rather than grouped, 1.6x faster for
+  # ResNet-9 on an H100, BENCHMARKS.md).
+  c.vectorize = 'vmap'
   c.eval_batch_size = 1024
   # > 0: stop training once the median standard error of mem falls below it
   # (checked after each call); the estimates then use the models trained.
@@ -59,6 +64,9 @@ def base() -> ml_collections.ConfigDict:
   c.train.augment = 'none'       # none | crop_flip, drawn per model and step.
   c.train.crop_padding = 4
   c.train.compute_dtype = 'auto'  # auto (bf16 on GPU/TPU) | float32 | bfloat16
+  # Momentum buffer dtype: bfloat16 halves its share of the parameter
+  # traffic that bounds small-model training (BENCHMARKS.md).
+  c.train.momentum_dtype = 'float32'
 
   c.estimate = ml_collections.ConfigDict()
   c.estimate.infl = True
@@ -110,6 +118,7 @@ def validate(c) -> None:
       (c.num_models >= 1, 'num_models must be >= 1'),
       (0 < c.subset_ratio < 1, 'subset_ratio must lie in (0, 1)'),
       (c.models_per_device >= 1, 'models_per_device must be >= 1'),
+      (c.vectorize in ('vmap', 'map'), 'vectorize must be vmap or map'),
       (c.eval_batch_size >= 1, 'eval_batch_size must be >= 1'),
       (c.train.epochs >= 1, 'train.epochs must be >= 1'),
       (c.train.batch_size >= 1, 'train.batch_size must be >= 1'),
@@ -125,6 +134,8 @@ def validate(c) -> None:
        'train.augment must be none or crop_flip'),
       (c.train.compute_dtype in ('auto', 'float32', 'bfloat16'),
        'train.compute_dtype must be auto, float32 or bfloat16'),
+      (c.train.momentum_dtype in ('float32', 'bfloat16'),
+       'train.momentum_dtype must be float32 or bfloat16'),
       (0 <= c.data.label_noise < 1, 'data.label_noise must lie in [0, 1)'),
       (c.data.num_classes >= 0, 'data.num_classes must be >= 0'),
       (c.seed >= 0, 'seed must be >= 0'),

@@ -1,6 +1,7 @@
 """Trains K models at once on their own subsets, then evaluates each on all data.
 
-One jitted call (`make_chunk_fn`) does a whole chunk: `jax.vmap` over models of
+One jitted call (`make_chunk_fn`) does a whole chunk: `jax.vmap` (or `lax.map`,
+config.vectorize) over models of
 a per-model trainer whose epochs and steps run inside `lax.scan`, reading
 mini-batches by gather from the device-resident data set. Each model k draws
 its initialization and its data order from fold_in(key(seed), k), so a model
@@ -47,7 +48,9 @@ def make_optimizer(config, steps: int) -> optax.GradientTransformation:
   if config.weight_decay:
     parts.append(optax.add_decayed_weights(config.weight_decay))
   parts.append(optax.sgd(lr, momentum=config.momentum or None,
-                         nesterov=bool(config.nesterov)))
+                         nesterov=bool(config.nesterov),
+                         accumulator_dtype=jnp.dtype(
+                             config.get('momentum_dtype', 'float32'))))
   return optax.chain(*parts)
 
 
@@ -234,7 +237,11 @@ def make_chunk_fn(model, config, m: int, mesh=None) -> Callable:
     return dict(train_correct=train_correct, train_ptrue=train_ptrue,
                 test_correct=test_correct, test_ptrue=test_ptrue, loss=losses)
 
-  fn = jax.vmap(one_model, in_axes=(0, 0, None, None, None, None))
+  if config.get('vectorize', 'vmap') == 'map':
+    def fn(keys, idx, *data):
+      return jax.lax.map(lambda a: one_model(*a, *data), (keys, idx))
+  else:
+    fn = jax.vmap(one_model, in_axes=(0, 0, None, None, None, None))
   if mesh is not None:
     models_axis, shared = P(MODELS_AXIS), P()
     # check_vma=False: the program has no collectives to check, and with the

@@ -32,21 +32,7 @@ cd "$repo"
 mnist_cfg=(--config=configs/mnist_mlp.py --config.data.source="idx:$mnist"
            --config.train.schedule=constant)
 
-step() {  # step NAME LIMIT_S CMD...: runs CMD, logs to OUT/NAME.log, times it
-  local name=$1 limit=$2; shift 2
-  local start=$SECONDS left=$((budget - SECONDS))
-  if (( left < 30 )); then
-    echo "== $name: skipped, ${left}s of the ${budget}s budget left" \
-      | tee -a "$out/steps.log"
-    return
-  fi
-  (( limit > left )) && limit=$left
-  echo "== $name (limit ${limit}s): $*" | tee -a "$out/steps.log"
-  timeout "$limit" "$@" > "$out/$name.log" 2>&1
-  local rc=$?
-  grep -v -e Warning -e 'xla_bridge' "$out/$name.log" | tail -n 25
-  echo "== $name: rc=$rc, $((SECONDS - start)) s" | tee -a "$out/steps.log"
-}
+source "$repo/launch/steps.sh"
 
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem \
   --format=csv | tee "$out/device.txt"
@@ -95,5 +81,5 @@ step layouts_resnet 120 "$python" -m feldman_zhang.bench \
 step bench_cifar10 200 "$python" -m feldman_zhang.bench \
   --config=configs/cifar10_resnet.py \
   --config.data.source=random:32x32x3:10:50000:10000 --config.train.epochs=2 \
-  --num_models=16 --arms=vmap --out="$out/bench_cifar10.json"
+  --config.train.warmup_epochs=0.5 --num_models=16 --arms=vmap --out="$out/bench_cifar10.json"
 cat "$out/steps.log"

@@ -79,3 +79,28 @@ def test_partial_last_batch_counts_once():
   logits = model.apply({'params': params}, x[:10])
   want = optax.softmax_cross_entropy_with_integer_labels(logits, y[:10]).mean()
   np.testing.assert_allclose(losses[0], want, rtol=1e-5)
+
+
+def test_map_over_models_equals_vmap(tiny_config):
+  _, _, run = _setup(tiny_config)
+  vmapped = run(np.arange(3))
+  tiny_config.vectorize = 'map'
+  _, _, run = _setup(tiny_config)
+  _assert_same_models(vmapped, run(np.arange(3)))
+
+
+def test_bf16_momentum_is_stored_in_bf16_and_trains_alike(tiny_config):
+  c = tiny_config.train
+  c.momentum_dtype = 'bfloat16'
+  tx = train.make_optimizer(c, 10)
+  params = {'w': np.ones((3, 2), np.float32)}
+  dtypes = {x.dtype for x in jax.tree.leaves(tx.init(params))
+            if getattr(x, 'ndim', 0)}
+  assert dtypes == {np.dtype(jax.numpy.bfloat16)}
+  _, _, run = _setup(tiny_config)
+  bf16 = run(np.arange(2))
+  tiny_config.train.momentum_dtype = 'float32'
+  _, _, run = _setup(tiny_config)
+  f32 = run(np.arange(2))
+  assert not np.array_equal(bf16['loss'], f32['loss'])  # the switch acts
+  np.testing.assert_allclose(bf16['loss'], f32['loss'], rtol=0.05)
