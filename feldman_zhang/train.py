@@ -49,14 +49,15 @@ def make_optimizer(config, steps: int) -> optax.GradientTransformation:
     parts.append(optax.add_decayed_weights(config.weight_decay))
   parts.append(optax.sgd(lr, momentum=config.momentum or None,
                          nesterov=bool(config.nesterov),
-                         accumulator_dtype=jnp.dtype(
+                         accumulator_dtype=compute_dtype(
                              config.get('momentum_dtype', 'float32'))))
   return optax.chain(*parts)
 
 
 def compute_dtype(name: str):
-  """'auto' is bf16 on accelerators (f32 parameters and optimizer state stay)
-  and f32 on the CPU, which has no fast bf16 matrix unit."""
+  """'auto' is bf16 on accelerators and f32 on the CPU, which has no fast
+  bf16 matrix unit. Used for matrix math and for the momentum buffer;
+  parameters always stay f32."""
   if name == 'auto':
     name = 'float32' if jax.default_backend() == 'cpu' else 'bfloat16'
   return {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[name]

@@ -117,3 +117,14 @@ def test_stderr_covers_the_truth():
     hits.append(np.abs(est['mem'] - truth) <= 1.96 * est['mem_stderr'])
   coverage = np.mean(hits)
   assert 0.90 <= coverage <= 0.99, coverage
+
+
+def test_summary_top_pairs_equal_a_full_sort_with_ties():
+  from feldman_zhang import summary
+  rng = np.random.default_rng(3)
+  for shape, k in [((40, 30), 7), ((5, 3), 15), ((1, 9), 4), ((50, 1), 6)]:
+    infl = rng.integers(-3, 4, shape).astype(np.float32) / 4  # many ties
+    flat = np.arange(infl.size)
+    order = np.lexsort((flat, -infl.reshape(-1)))[:k]
+    want = [divmod(int(f), shape[1]) for f in order]
+    assert summary.top_pairs(infl, k) == want
