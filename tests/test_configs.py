@@ -43,3 +43,22 @@ def test_config_builds_and_trains_one_step(path):
                                                    np.int32), x, y, x, y)
   assert out['train_correct'].shape == (2, 8)
   assert np.all(np.isfinite(jax.device_get(out['loss'])))
+
+
+def test_cifar10_config_end_to_end_on_mocked_tfds(tmp_path):
+  tfds = pytest.importorskip('tensorflow_datasets')
+  from feldman_zhang import pipeline
+  from feldman_zhang import store
+  c = config_lib.from_file(os.path.join(ROOT, 'configs', 'cifar10_resnet.py'))
+  c.num_models = 4
+  c.models_per_device = 2
+  c.model.widths = (4, 8, 8, 16)
+  c.train.update(epochs=2, batch_size=8, warmup_epochs=1.0)
+  c.eval_batch_size = 16
+  with tfds.testing.mock_data(num_examples=24):
+    summary = pipeline.run(c, str(tmp_path / 'run'))
+  est = store.load_estimates(str(tmp_path / 'run'))
+  assert est['mem'].shape == (24,) and est['infl'].shape == (24, 24)
+  assert summary['num_models'] == 4 and summary['data'] == 'tfds:cifar10'
+  preds = store.load_predictions(str(tmp_path / 'run'))
+  assert preds['masks'].sum(1).tolist() == [17] * 4  # round(0.7 * 24)

@@ -145,3 +145,11 @@ def test_top_k_influence_in_estimates(tiny_config, tmp_path):
                                 -np.sort(-est['infl'], axis=0)[:3])
   assert np.all(est['infl_pair_infl'] >= 0.5)
   assert len(est['infl_pair_infl']) == (est['infl'] >= 0.5).sum()
+
+
+def test_results_are_readable_like_any_file_the_user_writes(tmp_path):
+  path = str(tmp_path / 'x.json')
+  store.write_json(path, {'a': 1})
+  umask = os.umask(0)
+  os.umask(umask)
+  assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600

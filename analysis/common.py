@@ -1,0 +1,129 @@
+"""A finished run as the analysis scripts see it, and their shared drawing.
+
+`load_run(workdir)` reads what the estimate job left (config.json,
+summary.json, estimates.npz) and reloads the data set the models trained on,
+label noise included, so every index and label the scripts show is the one
+the estimates refer to.
+
+Figures are `matplotlib.figure.Figure`s made without pyplot: they render
+through the Agg canvas whatever the user's backend, hold no global state, and
+the scripts either save them (`save_png`) or embed them (`png_bytes`).
+"""
+
+import dataclasses
+import io
+import os
+
+from matplotlib import figure as mpl_figure
+
+from feldman_zhang import data as data_lib
+from feldman_zhang import pipeline
+from feldman_zhang import store
+
+# What a user can get wrong (a workdir, a data set that moved): main() shows
+# these as one line and exits non-zero.
+USER_ERRORS = (store.StoreError, data_lib.DataError)
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """A finished estimate run.
+
+  config: the run's config as a nested dict (config.json).
+  summary: summary.json, or None if the run was not summarized.
+  estimates: estimates.npz: mem, mem_stderr, in_acc, heldout_acc (n,)
+    float32; num_in (n,) int32; infl (n, n_test) float32 and infl_stderr
+    when estimated; infl_top_* / infl_pair_* in the top-k form.
+  dataset: the data set the models trained on (its noisy labels, if any).
+  """
+  workdir: str
+  config: dict
+  summary: dict | None
+  estimates: dict
+  dataset: data_lib.Dataset
+
+
+def load_run(workdir: str, need_infl: bool = False) -> Run:
+  """Reads a finished run; StoreError with a one-line reason if it is not."""
+  config_path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(config_path):
+    raise store.StoreError(f'{workdir} has no config.json: not a run '
+                           'directory (python -m feldman_zhang.main '
+                           f'--workdir={workdir} makes one)')
+  if not os.path.exists(store.estimates_path(workdir)):
+    raise store.StoreError(f'{workdir} has no estimates.npz: the run has not '
+                           'finished; run the estimate there first')
+  config = store.read_json(config_path)
+  estimates = store.load_estimates(workdir)
+  if need_infl and not has_influence(estimates):
+    raise store.StoreError(
+        f'{workdir}/estimates.npz holds no influence estimates (the run had '
+        'estimate.infl=False and estimate.infl_topk=0); rerun with either set')
+  summary_path = os.path.join(workdir, 'summary.json')
+  summary = (store.read_json(summary_path) if os.path.exists(summary_path)
+             else None)
+  dataset = load_dataset(config)
+  _check_data(workdir, dataset, estimates)
+  return Run(workdir, config, summary, estimates, dataset)
+
+
+def load_dataset(config: dict) -> data_lib.Dataset:
+  """The data set as the pipeline builds it for training."""
+  return pipeline.load_data(config)
+
+
+def _check_data(workdir, ds, estimates):
+  """Refuses a data set other than the trained one: its indices would lie."""
+  run_path = os.path.join(workdir, 'run.json')
+  if os.path.exists(run_path):
+    trained = store.read_json(run_path)['identity']['data']
+    if trained != ds.fingerprint():
+      raise store.StoreError(
+          f'the data set {ds.name} differs from the one the run in {workdir} '
+          'trained on (data fingerprints differ in run.json)')
+  if len(estimates['mem']) != ds.num_train:
+    raise store.StoreError(
+        f'{workdir}/estimates.npz is for {len(estimates["mem"])} training '
+        f'examples but {ds.name} has {ds.num_train}')
+
+
+def has_influence(estimates: dict) -> bool:
+  """Whether the estimates hold infl, dense or in the top-k form."""
+  return 'infl' in estimates or 'infl_top_infl' in estimates
+
+
+def mem_threshold(run: Run) -> float:
+  """The run's bar for "memorized" (the paper's 0.25 unless changed)."""
+  return float(run.config.get('summary', {}).get('mem_threshold', 0.25))
+
+
+# -- drawing ------------------------------------------------------------------
+
+
+def new_figure(width: float, height: float) -> mpl_figure.Figure:
+  return mpl_figure.Figure(figsize=(width, height))
+
+
+def show_image(ax, x, caption: str = '', color: str = 'black') -> None:
+  """Draws one (H, W, C) uint8 image, C = 1 (grey) or 3 (RGB), captioned."""
+  if x.shape[-1] == 1:
+    ax.imshow(x[..., 0], cmap='gray', vmin=0, vmax=255,
+              interpolation='nearest')
+  else:
+    ax.imshow(x, interpolation='nearest')
+  ax.set_xticks([])
+  ax.set_yticks([])
+  ax.set_xlabel(caption, fontsize=7, color=color, linespacing=1.1)
+
+
+def png_bytes(fig: mpl_figure.Figure, dpi: int = 100) -> bytes:
+  buf = io.BytesIO()
+  fig.savefig(buf, format='png', dpi=dpi)
+  return buf.getvalue()
+
+
+def save_png(fig: mpl_figure.Figure, path: str, dpi: int = 100) -> str:
+  """Writes the figure (atomically, as the store does); returns the path."""
+  data = png_bytes(fig, dpi)
+  store.atomic_write(path, lambda f: f.write(data))
+  return path

@@ -1,0 +1,206 @@
+r"""One self-contained HTML page per finished run.
+
+  python -m analysis.report --workdir=runs/digits   # -> runs/digits/report.html
+
+The page holds the trained models' accuracy, the counts that matter (examples
+with mem >= 0.25, pairs selected, diverged models), label noise and
+convergence when the run has them, the galleries and the pair grid, and the
+config. Images are embedded as base64 data: URIs, so the one file can be
+mailed, attached to an issue or opened offline.
+"""
+
+import base64
+import html
+import os
+import sys
+
+from absl import app
+from absl import flags
+import numpy as np
+
+from analysis import common
+from analysis import export_pairs
+from analysis import galleries
+from feldman_zhang import config as config_lib
+from feldman_zhang import store
+
+FLAGS = flags.FLAGS
+
+_STYLE = """
+body { font-family: sans-serif; max-width: 1100px; margin: 2em auto;
+       color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; }
+td, th { border: 1px solid #ccc; padding: 2px 8px; text-align: right; }
+th { background: #f3f3f3; }
+td.k { text-align: left; font-family: monospace; }
+table.kv td { text-align: left; }
+img { max-width: 100%; margin: 0.5em 0; }
+.row { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
+.note { color: #666; }
+"""
+
+
+def _e(x) -> str:
+  return html.escape(str(x))
+
+
+def _table(header, rows, key_column=False) -> str:
+  """An HTML table; cells are escaped."""
+  out = ['<table class="kv">' if key_column else '<table>']
+  if header:
+    out.append('<tr>' + ''.join(f'<th>{_e(h)}</th>' for h in header) + '</tr>')
+  for r in rows:
+    cells = [f'<td class="k">{_e(c)}</td>' if key_column and n == 0
+             else f'<td>{_e(c)}</td>' for n, c in enumerate(r)]
+    out.append('<tr>' + ''.join(cells) + '</tr>')
+  out.append('</table>')
+  return '\n'.join(out)
+
+
+def _img(png: bytes, alt: str) -> str:
+  data = base64.b64encode(png).decode('ascii')
+  return f'<img src="data:image/png;base64,{data}" alt="{_e(alt)}">'
+
+
+def headline(run: common.Run, num_pairs) -> list:
+  """[(name, value)]: the run's accuracy and the counts worth a glance.
+
+  num_pairs: pairs selected, or None if the run has no influence estimates.
+  """
+  s, est = run.summary or {}, run.estimates
+  threshold = common.mem_threshold(run)
+  mem = est['mem']
+  rows = [('data', f'{run.dataset.name}: n={run.dataset.num_train}, '
+                   f'n_test={run.dataset.num_test}, '
+                   f'{run.dataset.num_classes} classes'),
+          ('models', f'{int(est["num_models"])} in the estimates')]
+  if 'model_test_acc_mean' in s:
+    rows.append(('model test accuracy', f'{s["model_test_acc_mean"]:.4f} '
+                 f'(sd {s["model_test_acc_sd"]:.4f} across models)'))
+  else:
+    rows.append(('model test accuracy', 'unknown (no summary.json)'))
+  diverged = est.get('diverged_models')
+  rows.append(('diverged models', 'unknown' if diverged is None else
+               f'{len(diverged)}' + (f': {diverged[:10].tolist()}'
+                                     if len(diverged) else '')))
+  rows.append((f'examples with mem >= {threshold}',
+               f'{int((mem >= threshold).sum())} of {len(mem)}'))
+  rows.append(('median mem stderr',
+               f'{float(np.median(est["mem_stderr"])):.4f}'))
+  rows.append(('pairs selected', 'no influence estimates in this run'
+               if num_pairs is None else str(num_pairs)))
+  if 'label_noise' in s:
+    ln = s['label_noise']
+    rows.append(('label noise',
+                 f'{ln["num_corrupted"]} corrupted labels; median mem '
+                 f'{ln["mem_median_corrupted"]:.3f} (corrupted) vs '
+                 f'{ln["mem_median_clean"]:.3f} (clean); mem >= '
+                 f'{s["mem_threshold"]}: {ln["memorized_corrupted"]} corrupted,'
+                 f' {ln["memorized_clean"]} clean'))
+  if s.get('stopped_at_target_stderr'):
+    rows.append(('stopped early', 'median mem stderr reached '
+                 'config.target_stderr'))
+  if 'timing' in s:
+    t = s['timing']
+    rows.append(('timing', f'{t["models_trained"]} models trained in '
+                 f'{t["train_s"]:.1f} s; estimates in {t["estimate_s"]:.1f} s'))
+  return rows
+
+
+def convergence_rows(summary) -> list:
+  return [(c['models'], f'{c["mean_abs_diff"]:.4f}', f'{c["max_abs_diff"]:.4f}',
+           f'{c["correlation"]:.4f}', f'{c["median_stderr"]:.4f}')
+          for c in (summary or {}).get('convergence', [])]
+
+
+def pair_rows(table, limit) -> list:
+  return [(int(table['tr_idx'][r]), int(table['tt_idx'][r]),
+           int(table['train_label'][r]), int(table['test_label'][r]),
+           f'{table["infl"][r]:.3f}', f'{table["infl_stderr"][r]:.3f}',
+           f'{table["mem"][r]:.3f}', f'{table["mem_stderr"][r]:.3f}')
+          for r in range(min(limit, len(table['tr_idx'])))]
+
+
+def build(run: common.Run, infl_threshold=0.15, mem_threshold=0.25, grids=8,
+          table_rows=20) -> str:
+  """The report of a run, as one HTML string."""
+  table = caveat = None
+  if common.has_influence(run.estimates):
+    table = export_pairs.with_labels(export_pairs.select_pairs(
+        run.estimates, infl_threshold, mem_threshold), run.dataset)
+    caveat = export_pairs.topk_caveat(run, infl_threshold)
+  num_pairs = None if table is None else len(table['tr_idx'])
+  title = f'Memorization and influence: {run.dataset.name}'
+  parts = [f'<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
+           f'<title>{_e(title)}</title><style>{_STYLE}</style></head><body>',
+           f'<h1>{_e(title)}</h1>',
+           f'<p class="note">{_e(os.path.abspath(run.workdir))}</p>',
+           '<h2>Summary</h2>', _table(None, headline(run, num_pairs), True)]
+  conv = convergence_rows(run.summary)
+  if conv:
+    parts += ['<h2>Convergence</h2>',
+              '<p class="note">mem from the first models against mem from '
+              'all of them.</p>',
+              _table(('models', 'mean |change|', 'max |change|', 'correlation',
+                      'median stderr'), conv)]
+  parts.append('<h2>Memorization</h2>')
+  figs = galleries.figures(run)
+  # The class gallery is wide; the three plots sit side by side under it.
+  parts.append(_img(common.png_bytes(figs.pop('most_memorized.png')),
+                    'most_memorized.png'))
+  parts.append('<div class="row">' + ''.join(
+      _img(common.png_bytes(fig), name) for name, fig in figs.items()) +
+               '</div>')
+  parts.append('<h2>High-influence pairs</h2>')
+  if table is None:
+    parts.append('<p>The run estimated no influence (estimate.infl and '
+                 'estimate.infl_topk were off).</p>')
+  else:
+    parts.append(f'<p>{num_pairs} pairs with infl &ge; {infl_threshold} and '
+                 f'mem &ge; {mem_threshold}, strongest first.</p>')
+    if caveat:
+      parts.append(f'<p class="note">Note: {_e(caveat)}.</p>')
+    if num_pairs:
+      parts.append(_table(export_pairs.COLUMNS, pair_rows(table, table_rows)))
+      fig = export_pairs.grid_figure(run.dataset, table, grids)
+      parts.append(_img(common.png_bytes(fig), 'pairs.png'))
+  parts += ['<h2>Config</h2>',
+            _table(None, sorted(config_lib.flatten(run.config).items()), True),
+            '</body></html>\n']
+  return '\n'.join(parts)
+
+
+def write(path: str, page: str) -> str:
+  store.atomic_write(path, lambda f: f.write(page.encode('utf-8')))
+  return path
+
+
+def define_flags():
+  """Defined only when run as a script, like those of the modules it uses."""
+  flags.DEFINE_string('workdir', None, 'A finished estimate run.',
+                      required=True)
+  flags.DEFINE_string('out', None, 'The HTML file (default '
+                      'WORKDIR/report.html).')
+  flags.DEFINE_float('infl_threshold', 0.15, 'Pairs: infl >= this.')
+  flags.DEFINE_float('mem_threshold', 0.25, 'Pairs: mem of the training '
+                     'example >= this.')
+  flags.DEFINE_integer('grids', 8, 'Test images in the pair grid.')
+  flags.DEFINE_integer('table_rows', 20, 'Pairs listed in the table.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  try:
+    run = common.load_run(FLAGS.workdir)
+  except common.USER_ERRORS as e:
+    sys.exit(f'error: {e}')
+  page = build(run, FLAGS.infl_threshold, FLAGS.mem_threshold, FLAGS.grids,
+               FLAGS.table_rows)
+  path = write(FLAGS.out or os.path.join(FLAGS.workdir, 'report.html'), page)
+  print(f'wrote {path}')
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)
