@@ -13,6 +13,9 @@ the scripts either save them (`save_png`) or embed them (`png_bytes`).
 import dataclasses
 import io
 import os
+import sys
+
+from absl import app
 
 from matplotlib import figure as mpl_figure
 
@@ -65,6 +68,16 @@ def load_run(workdir: str, need_infl: bool = False) -> Run:
   dataset = load_dataset(config)
   _check_data(workdir, dataset, estimates)
   return Run(workdir, config, summary, estimates, dataset)
+
+
+def load_run_or_exit(argv, workdir: str, need_infl: bool = False) -> Run:
+  """A script's first step: its run, or a one-line error and exit 1."""
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  try:
+    return load_run(workdir, need_infl)
+  except USER_ERRORS as e:
+    sys.exit(f'error: {e}')
 
 
 def load_dataset(config: dict) -> data_lib.Dataset:

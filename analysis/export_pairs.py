@@ -24,7 +24,6 @@ import csv
 import io
 import json
 import os
-import sys
 
 from absl import app
 from absl import flags
@@ -256,12 +255,7 @@ def define_flags():
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  try:
-    run = common.load_run(FLAGS.workdir, need_infl=True)
-  except common.USER_ERRORS as e:
-    sys.exit(f'error: {e}')
+  run = common.load_run_or_exit(argv, FLAGS.workdir, need_infl=True)
   caveat = topk_caveat(run, FLAGS.infl_threshold)
   if caveat:
     logging.warning(caveat)

@@ -12,7 +12,6 @@ Writes under --out (default WORKDIR/figures):
 """
 
 import os
-import sys
 
 from absl import app
 from absl import flags
@@ -144,12 +143,7 @@ def define_flags():
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  try:
-    run = common.load_run(FLAGS.workdir)
-  except common.USER_ERRORS as e:
-    sys.exit(f'error: {e}')
+  run = common.load_run_or_exit(argv, FLAGS.workdir)
   out = FLAGS.out or os.path.join(FLAGS.workdir, 'figures')
   paths = [common.save_png(fig, os.path.join(out, name))
            for name, fig in figures(run, FLAGS.per_class).items()]

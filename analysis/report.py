@@ -12,7 +12,6 @@ mailed, attached to an issue or opened offline.
 import base64
 import html
 import os
-import sys
 
 from absl import app
 from absl import flags
@@ -189,12 +188,7 @@ def define_flags():
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  try:
-    run = common.load_run(FLAGS.workdir)
-  except common.USER_ERRORS as e:
-    sys.exit(f'error: {e}')
+  run = common.load_run_or_exit(argv, FLAGS.workdir)
   page = build(run, FLAGS.infl_threshold, FLAGS.mem_threshold, FLAGS.grids,
                FLAGS.table_rows)
   path = write(FLAGS.out or os.path.join(FLAGS.workdir, 'report.html'), page)
