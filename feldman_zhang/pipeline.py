@@ -250,6 +250,11 @@ def train_missing(config, workdir, ds, m, have, model) -> tuple[int, bool]:
     idx = subsets.indices(config.seed, ds.num_train, m, ids)
     out = chunk_fn(*train.put_models(mesh, train.model_keys(config.seed, ids),
                                      idx), *arrays)
+    # Queue the copy to the host now: queued after the next cell's training,
+    # it waited for it (seen on an H100: the first of two cells reported
+    # only when both were done).
+    for leaf in jax.tree.leaves(out):
+      leaf.copy_to_host_async()
     # Dispatch is asynchronous: the previous cell is written while this one
     # trains.
     if pending:
