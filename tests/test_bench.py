@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import pytest
 
 from feldman_zhang import bench
 from feldman_zhang import data
@@ -58,3 +59,21 @@ def test_run_reports_consistent_figures(tiny_config):
   assert result['speedup']['vmap_over_single'] == (
       result['arms']['single']['seconds'] / result['arms']['vmap']['seconds'])
   assert 'vmap' in bench.table(result)
+
+
+def test_step_layouts_train_the_same_models(tiny_config):
+  from feldman_zhang import bench_step
+  c = tiny_config
+  ds = data.load('digits')
+  m = subsets.subset_size(ds.num_train, c.subset_ratio)
+  model = models.create(c.model, 10)
+  rows = {v: bench_step.time_variant(v, model, c, ds, m, k=3, steps=20, reps=1)
+          for v in bench_step.VARIANTS}
+  assert all(r['finite'] and r['step_s'] > 0 for r in rows.values())
+  # gather and map run the same steps on the same batches; shared draws
+  # other batches, but the models still learn.
+  assert abs(rows['gather']['final_loss'] - rows['map']['final_loss']) < 1e-4
+  assert rows['shared']['final_loss'] != rows['gather']['final_loss']
+  assert rows['shared']['final_loss'] < np.log(10)
+  with pytest.raises(ValueError, match='unknown step variant'):
+    bench_step.time_variant('scan', model, c, ds, m, k=3)
