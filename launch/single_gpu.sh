@@ -13,7 +13,7 @@
 #
 # Environment (defaults in brackets):
 #   PYTHON                           interpreter [python3]
-#   CUDA_VISIBLE_DEVICES             the GPU to use [0]; see multi_gpu.sh for all
+#   CUDA_VISIBLE_DEVICES             the GPU to use [0]; the rest as in multi_gpu.sh
 #   JAX_PLATFORMS                    [cuda]: fail instead of silently using CPU
 #   XLA_PYTHON_CLIENT_PREALLOCATE    [true]: one process owns the GPU, so JAX
 #   XLA_PYTHON_CLIENT_MEM_FRACTION   [0.90]  reserves most of its memory at start
@@ -26,25 +26,6 @@ if [[ $# -lt 2 ]]; then
   sed -n '2,/^set -euo/p' "$0" | sed '$d' >&2
   exit 2
 fi
-config=$1 workdir=$2
-shift 2
-
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
+# The same job as on all GPUs, on the one CUDA_VISIBLE_DEVICES names.
 export CUDA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES:-0}"
-export JAX_PLATFORMS="${JAX_PLATFORMS:-cuda}"
-export XLA_PYTHON_CLIENT_PREALLOCATE="${XLA_PYTHON_CLIENT_PREALLOCATE:-true}"
-export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.90}"
-if [[ "${DETERMINISTIC:-1}" == 1 ]]; then
-  export XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_deterministic_ops=true"
-fi
-
-python=${PYTHON:-python3}
-# JAX's own error for a missing CUDA backend is a bare AssertionError.
-if ! "$python" -c 'import jax; jax.devices()' 2>/dev/null; then
-  echo "error: JAX finds no '$JAX_PLATFORMS' devices: install jax for CUDA" \
-    "(pip install -e '.[cuda12]') or set JAX_PLATFORMS" >&2
-  exit 1
-fi
-exec "$python" -m feldman_zhang.main --config="$config" \
-  --workdir="$workdir" "$@"
+exec "$(dirname "${BASH_SOURCE[0]}")/multi_gpu.sh" "$@"

@@ -28,6 +28,9 @@ def _cli(workdir, *overrides):
     ('--config.num_modelz=5', 'Did you mean "num_models"'),
     ('--config.train.lr=fast', "could not convert string to float"),
     ('--config.model.name=transformer', 'unknown model'),
+    ('--config.vectorize=pmap', 'vectorize must be vmap or map'),
+    ('--config.train.momentum_dtype=float16',
+     'train.momentum_dtype must be auto, float32 or bfloat16'),
 ])
 def test_bad_input(tmp_path, override, message):
   workdir = tmp_path / 'run'
