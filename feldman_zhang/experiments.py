@@ -24,6 +24,7 @@ from absl import logging
 
 from feldman_zhang import models
 from feldman_zhang import pipeline
+from feldman_zhang import resume
 from feldman_zhang import store
 from feldman_zhang import train
 
@@ -37,7 +38,7 @@ def _finished_run(config, workdir):
   if not os.path.exists(store.estimates_path(workdir)):
     raise store.StoreError(f'{workdir} has no estimates.npz: run the estimate '
                            '(--mode=estimate) there first')
-  pipeline.check_identity(workdir, pipeline.identity(config, ds))
+  resume.check_identity(workdir, resume.identity(config, ds))
   return ds, m, store.load_estimates(workdir)
 
 

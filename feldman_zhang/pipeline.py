@@ -17,14 +17,12 @@ from feldman_zhang import data as data_lib
 from feldman_zhang import distributed
 from feldman_zhang import estimate as estimate_lib
 from feldman_zhang import models
+from feldman_zhang import resume
 from feldman_zhang import store
 from feldman_zhang import subsets
 from feldman_zhang import summary as summary_lib
 from feldman_zhang import train
 
-# Bumped whenever a change to the trainer or the store changes what a stored
-# chunk means; a workdir written under another version is not resumed.
-TRAINER_VERSION = 1
 
 USER_ERRORS = (config_lib.ConfigError, data_lib.DataError, store.StoreError)
 
@@ -61,87 +59,6 @@ def prepare(config):
 def create_model(config, ds):
   return models.create(config.model, ds.num_classes,
                        train.compute_dtype(config.train.compute_dtype))
-
-
-def identity(config, ds) -> dict:
-  """What the stored predictions depend on; a resume must match it exactly."""
-  return dict(config=config_lib.result_fields(config),
-              data=ds.fingerprint(), trainer_version=TRAINER_VERSION,
-              format_version=store.FORMAT_VERSION)
-
-
-def check_identity(workdir, ident) -> None:
-  """Records the run's identity, or refuses a workdir made by another run.
-
-  Every process checks; only the leader writes.
-  """
-  path = os.path.join(workdir, 'run.json')
-  if not os.path.exists(path):
-    if store.list_chunks(workdir):
-      raise store.StoreError(f'{workdir} holds chunks but no run.json')
-    if distributed.is_leader():
-      store.write_json(path, dict(identity=ident, versions=_versions()))
-    return
-  old = store.read_json(path)['identity']
-  if old == ident:
-    return
-  diffs = [k for k in ('data', 'trainer_version', 'format_version')
-           if old.get(k) != ident[k]]
-  keys = sorted(set(old['config']) | set(ident['config']))
-  diffs += [f'config.{k}' for k in keys
-            if old['config'].get(k) != ident['config'].get(k)]
-  raise store.StoreError(
-      f'{workdir} holds a run with other settings: {", ".join(diffs)} differ; '
-      'use a new --workdir or the old settings')
-
-
-def _versions():
-  import flax, optax  # pylint: disable=g-import-not-at-top,multiple-imports
-  return dict(jax=jax.__version__, flax=flax.__version__,
-              optax=optax.__version__, numpy=np.__version__,
-              backend=jax.default_backend())
-
-
-def stored_models(workdir, num_models, quarantine):
-  """(num_models,) bool: which models have a readable chunk.
-
-  A corrupt chunk is reported and, with quarantine, moved to chunks/corrupt,
-  so its models train again.
-  """
-  have = np.zeros(num_models, bool)
-  for start, stop, path in store.list_chunks(workdir):
-    try:
-      store.read_chunk(path)
-    except store.StoreError as e:
-      if quarantine:
-        logging.warning('%s; moving it to chunks/corrupt and retraining', e)
-        os.makedirs(os.path.join(workdir, 'chunks', 'corrupt'), exist_ok=True)
-        os.replace(path, os.path.join(workdir, 'chunks', 'corrupt',
-                                      os.path.basename(path)))
-      continue
-    have[start:min(stop, num_models)] = True
-  return have
-
-
-def plan_cells(have, cell, process_index=0, process_count=1):
-  """The cells of `cell` consecutive models that this process must train.
-
-  Cells sit on a fixed grid (0, cell, 2 cell, ...), dealt round-robin over
-  processes, so each model always trains at the same place of the same
-  program: a resumed run recomputes lost models bit for bit.
-  Returns [(start, missing ids)] for cells with any model missing.
-  """
-  out = []
-  for c, start in enumerate(range(0, len(have), cell)):
-    missing = start + np.flatnonzero(~have[start:start + cell])
-    if c % process_count == process_index and len(missing):
-      out.append((start, missing))
-  return out
-
-
-def consecutive_runs(ids):
-  """Sorted ids -> list of arrays of consecutive ids."""
-  return np.split(ids, np.flatnonzero(np.diff(ids) != 1) + 1)
 
 
 class Progress:
@@ -228,7 +145,8 @@ def train_missing(config, workdir, ds, m, have, model) -> tuple[int, bool]:
   Returns (models trained, whether config.target_stderr stopped it early).
   """
   k, d = models_per_call(config)
-  cells = plan_cells(have, k * d, jax.process_index(), jax.process_count())
+  cells = resume.plan_cells(have, k * d, jax.process_index(),
+                            jax.process_count())
   todo = sum(len(ids) for _, ids in cells)
   target = (StderrTarget(config.target_stderr, workdir, config.num_models)
             if config.target_stderr > 0 else None)
@@ -269,7 +187,7 @@ def train_missing(config, workdir, ds, m, have, model) -> tuple[int, bool]:
 def _write(workdir, ds, start, missing, idx, out, progress, target=None):
   """Stores the missing models of one trained cell; returns how many."""
   out = jax.device_get(out)
-  for ids in consecutive_runs(missing):
+  for ids in resume.consecutive_runs(missing):
     rows = ids - start
     loss = out['loss'][rows]
     bad = ~np.isfinite(loss[:, -1])
@@ -300,16 +218,16 @@ def run(config, workdir):
 
 def run_on(config, workdir, ds, m, model, show=True):
   """The estimate job on a loaded data set and a built model."""
-  check_identity(workdir, identity(config, ds))
+  resume.check_identity(workdir, resume.identity(config, ds))
   distributed.barrier('identity')
   if distributed.is_leader():
     store.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
     logging.info('%s: n=%d, n_test=%d, %d classes, subsets of m=%d', ds.name,
                  ds.num_train, ds.num_test, ds.num_classes, m)
-    have = stored_models(workdir, config.num_models, quarantine=True)
+    have = resume.stored_models(workdir, config.num_models, quarantine=True)
   distributed.barrier('scan')
   if not distributed.is_leader():
-    have = stored_models(workdir, config.num_models, quarantine=False)
+    have = resume.stored_models(workdir, config.num_models, quarantine=False)
   t0 = time.time()
   trained, stopped = train_missing(config, workdir, ds, m, have, model)
   train_s = time.time() - t0

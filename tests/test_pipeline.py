@@ -153,3 +153,19 @@ def test_results_are_readable_like_any_file_the_user_writes(tmp_path):
   umask = os.umask(0)
   os.umask(umask)
   assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+
+
+def test_resume_on_another_backend_dtype_is_refused(tmp_path, tiny_config):
+  from feldman_zhang import data
+  from feldman_zhang import resume
+  ds = data.load('digits')
+  ident = resume.identity(tiny_config, ds)
+  assert ident['dtypes'] == {'compute_dtype': 'float32',  # auto, on the CPU
+                             'momentum_dtype': 'float32'}
+  workdir = str(tmp_path / 'run')
+  resume.check_identity(workdir, ident)  # records it
+  resume.check_identity(workdir, ident)  # the same run resumes
+  # The same config run on an accelerator resolves auto to bf16.
+  gpu = dict(ident, dtypes=dict(ident['dtypes'], momentum_dtype='bfloat16'))
+  with pytest.raises(store.StoreError, match='dtypes differ'):
+    resume.check_identity(workdir, gpu)

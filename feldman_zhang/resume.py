@@ -1,0 +1,112 @@
+"""What a workdir already holds, and what is left to train.
+
+A workdir belongs to one run: `run.json` records everything its stored
+predictions depend on (config fields that change results, the data's
+fingerprint, trainer and format versions), and a resume must match it. The
+models still missing are planned on a fixed grid of cells, so a model always
+trains at the same place of the same program, whichever process, device or
+attempt trains it.
+"""
+
+import os
+
+import jax
+import numpy as np
+from absl import logging
+
+from feldman_zhang import config as config_lib
+from feldman_zhang import distributed
+from feldman_zhang import store
+from feldman_zhang import train
+
+# Bumped whenever a change to the trainer or the store changes what a stored
+# chunk means; a workdir written under another version is not resumed.
+TRAINER_VERSION = 1
+
+
+def identity(config, ds) -> dict:
+  """What the stored predictions depend on; a resume must match it exactly.
+
+  The dtypes are resolved: 'auto' means bf16 on an accelerator and f32 on the
+  CPU, and a run must not mix the two.
+  """
+  dtypes = {k: jax.numpy.dtype(train.compute_dtype(config.train.get(k, 'auto'))
+                               ).name
+            for k in ('compute_dtype', 'momentum_dtype')}
+  return dict(config=config_lib.result_fields(config), dtypes=dtypes,
+              data=ds.fingerprint(), trainer_version=TRAINER_VERSION,
+              format_version=store.FORMAT_VERSION)
+
+
+def check_identity(workdir, ident) -> None:
+  """Records the run's identity, or refuses a workdir made by another run.
+
+  Every process checks; only the leader writes.
+  """
+  path = os.path.join(workdir, 'run.json')
+  if not os.path.exists(path):
+    if store.list_chunks(workdir):
+      raise store.StoreError(f'{workdir} holds chunks but no run.json')
+    if distributed.is_leader():
+      store.write_json(path, dict(identity=ident, versions=_versions()))
+    return
+  old = store.read_json(path)['identity']
+  if old == ident:
+    return
+  diffs = [k for k in ('data', 'dtypes', 'trainer_version', 'format_version')
+           if old.get(k) != ident[k]]
+  keys = sorted(set(old['config']) | set(ident['config']))
+  diffs += [f'config.{k}' for k in keys
+            if old['config'].get(k) != ident['config'].get(k)]
+  raise store.StoreError(
+      f'{workdir} holds a run with other settings: {", ".join(diffs)} differ; '
+      'use a new --workdir or the old settings')
+
+
+def _versions():
+  import flax, optax  # pylint: disable=g-import-not-at-top,multiple-imports
+  return dict(jax=jax.__version__, flax=flax.__version__,
+              optax=optax.__version__, numpy=np.__version__,
+              backend=jax.default_backend())
+
+
+def stored_models(workdir, num_models, quarantine):
+  """(num_models,) bool: which models have a readable chunk.
+
+  A corrupt chunk is reported and, with quarantine, moved to chunks/corrupt,
+  so its models train again.
+  """
+  have = np.zeros(num_models, bool)
+  for start, stop, path in store.list_chunks(workdir):
+    try:
+      store.read_chunk(path)
+    except store.StoreError as e:
+      if quarantine:
+        logging.warning('%s; moving it to chunks/corrupt and retraining', e)
+        os.makedirs(os.path.join(workdir, 'chunks', 'corrupt'), exist_ok=True)
+        os.replace(path, os.path.join(workdir, 'chunks', 'corrupt',
+                                      os.path.basename(path)))
+      continue
+    have[start:min(stop, num_models)] = True
+  return have
+
+
+def plan_cells(have, cell, process_index=0, process_count=1):
+  """The cells of `cell` consecutive models that this process must train.
+
+  Cells sit on a fixed grid (0, cell, 2 cell, ...), dealt round-robin over
+  processes, so each model always trains at the same place of the same
+  program: a resumed run recomputes lost models bit for bit.
+  Returns [(start, missing ids)] for cells with any model missing.
+  """
+  out = []
+  for c, start in enumerate(range(0, len(have), cell)):
+    missing = start + np.flatnonzero(~have[start:start + cell])
+    if c % process_count == process_index and len(missing):
+      out.append((start, missing))
+  return out
+
+
+def consecutive_runs(ids):
+  """Sorted ids -> list of arrays of consecutive ids."""
+  return np.split(ids, np.flatnonzero(np.diff(ids) != 1) + 1)
