@@ -1,8 +1,10 @@
 """Down-sampled ImageNet (32x32, 1.28M images, 1000 classes) with ResNet-9.
 
 m = 0.7n; t = 2000 (each model is ~25x a CIFAR model's cost; the paper's
-ImageNet estimates use t = 2000 too). Influence is n x n_test = 1.28M x 50k:
-compute it tile by tile (estimate.infl); the default keeps only mem.
+ImageNet estimates use t = 2000 too). Dense influence would be n x n_test =
+1.28M x 50k floats (256 GB): it is computed tile by tile on the device and
+only the 10 most influential training images of each validation image, and
+every pair with infl >= 0.15, are kept (estimate.infl_topk).
 """
 
 from feldman_zhang import config as config_lib
@@ -16,4 +18,5 @@ def get_config():
   c.model.widths = (96, 192, 384, 768)
   c.train.update(epochs=16, warmup_epochs=2.0, batch_size=1024, lr=0.8)
   c.estimate.infl = False  # 1.28M x 50k floats = 256 GB.
+  c.estimate.infl_topk = 10
   return c

@@ -16,6 +16,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 EMPTY_MEAN = 0.5
 
@@ -133,6 +134,14 @@ def _merge_top(top_vals, top_idx, tile, start, k):
   return best.T, jnp.take_along_axis(idx.T, where, axis=1).T
 
 
+@functools.partial(jax.jit, static_argnames=('size',))
+def _pairs_over(tile, threshold, size):
+  """(rows, cols, values) of the tile's entries >= threshold, padded to size
+  (a power of two, so few sizes compile)."""
+  rows, cols = jnp.nonzero(tile >= threshold, size=size)
+  return rows, cols, tile[rows, cols]
+
+
 def top_influence(masks, test_correct, k: int, threshold: float = 1.0,
                   block: int = 4096, max_pairs: int = 1_000_000) -> dict:
   """Top-k influence per test example, tile by tile: never the full matrix.
@@ -169,9 +178,18 @@ def top_influence(masks, test_correct, k: int, threshold: float = 1.0,
     fresh = jnp.arange(block) >= start - lo
     tile = jnp.where(fresh[:, None], tile, -jnp.inf)
     top_vals, top_idx = _merge_top(top_vals, top_idx, tile, lo, k)
-    host_tile = np.asarray(tile)
-    rows, cols = np.nonzero(host_tile >= threshold)
-    pairs.append((rows + lo, cols, host_tile[rows, cols]))
+    # Only the pairs over the threshold leave the device (usually none):
+    # at ImageNet scale the tiles together are 256 GB.
+    count = int(jnp.sum(tile >= threshold))
+    if count:
+      rows, cols, vals = _pairs_over(tile, threshold,
+                                     1 << (count - 1).bit_length())
+      pairs.append((np.asarray(rows)[:count] + lo, np.asarray(cols)[:count],
+                    np.asarray(vals)[:count]))
+  pairs = pairs or [(np.zeros(0, int), np.zeros(0, int), np.zeros(0))]
+  if sum(len(p[0]) for p in pairs) > max_pairs:
+    logging.warning('%d pairs have infl >= %g; keeping the %d largest',
+                    sum(len(p[0]) for p in pairs), threshold, max_pairs)
   pair_train = np.concatenate([p[0] for p in pairs]).astype(np.int32)
   pair_test = np.concatenate([p[1] for p in pairs]).astype(np.int32)
   pair_infl = np.concatenate([p[2] for p in pairs]).astype(np.float32)

@@ -106,6 +106,7 @@ def test_bad_arrays(tmp_path):
     ('mnist', (28, 28, 1), 10),
     ('cifar10', (32, 32, 3), 10),
     ('cifar100', (32, 32, 3), 100),
+    ('imagenet_resized/32x32', (32, 32, 3), 1000),  # test split: validation
 ])
 def test_tfds_mock(name, shape, classes):
   tfds = pytest.importorskip('tensorflow_datasets')
