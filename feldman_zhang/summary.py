@@ -45,13 +45,32 @@ def summarize(config, ds, preds, valid, est) -> dict:
         mem_median_clean=float(np.median(mem[~bad])),
         memorized_corrupted=int((mem[bad] >= threshold).sum()),
         memorized_clean=int((mem[~bad] >= threshold).sum()))
+  p = config.summary.top_pairs
   if 'infl' in est:
+    pairs = [(i, j, est['infl'][i, j]) for i, j in top_pairs(est['infl'], p)]
+  elif 'infl_top_infl' in est:
+    pairs = top_pairs_of_topk(est['infl_top_infl'], est['infl_top_train'], p)
+  else:
+    pairs = []
+  if pairs:
     out['top_pairs'] = [
         dict(train=i, test=j, train_label=int(ds.y_train[i]),
-             test_label=int(ds.y_test[j]), infl=float(est['infl'][i, j]),
-             mem=float(mem[i]))
-        for i, j in top_pairs(est['infl'], config.summary.top_pairs)]
+             test_label=int(ds.y_test[j]), infl=float(v), mem=float(mem[i]))
+        for i, j, v in pairs]
   return out
+
+
+def top_pairs_of_topk(top_infl, top_train, p):
+  """The p largest pairs [(train i, test j, infl)] of the top-k form
+  (top_infl, top_train: (k, n_test)); they are the p largest of all of infl
+  whenever k >= p. Ties by position, as top_pairs."""
+  rank, test = np.meshgrid(np.arange(top_infl.shape[0]),
+                           np.arange(top_infl.shape[1]), indexing='ij')
+  train, vals = top_train.reshape(-1), top_infl.reshape(-1)
+  order = np.lexsort((test.reshape(-1), train, -vals))[:p]
+  order = order[np.isfinite(vals[order])]
+  return [(int(train[o]), int(test.reshape(-1)[o]), float(vals[o]))
+          for o in order]
 
 
 def ascii_image(x):

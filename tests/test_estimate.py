@@ -128,3 +128,18 @@ def test_summary_top_pairs_equal_a_full_sort_with_ties():
     order = np.lexsort((flat, -infl.reshape(-1)))[:k]
     want = [divmod(int(f), shape[1]) for f in order]
     assert summary.top_pairs(infl, k) == want
+
+
+def test_summary_top_pairs_from_the_topk_form_equal_dense():
+  from feldman_zhang import summary
+  rng = np.random.default_rng(4)
+  t, n, n_test = 40, 30, 12
+  masks = rng.random((t, n)) < 0.7
+  test_correct = rng.random((t, n_test)) < 0.6
+  dense = estimate.estimate(masks, masks, test_correct)['infl']
+  top = estimate.top_influence(masks, test_correct, k=5, block=7)
+  want = summary.top_pairs(dense, 5)
+  got = summary.top_pairs_of_topk(top['top_infl'], top['top_train'], 5)
+  assert [(i, j) for i, j, _ in got] == want
+  np.testing.assert_allclose([v for _, _, v in got],
+                             [dense[i, j] for i, j in want], atol=1e-6)
