@@ -155,9 +155,8 @@ def train_steploop(model, config, m, key, idx, x, y, max_steps=None):
   """
   c = config.train
   steps = train.steps_per_epoch(m, c.batch_size)
-  tx = train.make_optimizer(c, steps)
-  step = jax.jit(train.make_step(model, tx, train.augment_lib.make(
-      c.augment, c.crop_padding), c.label_smoothing))
+  step, tx = train.make_config_step(model, config, m)
+  step = jax.jit(step)
   init_key, order_keys, aug_keys = train.split_model_key(key, c.epochs, steps)
   params, state = train.init(model, init_key, x)
   carry = (params, state, tx.init(params))

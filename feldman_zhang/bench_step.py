@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from feldman_zhang import augment as augment_lib
+from feldman_zhang import subsets
 from feldman_zhang import train
 
 VARIANTS = ('gather', 'shared', 'map')
@@ -29,11 +29,8 @@ VARIANTS = ('gather', 'shared', 'map')
 
 def _program(variant, model, config, m, num_train, steps):
   """jit(f(params, state, opt, x, y, idx, key)) running `steps` steps."""
-  c = config.train
-  tx = train.make_optimizer(c, train.steps_per_epoch(m, c.batch_size))
-  step = train.make_step(model, tx, augment_lib.make(c.augment, c.crop_padding),
-                         c.label_smoothing)
-  b = c.batch_size
+  step, tx = train.make_config_step(model, config, m)
+  b = config.train.batch_size
   shared_b = math.ceil(b * num_train / m)
 
   def run(params, state, opt, x, y, idx, key):
@@ -72,9 +69,8 @@ def time_variant(variant, model, config, ds, m, k, steps=50, reps=3) -> dict:
   keys = train.model_keys(config.seed, np.arange(k))
   params, state = jax.vmap(lambda kk: train.init(model, kk, ds.x_train))(keys)
   x, y = jax.device_put(ds.x_train), jax.device_put(ds.y_train)
-  rng = np.random.default_rng(0)
-  idx = jnp.asarray(np.stack([np.sort(rng.choice(ds.num_train, m, False))
-                              for _ in range(k)]).astype(np.int32))
+  idx = jnp.asarray(subsets.indices(config.seed, ds.num_train, m,
+                                    np.arange(k)))
 
   def fresh():
     return (jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, state),

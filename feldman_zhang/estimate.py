@@ -187,9 +187,10 @@ def top_influence(masks, test_correct, k: int, threshold: float = 1.0,
       pairs.append((np.asarray(rows)[:count] + lo, np.asarray(cols)[:count],
                     np.asarray(vals)[:count]))
   pairs = pairs or [(np.zeros(0, int), np.zeros(0, int), np.zeros(0))]
-  if sum(len(p[0]) for p in pairs) > max_pairs:
+  num_pairs = sum(len(p[0]) for p in pairs)
+  if num_pairs > max_pairs:
     logging.warning('%d pairs have infl >= %g; keeping the %d largest',
-                    sum(len(p[0]) for p in pairs), threshold, max_pairs)
+                    num_pairs, threshold, max_pairs)
   pair_train = np.concatenate([p[0] for p in pairs]).astype(np.int32)
   pair_test = np.concatenate([p[1] for p in pairs]).astype(np.int32)
   pair_infl = np.concatenate([p[2] for p in pairs]).astype(np.float32)

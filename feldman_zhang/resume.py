@@ -30,8 +30,7 @@ def identity(config, ds) -> dict:
   The dtypes are resolved: 'auto' means bf16 on an accelerator and f32 on the
   CPU, and a run must not mix the two.
   """
-  dtypes = {k: jax.numpy.dtype(train.compute_dtype(config.train.get(k, 'auto'))
-                               ).name
+  dtypes = {k: jax.numpy.dtype(train.compute_dtype(config.train[k])).name
             for k in ('compute_dtype', 'momentum_dtype')}
   return dict(config=config_lib.result_fields(config), dtypes=dtypes,
               data=ds.fingerprint(), trainer_version=TRAINER_VERSION,

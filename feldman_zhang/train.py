@@ -49,8 +49,7 @@ def make_optimizer(config, steps: int) -> optax.GradientTransformation:
     parts.append(optax.add_decayed_weights(config.weight_decay))
   parts.append(optax.sgd(lr, momentum=config.momentum or None,
                          nesterov=bool(config.nesterov),
-                         accumulator_dtype=compute_dtype(
-                             config.get('momentum_dtype', 'float32'))))
+                         accumulator_dtype=compute_dtype(config.momentum_dtype)))
   return optax.chain(*parts)
 
 
@@ -126,6 +125,15 @@ def make_step(model, tx, augment=None, label_smoothing: float = 0.0):
     return (optax.apply_updates(params, updates), state, opt_state), loss
 
   return step
+
+
+def make_config_step(model, config, m: int):
+  """(step, tx): make_step with the config's optimizer, augmentation and
+  label smoothing, for the trainers that drive steps themselves (bench)."""
+  c = config.train
+  tx = make_optimizer(c, steps_per_epoch(m, c.batch_size))
+  return make_step(model, tx, augment_lib.make(c.augment, c.crop_padding),
+                   c.label_smoothing), tx
 
 
 def epoch_order(key, idx, batch_size: int):
@@ -238,7 +246,7 @@ def make_chunk_fn(model, config, m: int, mesh=None) -> Callable:
     return dict(train_correct=train_correct, train_ptrue=train_ptrue,
                 test_correct=test_correct, test_ptrue=test_ptrue, loss=losses)
 
-  if config.get('vectorize', 'vmap') == 'map':
+  if config.vectorize == 'map':
     def fn(keys, idx, *data):
       return jax.lax.map(lambda a: one_model(*a, *data), (keys, idx))
   else:

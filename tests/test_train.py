@@ -85,8 +85,21 @@ def test_map_over_models_equals_vmap(tiny_config):
   _, _, run = _setup(tiny_config)
   vmapped = run(np.arange(3))
   tiny_config.vectorize = 'map'
-  _, _, run = _setup(tiny_config)
+  ds, m, run = _setup(tiny_config)
   _assert_same_models(vmapped, run(np.arange(3)))
+  # ... and map really runs the models one after another: the per-model
+  # program sits inside a loop over the 3 models, not batched by vmap.
+  def top_level_loops(vectorize):
+    tiny_config.vectorize = vectorize
+    fn = train.make_chunk_fn(models.create(tiny_config.model, ds.num_classes),
+                             tiny_config, m)
+    ids = np.arange(3)
+    jaxpr = jax.make_jaxpr(fn)(
+        train.model_keys(0, ids), subsets.indices(0, ds.num_train, m, ids),
+        ds.x_train, ds.y_train, ds.x_test, ds.y_test)
+    inner = jaxpr.eqns[0].params['jaxpr'].eqns  # inside the jit
+    return [e.params['length'] for e in inner if e.primitive.name == 'scan']
+  assert 3 in top_level_loops('map') and 3 not in top_level_loops('vmap')
 
 
 def test_bf16_momentum_is_stored_in_bf16_and_trains_alike(tiny_config):
