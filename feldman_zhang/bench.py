@@ -45,10 +45,26 @@ flags.DEFINE_list('step_variants', [], 'Time only training-step layouts '
 flags.DEFINE_list('step_ks', [], '... at these models per device K.')
 flags.DEFINE_integer('step_steps', 50, '... over this many steps.')
 
-# Bytes moved per parameter per SGD-momentum step, all f32: the forward and
-# the backward pass read it (8), the gradient is written and read (8), the
-# momentum read and written (8), the parameter read and written (8).
-BYTES_PER_PARAM_STEP = 32
+def bytes_per_param_step(config) -> dict:
+  """The byte model: bytes moved per parameter in one SGD-momentum step.
+
+  Each term is one pass over the parameters that XLA cannot fuse away: with
+  bf16 compute and f32 storage a cast pass (read f32, write bf16) opens each
+  step, since the update of the previous step sits across the scan's loop
+  boundary; the forward and the backward pass read the compute copy; the
+  weight gradient (in the compute dtype) is written and read back; the
+  momentum and the parameters are read and written by the update. Split
+  storage reads and writes the two halves and needs no cast.
+  """
+  c = config.train
+  w = np.dtype(train.compute_dtype(c.compute_dtype)).itemsize
+  mom = np.dtype(train.compute_dtype(c.momentum_dtype)).itemsize
+  split = c.param_storage == 'split'
+  terms = dict(cast=0 if split or w == 4 else 4 + w, forward=w, backward=w,
+               gradient=2 * w, momentum=2 * mom if c.momentum else 0,
+               params=8)
+  terms['total'] = sum(terms.values())
+  return terms
 
 
 def count(model, config, ds, m) -> dict:
@@ -74,7 +90,9 @@ def count(model, config, ds, m) -> dict:
       steps_per_model=steps, train_examples_per_model=m * config.train.epochs,
       train_flops_per_model=3 * fwd_flops * examples,
       eval_flops_per_model=fwd_flops * (ds.num_train + ds.num_test),
-      param_bytes_per_model=BYTES_PER_PARAM_STEP * num_params * steps)
+      bytes_per_param_step=bytes_per_param_step(config),
+      param_bytes_per_model=(bytes_per_param_step(config)['total'] *
+                             num_params * steps))
 
 
 def measure_peaks(device=None) -> dict:
@@ -155,11 +173,11 @@ def train_steploop(model, config, m, key, idx, x, y, max_steps=None):
   """
   c = config.train
   steps = train.steps_per_epoch(m, c.batch_size)
-  step, tx = train.make_config_step(model, config, m)
+  step, tx, storage = train.make_config_step(model, config, m)
   step = jax.jit(step)
   init_key, order_keys, aug_keys = train.split_model_key(key, c.epochs, steps)
   params, state = train.init(model, init_key, x)
-  carry = (params, state, tx.init(params))
+  carry = (storage.store(params), state, tx.init(params))
   x, y = np.asarray(x), np.asarray(y)
   losses = []
   for e in range(c.epochs):
@@ -167,11 +185,11 @@ def train_steploop(model, config, m, key, idx, x, y, max_steps=None):
                                                       c.batch_size))
     for s in range(steps):
       if max_steps is not None and len(losses) == max_steps:
-        return carry[:2], jnp.stack(losses)
+        return (storage.master(carry[0]), carry[1]), jnp.stack(losses)
       carry, loss = step(carry, x[order[s]], y[order[s]], weights[s],
                          aug_keys[e, s])
       losses.append(loss)
-  return carry[:2], jnp.stack(losses)
+  return (storage.master(carry[0]), carry[1]), jnp.stack(losses)
 
 
 def time_steploop(config, model, ds, m, num_models, sample_steps) -> dict:
@@ -256,8 +274,11 @@ def step_variants(config, variants, ks, steps) -> list:
   from feldman_zhang import bench_step  # pylint: disable=g-import-not-at-top
   ds, m = pipeline.prepare(config)
   model = pipeline.create_model(config, ds)
+  counted = bytes_per_param_step(config)['total']
+  print(f'byte model: {counted} B per parameter and step '
+        f'({bytes_per_param_step(config)})')
   print(f'{"variant":8} {"K":>6} {"ms/step":>9} {"us/step/model":>14} '
-        f'{"compile s":>9} {"loss":>7}')
+        f'{"compile s":>9} {"loss":>7} {"XLA B/param":>11} {"GB/s":>7}')
   rows = []
   for k in ks:
     for v in variants:
@@ -265,7 +286,10 @@ def step_variants(config, variants, ks, steps) -> list:
       rows.append(r)
       print(f'{v:8} {k:6d} {1e3 * r["step_s"]:9.3f} '
             f'{1e6 * r["step_s_per_model"]:14.2f} {r["compile_s"]:9.1f} '
-            f'{r["final_loss"]:7.3f}', flush=True)
+            f'{r["final_loss"]:7.3f} {r["xla_bytes_per_param_step"]:11.1f} '
+            f'{counted * r["num_params"] / r["step_s_per_model"] / 1e9:7.0f}',
+            flush=True)
+      r['bytes_per_param_step'] = counted
   return rows
 
 
@@ -274,7 +298,8 @@ def table(result) -> str:
   lines = [f'{result["num_models"]} models; device {p["device"]} '
            f'(measured peaks: {p["matmul_tflops"]:.1f} TFLOP/s matmul, '
            f'{p["copy_gbps"]:.0f} GB/s copy); {result["counts"]["num_params"]:,} '
-           'params per model',
+           f'params per model, {result["counts"]["bytes_per_param_step"]} '
+           'bytes per parameter and step (byte model)',
            f'{"arm":9} {"seconds":>10} {"models/s":>10} {"examples/s":>12} '
            f'{"TFLOP/s":>8} {"%peak":>6} {"param GB/s":>11} {"%copy":>6} '
            f'{"compile s":>9} {"MB/model":>9}']

@@ -29,7 +29,7 @@ VARIANTS = ('gather', 'shared', 'map')
 
 def _program(variant, model, config, m, num_train, steps):
   """jit(f(params, state, opt, x, y, idx, key)) running `steps` steps."""
-  step, tx = train.make_config_step(model, config, m)
+  step, tx, storage = train.make_config_step(model, config, m)
   b = config.train.batch_size
   shared_b = math.ceil(b * num_train / m)
 
@@ -57,7 +57,7 @@ def _program(variant, model, config, m, num_train, steps):
     carry, losses = jax.lax.scan(body, (params, state, opt), jnp.arange(steps))
     return carry, losses
 
-  return jax.jit(run, donate_argnums=(0, 1, 2)), tx
+  return jax.jit(run, donate_argnums=(0, 1, 2)), tx, storage
 
 
 def time_variant(variant, model, config, ds, m, k, steps=50, reps=3) -> dict:
@@ -65,20 +65,28 @@ def time_variant(variant, model, config, ds, m, k, steps=50, reps=3) -> dict:
   if variant not in VARIANTS:
     raise ValueError(f'unknown step variant {variant!r}: expected one of '
                      f'{", ".join(VARIANTS)}')
-  fn, tx = _program(variant, model, config, m, ds.num_train, steps)
+  fn, tx, storage = _program(variant, model, config, m, ds.num_train, steps)
   keys = train.model_keys(config.seed, np.arange(k))
   params, state = jax.vmap(lambda kk: train.init(model, kk, ds.x_train))(keys)
+  num_params = sum(p.size for p in jax.tree.leaves(params)) // k
   x, y = jax.device_put(ds.x_train), jax.device_put(ds.y_train)
   idx = jnp.asarray(subsets.indices(config.seed, ds.num_train, m,
                                     np.arange(k)))
 
   def fresh():
-    return (jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, state),
+    return (jax.tree.map(jnp.copy, jax.vmap(storage.store)(params)),
+            jax.tree.map(jnp.copy, state),
             jax.vmap(tx.init)(params))
 
   start = time.perf_counter()
   compiled = fn.lower(*fresh(), x, y, idx, jax.random.key(1)).compile()
   compile_s = time.perf_counter() - start
+  # XLA's own count of the bytes the compiled program moves, a check of the
+  # byte model; its cost analysis counts a loop body once, whatever the trip
+  # count, so the count is that of one step (and the setup around the loop).
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  xla_bytes = float((cost or {}).get('bytes accessed', float('nan')))
   best = float('inf')
   for r in range(reps + 1):  # the first run warms up
     args = fresh()
@@ -91,5 +99,8 @@ def time_variant(variant, model, config, ds, m, k, steps=50, reps=3) -> dict:
   loss = np.asarray(losses, np.float32)
   return dict(variant=variant, k=k, steps=steps, compile_s=compile_s,
               step_s=best / steps, step_s_per_model=best / steps / k,
+              num_params=num_params,
+              xla_bytes_per_param_step=xla_bytes / k / num_params,
+              param_storage=config.train.param_storage,
               final_loss=float(loss[-1].mean()),
               finite=bool(np.isfinite(loss).all()))

@@ -7,6 +7,7 @@ every field can be overridden on the command line (--config.num_models=64).
 import importlib.util
 import os
 
+import jax
 import ml_collections
 
 
@@ -68,6 +69,11 @@ def base() -> ml_collections.ConfigDict:
   # bounds small-model training: 12% faster MNIST MLP steps on an H100 at the
   # same accuracy (BENCHMARKS.md). auto: bf16 on GPU/TPU, f32 on the CPU.
   c.train.momentum_dtype = 'auto'
+  # float32 | split: with bf16 compute, 'split' holds each f32 parameter as
+  # a bf16 half the model computes with and an int16 rest (precision.py),
+  # dropping the per-step cast pass: predicted 6 of 24.5 bytes per parameter
+  # and step for the MNIST MLP (BENCHMARKS.md). Same master weights.
+  c.train.param_storage = 'float32'
 
   c.estimate = ml_collections.ConfigDict()
   c.estimate.infl = True
@@ -137,6 +143,14 @@ def validate(c) -> None:
        'train.compute_dtype must be auto, float32 or bfloat16'),
       (c.train.momentum_dtype in ('auto', 'float32', 'bfloat16'),
        'train.momentum_dtype must be auto, float32 or bfloat16'),
+      (c.train.param_storage in ('float32', 'split'),
+       'train.param_storage must be float32 or split'),
+      (c.train.param_storage == 'float32' or
+       c.train.compute_dtype == 'bfloat16' or
+       (c.train.compute_dtype == 'auto' and
+        jax.default_backend() != 'cpu'),
+       'train.compute_dtype must be bfloat16 for train.param_storage=split '
+       '(auto is float32 on the CPU)'),
       (0 <= c.data.label_noise < 1, 'data.label_noise must lie in [0, 1)'),
       (c.data.num_classes >= 0, 'data.num_classes must be >= 0'),
       (c.seed >= 0, 'seed must be >= 0'),

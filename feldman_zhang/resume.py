@@ -23,6 +23,11 @@ from feldman_zhang import train
 # chunk means; a workdir written under another version is not resumed.
 TRAINER_VERSION = 1
 
+# Result fields added since TRAINER_VERSION 1, with the value that computes
+# what runs recorded before them computed: an older run.json lacking one is
+# read as holding this value, so adding a field does not orphan old runs.
+ADDED_FIELDS = {'train.param_storage': 'float32'}
+
 
 def identity(config, ds) -> dict:
   """What the stored predictions depend on; a resume must match it exactly.
@@ -50,6 +55,7 @@ def check_identity(workdir, ident) -> None:
       store.write_json(path, dict(identity=ident, versions=_versions()))
     return
   old = store.read_json(path)['identity']
+  old['config'] = {**ADDED_FIELDS, **old['config']}
   if old == ident:
     return
   diffs = [k for k in ('data', 'dtypes', 'trainer_version', 'format_version')

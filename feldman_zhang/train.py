@@ -18,6 +18,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from feldman_zhang import augment as augment_lib
+from feldman_zhang import precision
 
 
 def steps_per_epoch(m: int, batch_size: int) -> int:
@@ -101,14 +102,17 @@ def apply(model, params, state, x, train: bool):
   return model.apply(variables, x, train=train), state
 
 
-def make_step(model, tx, augment=None, label_smoothing: float = 0.0):
+def make_step(model, tx, augment=None, label_smoothing: float = 0.0,
+              storage: precision.Storage | None = None):
   """One SGD step of one model.
 
   Returns step(carry, xb, yb, wb, key) -> (carry, loss), where carry is
-  (params, state, opt_state), xb: (B, H, W, C) uint8, yb: (B,) int32,
-  wb: (B,) float weights (0 for padding) and key draws the augmentation.
+  (params, state, opt_state) with params in `storage`'s carried form (plain
+  f32 by default), xb: (B, H, W, C) uint8, yb: (B,) int32, wb: (B,) float
+  weights (0 for padding) and key draws the augmentation.
   """
   augment = augment or (lambda key, x: x)
+  storage = storage or precision.storage('float32', None)
 
   def loss_fn(params, state, xb, yb, wb):
     logits, state = apply(model, params, state, xb, train=True)
@@ -118,22 +122,35 @@ def make_step(model, tx, augment=None, label_smoothing: float = 0.0):
     return jnp.sum(losses * wb) / jnp.sum(wb), state
 
   def step(carry, xb, yb, wb, key):
-    params, state, opt_state = carry
+    stored, state, opt_state = carry
     (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        params, state, augment(key, xb), yb, wb)
+        storage.view(stored), state, augment(key, xb), yb, wb)
+    params = storage.master(stored)
+    # Split storage differentiates the bf16 view: its gradients are the very
+    # values the f32 path gets by casting the bf16 cotangents up.
+    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
     updates, opt_state = tx.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), state, opt_state), loss
+    return (storage.store(optax.apply_updates(params, updates)), state,
+            opt_state), loss
 
   return step
 
 
+def config_storage(config) -> precision.Storage:
+  """The parameter storage of config.train."""
+  c = config.train
+  return precision.storage(c.param_storage, compute_dtype(c.compute_dtype))
+
+
 def make_config_step(model, config, m: int):
-  """(step, tx): make_step with the config's optimizer, augmentation and
-  label smoothing, for the trainers that drive steps themselves (bench)."""
+  """(step, tx, storage): make_step with the config's optimizer,
+  augmentation, label smoothing and parameter storage, for the trainers that
+  drive steps themselves (bench). The carry holds storage.store(params)."""
   c = config.train
   tx = make_optimizer(c, steps_per_epoch(m, c.batch_size))
+  storage = config_storage(config)
   return make_step(model, tx, augment_lib.make(c.augment, c.crop_padding),
-                   c.label_smoothing), tx
+                   c.label_smoothing, storage), tx, storage
 
 
 def epoch_order(key, idx, batch_size: int):
@@ -152,7 +169,8 @@ def epoch_order(key, idx, batch_size: int):
 
 
 def make_train_one(model, tx, *, m: int, batch_size: int, epochs: int,
-                   augment=None, label_smoothing: float = 0.0):
+                   augment=None, label_smoothing: float = 0.0,
+                   storage: precision.Storage | None = None):
   """Returns train_one(key, idx, x, y) -> ((params, state), epoch_losses).
 
   idx: (m,) int32 training indices of this model's subset; x: (N, H, W, C)
@@ -160,7 +178,8 @@ def make_train_one(model, tx, *, m: int, batch_size: int, epochs: int,
   epoch_losses: (epochs,) mean training loss of each epoch.
   """
   steps = steps_per_epoch(m, batch_size)
-  step = make_step(model, tx, augment, label_smoothing)
+  storage = storage or precision.storage('float32', None)
+  step = make_step(model, tx, augment, label_smoothing, storage)
 
   def train_one(key, idx, x, y):
     init_key, order_keys, aug_keys = split_model_key(key, epochs, steps)
@@ -178,9 +197,10 @@ def make_train_one(model, tx, *, m: int, batch_size: int, epochs: int,
                                    (order, weights, step_keys))
       return carry, jnp.sum(losses * weights.sum(1)) / m
 
-    (params, state, _), epoch_losses = jax.lax.scan(
-        epoch, (params, state, opt_state), (order_keys, aug_keys))
-    return (params, state), epoch_losses
+    (stored, state, _), epoch_losses = jax.lax.scan(
+        epoch, (storage.store(params), state, opt_state),
+        (order_keys, aug_keys))
+    return (storage.master(stored), state), epoch_losses
 
   return train_one
 
@@ -219,7 +239,8 @@ def make_trainer(model, config, m: int):
   return make_train_one(model, tx, m=m, batch_size=c.batch_size,
                         epochs=c.epochs,
                         augment=augment_lib.make(c.augment, c.crop_padding),
-                        label_smoothing=c.label_smoothing)
+                        label_smoothing=c.label_smoothing,
+                        storage=config_storage(config))
 
 
 def make_chunk_fn(model, config, m: int, mesh=None) -> Callable:

@@ -23,9 +23,27 @@ def test_counts_of_the_reference_mlp(tiny_config):
   assert counts['num_params'] == 64 * 512 + 512 + 512 * 256 + 256 + 2570
   steps = -(-m // 64) * c.train.epochs
   assert counts['steps_per_model'] == steps
+  # f32 on the CPU: forward and backward reads, gradient, momentum and
+  # parameter writes and reads, 4 bytes each.
   assert counts['param_bytes_per_model'] == 32 * counts['num_params'] * steps
   assert counts['train_flops_per_model'] == (
       3 * counts['forward_flops_per_example'] * steps * 64)
+
+
+def test_byte_model_follows_the_dtypes(tiny_config):
+  t = tiny_config.train
+  t.compute_dtype, t.momentum_dtype = 'float32', 'float32'
+  assert bench.bytes_per_param_step(tiny_config)['total'] == 32
+  t.compute_dtype = 'bfloat16'  # + cast pass (6), bf16 reads and gradient
+  assert bench.bytes_per_param_step(tiny_config) == dict(
+      cast=6, forward=2, backward=2, gradient=4, momentum=8, params=8,
+      total=30)
+  t.momentum_dtype = 'bfloat16'
+  assert bench.bytes_per_param_step(tiny_config)['total'] == 26
+  t.param_storage = 'split'  # no cast pass
+  assert bench.bytes_per_param_step(tiny_config)['total'] == 20
+  t.momentum = 0.0
+  assert bench.bytes_per_param_step(tiny_config)['total'] == 16
 
 
 def test_steploop_trains_the_same_model(tiny_config):

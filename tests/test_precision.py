@@ -1,0 +1,171 @@
+"""Split parameter storage: exact f32 master weights, a bf16 compute half."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from feldman_zhang import config as config_lib
+from feldman_zhang import precision
+from feldman_zhang import resume
+from feldman_zhang import store
+from feldman_zhang import train
+
+
+def _bits(x):
+  return np.asarray(x).view(np.uint32)
+
+
+def _patterns():
+  """Random bit patterns of every kind (NaNs, infs, subnormals included)
+  and the edges: zeros, exact ties, the largest finite values."""
+  rng = np.random.default_rng(0)
+  bits = rng.integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32)
+  edges = np.array([0, 0x80000000, 0x3F808000, 0x3F818000, 0xBF808000,
+                    0x7F7FFFFF, 0xFF7FFFFF, 0x7F800000, 0x7FC00000,
+                    0x7FFFFFFF, 0xFFFFFFFF, 0x00000001, 0x00008000,
+                    0x7F7F8000, 0x7F7F7FFF], np.uint32)
+  return np.concatenate([bits, edges]).view(np.float32)
+
+
+def test_split_join_round_trip_is_exact_for_every_bit_pattern():
+  w = _patterns()
+  hi, lo = jax.jit(precision.split_f32)(w)
+  assert hi.dtype == jnp.bfloat16 and lo.dtype == jnp.int16
+  np.testing.assert_array_equal(_bits(jax.jit(precision.join_f32)(hi, lo)),
+                                _bits(w))
+
+
+def test_hi_is_the_bf16_cast_but_for_ties():
+  w = _patterns()
+  w = w[np.isfinite(w) & (np.abs(w) < 3e38)]
+  hi = np.asarray(precision.split_f32(w)[0]).astype(np.float32)
+  cast = np.asarray(jnp.asarray(w).astype(jnp.bfloat16)).astype(np.float32)
+  ties = (_bits(w) & 0xFFFF) == 0x8000
+  np.testing.assert_array_equal(_bits(hi[~ties]), _bits(cast[~ties]))
+  # A tie goes away from zero: |hi| >= |w|, where the cast goes to even.
+  assert ties.sum() >= 3 and np.all(np.abs(hi[ties]) >= np.abs(w[ties]))
+  assert np.any(hi[ties] != cast[ties])
+
+
+def _one_step(storage_name, params, grads_fn):
+  """One SGD-momentum step in the given storage; returns f32 params."""
+  c = config_lib.base().train
+  c.update(momentum_dtype='bfloat16', weight_decay=5e-4, schedule='cosine')
+  tx = train.make_optimizer(c, 10)
+  storage = precision.storage(storage_name, jnp.bfloat16)
+  stored, opt = storage.store(params), tx.init(params)
+  for _ in range(3):
+    view = storage.view(stored)
+    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads_fn(view),
+                         storage.master(stored))
+    updates, opt = tx.update(grads, opt, storage.master(stored))
+    stored = storage.store(optax.apply_updates(storage.master(stored),
+                                               updates))
+  return storage.master(stored)
+
+
+def test_split_update_gives_the_f32_master_weights_bit_for_bit():
+  rng = np.random.default_rng(1)
+  params = {'w': rng.normal(size=(64, 32)).astype(np.float32),
+            'b': rng.normal(size=(32,)).astype(np.float32)}
+  # A gradient that depends on the compute copy only through its values:
+  # away from ties, both storages see the same bf16 weights.
+  grads_fn = lambda view: jax.tree.map(
+      lambda p: jnp.sin(p.astype(jnp.float32)).astype(jnp.bfloat16), view)
+
+  def cast_view(p):
+    return jax.tree.map(lambda x: x.astype(jnp.bfloat16), p)
+
+  split = _one_step('split', params, grads_fn)
+  plain = _one_step('float32', params, lambda view: grads_fn(cast_view(view)))
+  for k in params:
+    assert not np.array_equal(split[k], params[k])  # it trained
+    np.testing.assert_array_equal(_bits(split[k]), _bits(plain[k]))
+
+
+def test_split_storage_trains_the_same_models(tiny_config):
+  from feldman_zhang import data, models, subsets
+  ds = data.load('digits')
+  c = tiny_config
+  c.train.compute_dtype = 'bfloat16'
+  m = subsets.subset_size(ds.num_train, c.subset_ratio)
+  ids = np.arange(2)
+
+  def run():
+    fn = train.make_chunk_fn(models.create(c.model, ds.num_classes,
+                                           jnp.bfloat16), c, m)
+    return jax.device_get(fn(train.model_keys(c.seed, ids),
+                             subsets.indices(c.seed, ds.num_train, m, ids),
+                             ds.x_train, ds.y_train, ds.x_test, ds.y_test))
+
+  plain = run()
+  c.train.param_storage = 'split'
+  split = run()
+  assert not np.array_equal(split['loss'], plain['loss'])  # the switch acts
+  # Only the rounding of ties differs, so the models differ like two runs
+  # of the same model in bf16 at another batch shape, not more.
+  np.testing.assert_allclose(split['loss'], plain['loss'], rtol=0.02)
+  for k in ('train_correct', 'test_correct'):
+    assert (split[k] != plain[k]).mean() < 0.01, k
+  assert split['test_correct'].mean() > 0.85
+
+
+def test_split_storage_carries_half_words_and_no_cast():
+  c = config_lib.base()
+  c.model.hidden = (16,)
+  c.train.update(compute_dtype='bfloat16', param_storage='split')
+  from feldman_zhang import models
+  model = models.create(c.model, 3, jnp.bfloat16)
+  step, tx, storage = train.make_config_step(model, c, 32)
+  x = np.zeros((4, 2, 2, 1), np.uint8)
+  params, state = train.init(model, jax.random.key(0), x)
+  carry = (storage.store(params), state, tx.init(params))
+  assert {a.dtype for a in jax.tree.leaves(carry[0])} == {
+      jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.int16)}
+  jaxpr = jax.make_jaxpr(step)(carry, x, np.zeros(4, np.int32),
+                               np.ones(4, np.float32), jax.random.key(1))
+  # The model reads hi as is: no f32 -> bf16 convert of any weight before
+  # the first matmul (the float32 storage has one per weight).
+  def f32_to_bf16(jaxpr_):
+    return [e for e in jaxpr_.eqns if e.primitive.name == 'convert_element_type'
+            and e.invars[0].aval.dtype == jnp.float32
+            and e.params['new_dtype'] == jnp.bfloat16
+            and e.invars[0].aval.shape in {p.shape for p in
+                                           jax.tree.leaves(params)}]
+  assert not f32_to_bf16(jaxpr.jaxpr)
+  c.train.param_storage = 'float32'
+  step, tx, storage = train.make_config_step(model, c, 32)
+  carry = (storage.store(params), state, tx.init(params))
+  jaxpr = jax.make_jaxpr(step)(carry, x, np.zeros(4, np.int32),
+                               np.ones(4, np.float32), jax.random.key(1))
+  assert f32_to_bf16(jaxpr.jaxpr)
+
+
+def test_split_storage_needs_bf16_compute():
+  c = config_lib.base()
+  c.train.param_storage = 'split'
+  c.train.compute_dtype = 'float32'
+  with pytest.raises(config_lib.ConfigError, match='param_storage=split'):
+    config_lib.validate(c)
+  c.train.compute_dtype = 'bfloat16'
+  config_lib.validate(c)
+  with pytest.raises(ValueError, match='needs bf16'):
+    precision.storage('split', jnp.float32)
+
+
+def test_runs_recorded_before_param_storage_still_resume(tmp_path,
+                                                         tiny_config):
+  from feldman_zhang import data
+  ds = data.load('digits')
+  ident = resume.identity(tiny_config, ds)
+  old = dict(ident, config={k: v for k, v in ident['config'].items()
+                            if k != 'train.param_storage'})
+  workdir = str(tmp_path / 'run')
+  resume.check_identity(workdir, old)  # an older version's run.json
+  resume.check_identity(workdir, ident)  # resumes: the field's old meaning
+  tiny_config.train.compute_dtype = 'bfloat16'
+  tiny_config.train.param_storage = 'split'
+  with pytest.raises(store.StoreError, match='param_storage'):
+    resume.check_identity(workdir, resume.identity(tiny_config, ds))
