@@ -5,7 +5,9 @@ trains the models the workdir lacks (so re-running a killed job resumes it and
 raising num_models extends it), then reduces all stored predictions.
 """
 
+import contextlib
 import os
+import threading
 import time
 
 import jax
@@ -59,6 +61,25 @@ def prepare(config):
 def create_model(config, ds):
   return models.create(config.model, ds.num_classes,
                        train.compute_dtype(config.train.compute_dtype))
+
+
+class Phases:
+  """Wall seconds of a job's phases, for the log and summary.json.
+
+  with phases('estimate'): ...  adds the block's time to 'estimate'.
+  """
+
+  def __init__(self):
+    self.seconds = {}
+
+  @contextlib.contextmanager
+  def __call__(self, name):
+    start = time.perf_counter()
+    try:
+      yield
+    finally:
+      self.seconds[name] = (self.seconds.get(name, 0.0) +
+                            time.perf_counter() - start)
 
 
 class Progress:
@@ -139,11 +160,43 @@ class StderrTarget:
     return median < self.target
 
 
-def train_missing(config, workdir, ds, m, have, model) -> tuple[int, bool]:
+def _compile_in_background(chunk_fn, mesh, k_total, m, arrays):
+  """Starts compiling the chunk program for (k_total,) models on abstract
+  inputs, so XLA works while the host draws the first subsets and copies the
+  data; returns a function that waits for and returns the executable."""
+  models_sharding = train.models_sharding(mesh)
+  keys = jax.eval_shape(lambda: train.model_keys(0, np.arange(k_total)))
+  lowered = chunk_fn.lower(
+      jax.ShapeDtypeStruct(keys.shape, keys.dtype, sharding=models_sharding),
+      jax.ShapeDtypeStruct((k_total, m), np.int32, sharding=models_sharding),
+      *arrays)
+  box = {}
+
+  def work():
+    try:
+      box['compiled'] = lowered.compile()
+    except Exception as e:  # pylint: disable=broad-except
+      box['error'] = e
+
+  thread = threading.Thread(target=work, daemon=True)
+  thread.start()
+
+  def wait():
+    thread.join()
+    if 'error' in box:
+      raise box['error']
+    return box['compiled']
+
+  return wait
+
+
+def train_missing(config, workdir, ds, m, have, model,
+                  phases=None) -> tuple[int, bool]:
   """Trains and stores this process's share of the missing models.
 
   Returns (models trained, whether config.target_stderr stopped it early).
   """
+  phases = phases or Phases()
   k, d = models_per_call(config)
   cells = resume.plan_cells(have, k * d, jax.process_index(),
                             jax.process_count())
@@ -154,39 +207,56 @@ def train_missing(config, workdir, ds, m, have, model) -> tuple[int, bool]:
     return 0, bool(todo)
   mesh = train.local_mesh()
   chunk_fn = train.make_chunk_fn(model, config, m, mesh)
-  arrays = train.put_replicated(mesh, ds.x_train, ds.y_train, ds.x_test,
-                                ds.y_test)
+  with phases('compile'):
+    arrays = train.put_replicated(mesh, ds.x_train, ds.y_train, ds.x_test,
+                                  ds.y_test)
+    wait_compiled = _compile_in_background(chunk_fn, mesh, k * d, m, arrays)
+    first = cells[0][0] + np.arange(k * d)
+    first_idx = subsets.indices(config.seed, ds.num_train, m, first)
+    compiled = wait_compiled()
+  logging.info('compiled the %d-model program in %.1f s', k * d,
+               phases.seconds['compile'])
   progress = Progress(todo)
   logging.info('training %d models, %d per call (%d per device on %d %s '
                'devices)', todo, k * d, k, d, jax.default_backend())
   pending, trained = None, 0
-  for start, missing in cells:
-    # A cell is trained whole (the padding past num_models too), so every
-    # call has the same shapes and compiles once; only missing models are
-    # written.
-    ids = np.arange(start, start + k * d)
-    idx = subsets.indices(config.seed, ds.num_train, m, ids)
-    out = chunk_fn(*train.put_models(mesh, train.model_keys(config.seed, ids),
-                                     idx), *arrays)
-    # Queue the copy to the host now: queued after the next cell's training,
-    # it waited for it (seen on an H100: the first of two cells reported
-    # only when both were done).
-    for leaf in jax.tree.leaves(out):
-      leaf.copy_to_host_async()
-    # Dispatch is asynchronous: the previous cell is written while this one
-    # trains.
-    if pending:
-      trained += _write(workdir, ds, *pending, progress, target)
-      if target and target.reached():
-        return trained, True
-    pending = (start, missing, idx, out)
-  trained += _write(workdir, ds, *pending, progress, target)
+  with phases('train'):
+    for start, missing in cells:
+      # A cell is trained whole (the padding past num_models too), so every
+      # call has the same shapes and compiles once; only missing models are
+      # written.
+      ids = np.arange(start, start + k * d)
+      idx = (first_idx if start == cells[0][0] else
+             subsets.indices(config.seed, ds.num_train, m, ids))
+      out = compiled(*train.put_models(mesh, train.model_keys(config.seed,
+                                                              ids), idx),
+                     *arrays)
+      # Queue the copy to the host now: queued after the next cell's
+      # training, it waited for it (seen on an H100: the first of two cells
+      # reported only when both were done).
+      for leaf in jax.tree.leaves(out):
+        leaf.copy_to_host_async()
+      # Dispatch is asynchronous: the previous cell is written while this
+      # one trains.
+      if pending:
+        trained += _write(workdir, ds, *pending, progress, target, phases)
+        if target and target.reached():
+          return trained, True
+      pending = (start, missing, idx, out)
+    trained += _write(workdir, ds, *pending, progress, target, phases)
   return trained, False
 
 
-def _write(workdir, ds, start, missing, idx, out, progress, target=None):
+def _write(workdir, ds, start, missing, idx, out, progress, target, phases):
   """Stores the missing models of one trained cell; returns how many."""
-  out = jax.device_get(out)
+  with phases('wait_for_device'):
+    out = jax.device_get(out)
+  with phases('write_chunks'):
+    return _write_host(workdir, ds, start, missing, idx, out, progress,
+                       target)
+
+
+def _write_host(workdir, ds, start, missing, idx, out, progress, target):
   for ids in resume.consecutive_runs(missing):
     rows = ids - start
     loss = out['loss'][rows]
@@ -212,62 +282,74 @@ def run(config, workdir):
   In a multi-process run every process trains its share; the leader (process
   0) then reduces and returns the summary, the others return None.
   """
-  ds, m = prepare(config)
-  return run_on(config, workdir, ds, m, create_model(config, ds))
+  phases = Phases()
+  with phases('load_data'):
+    ds, m = prepare(config)
+  return run_on(config, workdir, ds, m, create_model(config, ds),
+                phases=phases)
 
 
-def run_on(config, workdir, ds, m, model, show=True):
+def run_on(config, workdir, ds, m, model, show=True, phases=None):
   """The estimate job on a loaded data set and a built model."""
-  resume.check_identity(workdir, resume.identity(config, ds))
-  distributed.barrier('identity')
-  if distributed.is_leader():
-    store.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
-    logging.info('%s: n=%d, n_test=%d, %d classes, subsets of m=%d', ds.name,
-                 ds.num_train, ds.num_test, ds.num_classes, m)
-    have = resume.stored_models(workdir, config.num_models, quarantine=True)
-  distributed.barrier('scan')
-  if not distributed.is_leader():
-    have = resume.stored_models(workdir, config.num_models, quarantine=False)
+  phases = phases or Phases()
+  with phases('scan_workdir'):
+    resume.check_identity(workdir, resume.identity(config, ds))
+    distributed.barrier('identity')
+    if distributed.is_leader():
+      store.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+      logging.info('%s: n=%d, n_test=%d, %d classes, subsets of m=%d',
+                   ds.name, ds.num_train, ds.num_test, ds.num_classes, m)
+      have = resume.stored_models(workdir, config.num_models, quarantine=True)
+    distributed.barrier('scan')
+    if not distributed.is_leader():
+      have = resume.stored_models(workdir, config.num_models, quarantine=False)
   t0 = time.time()
-  trained, stopped = train_missing(config, workdir, ds, m, have, model)
+  trained, stopped = train_missing(config, workdir, ds, m, have, model, phases)
   train_s = time.time() - t0
   distributed.barrier('trained')
   if not distributed.is_leader():
     logging.info('process %d trained %d models; process 0 writes the '
                  'estimates', jax.process_index(), trained)
     return None
-  if stopped or config.target_stderr > 0:
-    preds = store.load_predictions(workdir)
-    preds = {k: v[preds['model_ids'] < config.num_models]
-             for k, v in preds.items()}
-  else:
-    preds = store.load_predictions(workdir, config.num_models)
+  with phases('load_predictions'):
+    if stopped or config.target_stderr > 0:
+      preds = store.load_predictions(workdir)
+      preds = {k: v[preds['model_ids'] < config.num_models]
+               for k, v in preds.items()}
+    else:
+      preds = store.load_predictions(workdir, config.num_models)
   valid = np.isfinite(preds['loss'][:, -1])
   if not valid.any():
     raise store.StoreError('every model diverged; lower train.lr')
   t0 = time.time()
-  # The diverged models' rows go; with none, no copy of the predictions.
-  masks, train_correct, test_correct = (
-      (preds[k] if valid.all() else preds[k][valid])
-      for k in ('masks', 'train_correct', 'test_correct'))
-  est = estimate_lib.estimate(
-      masks, train_correct, test_correct, with_infl=config.estimate.infl,
-      with_infl_stderr=config.estimate.infl_stderr)
-  if config.estimate.infl_topk:
-    top = estimate_lib.top_influence(
-        masks, test_correct, config.estimate.infl_topk,
-        config.estimate.pair_threshold)
-    est.update({f'infl_{k}': v for k, v in top.items()})
-  est['diverged_models'] = preds['model_ids'][~valid]
-  if ds.corrupted is not None:
-    est['label_corrupted'] = ds.corrupted
-  store.write_estimates(workdir, est)
-  summary = summary_lib.summarize(config, ds, preds, valid, est)
+  with phases('estimate'):
+    # The diverged models' rows go; with none, no copy of the predictions.
+    masks, train_correct, test_correct = (
+        (preds[k] if valid.all() else preds[k][valid])
+        for k in ('masks', 'train_correct', 'test_correct'))
+    est = estimate_lib.estimate(
+        masks, train_correct, test_correct, with_infl=config.estimate.infl,
+        with_infl_stderr=config.estimate.infl_stderr)
+    if config.estimate.infl_topk:
+      top = estimate_lib.top_influence(
+          masks, test_correct, config.estimate.infl_topk,
+          config.estimate.pair_threshold)
+      est.update({f'infl_{k}': v for k, v in top.items()})
+    est['diverged_models'] = preds['model_ids'][~valid]
+    if ds.corrupted is not None:
+      est['label_corrupted'] = ds.corrupted
+  with phases('write_estimates'):
+    store.write_estimates(workdir, est)
+  estimate_s = time.time() - t0
+  with phases('summary'):
+    summary = summary_lib.summarize(config, ds, preds, valid, est)
+    summary['stopped_at_target_stderr'] = stopped
+    summary['convergence'] = estimate_lib.convergence(masks, train_correct,
+                                                      full=est)
   summary['timing'] = dict(models_trained=trained, train_s=train_s,
-                           estimate_s=time.time() - t0)
-  summary['stopped_at_target_stderr'] = stopped
-  summary['convergence'] = estimate_lib.convergence(masks, train_correct,
-                                                    full=est)
+                           estimate_s=estimate_s, phases=phases.seconds)
+  logging.info('phases (s): %s', ', '.join(
+      f'{k} {v:.2f}' for k, v in phases.seconds.items()))
   store.write_json(os.path.join(workdir, 'summary.json'), summary)
   if show:
     print(summary_lib.render(summary, ds, est))

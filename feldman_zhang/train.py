@@ -292,10 +292,14 @@ def local_mesh() -> jax.sharding.Mesh:
   return jax.sharding.Mesh(np.array(jax.local_devices()), (MODELS_AXIS,))
 
 
+def models_sharding(mesh) -> jax.sharding.NamedSharding:
+  """Per-model arrays: split along their first axis over the mesh."""
+  return jax.sharding.NamedSharding(mesh, P(MODELS_AXIS))
+
+
 def put_models(mesh, *arrays):
   """Places per-model arrays split along their first axis over the mesh."""
-  sharding = jax.sharding.NamedSharding(mesh, P(MODELS_AXIS))
-  return [jax.device_put(a, sharding) for a in arrays]
+  return [jax.device_put(a, models_sharding(mesh)) for a in arrays]
 
 
 def put_replicated(mesh, *arrays):

@@ -75,6 +75,13 @@ def test_lost_and_corrupt_chunks_are_retrained_identically(finished):
     f.write(b'\xff\xfe\xfd\xfc')
   summary = pipeline.run(c, workdir)
   assert summary['timing']['models_trained'] == 10
+  phases = summary['timing']['phases']
+  assert set(phases) == {'load_data', 'scan_workdir', 'compile', 'train',
+                         'wait_for_device', 'write_chunks', 'load_predictions',
+                         'estimate', 'write_estimates', 'summary'}
+  # Waiting and writing happen inside the training loop.
+  assert phases['train'] >= phases['wait_for_device'] + phases['write_chunks']
+  assert phases['compile'] > 0
   assert os.path.exists(os.path.join(workdir, 'chunks', 'corrupt'))
   after = store.load_estimates(workdir)
   for k in before:

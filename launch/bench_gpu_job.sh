@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The MNIST reference job on one GPU (issue 5), in one command:
+#   launch/bench_gpu_job.sh MNIST_DIR OUT_DIR [BUDGET_S]
+# 1. step time of float32 against split parameter storage (bf16 momentum,
+#    K = 1000, random data of MNIST's shape), with the byte model's GB/s;
+# 2. the job end to end with split storage, its phases in the log, with an
+#    empty persistent compilation cache, then again with the cache warm;
+# 3. the job end to end as shipped (float32 storage), for the same-machine
+#    comparison of wall time and model accuracy.
+# Needs the ml_collections wheel on PYTHONPATH where the image lacks it.
+set -uo pipefail
+if [[ $# -lt 2 ]]; then
+  sed -n '2,/^set -uo/p' "$0" | sed '$d' >&2
+  exit 2
+fi
+mnist=$1 out=$2 budget=${3:-500}
+mkdir -p "$out"
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+python=${PYTHON:-python3}
+cd "$repo"
+source "$repo/launch/steps.sh"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv \
+  | tee -a "$out/steps.log"
+
+for storage in float32 split; do
+  step "step_$storage" 90 "$python" -m feldman_zhang.bench \
+    --config=configs/mnist_mlp.py \
+    --config.data.source=random:28x28x1:10:60000:10000 \
+    --config.train.param_storage=$storage --step_variants=gather \
+    --step_ks=1000 --step_steps=50 --out="$out/step_$storage.json"
+done
+job=(-m feldman_zhang.main --config=configs/mnist_mlp.py
+     --config.data.source=idx:$mnist)
+export JAX_COMPILATION_CACHE_DIR="$out/xla_cache"
+step job_split_cold 120 /usr/bin/time -f 'wall %e s' "$python" "${job[@]}" \
+  --config.train.param_storage=split --workdir="$out/split_cold"
+step job_split_warm 120 /usr/bin/time -f 'wall %e s' "$python" "${job[@]}" \
+  --config.train.param_storage=split --workdir="$out/split_warm"
+cmp "$out/split_cold/estimates.npz" "$out/split_warm/estimates.npz" \
+  && echo "split cold and warm: estimates.npz bit-identical" \
+  | tee -a "$out/steps.log"
+unset JAX_COMPILATION_CACHE_DIR
+step job_float32 120 /usr/bin/time -f 'wall %e s' "$python" "${job[@]}" \
+  --workdir="$out/float32"
+for run in split_cold split_warm float32; do
+  [[ -f "$out/$run/summary.json" ]] && "$python" - "$out/$run" <<'PY' \
+    | tee -a "$out/steps.log"
+import json, sys
+s = json.load(open(sys.argv[1] + '/summary.json'))
+t = s['timing']
+print(sys.argv[1].rsplit('/', 1)[-1], 'test acc', s.get('model_test_acc_mean'),
+      'phases', {k: round(v, 2) for k, v in t['phases'].items()})
+PY
+done
+# The workdirs hold 2.4 GB of influence each: keep the summaries only.
+for run in split_cold split_warm float32; do
+  [[ -d "$out/$run" ]] && cp "$out/$run/summary.json" "$out/$run.summary.json"
+  rm -rf "$out/$run"
+done
+rm -rf "$out/xla_cache"
+cat "$out/steps.log"
