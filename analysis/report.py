@@ -103,6 +103,10 @@ def headline(run: common.Run, num_pairs) -> list:
     t = s['timing']
     rows.append(('timing', f'{t["models_trained"]} models trained in '
                  f'{t["train_s"]:.1f} s; estimates in {t["estimate_s"]:.1f} s'))
+    if t.get('phases'):
+      rows.append(('phases (s)', ', '.join(
+          f'{k} {v:.1f}' for k, v in sorted(t['phases'].items(),
+                                            key=lambda kv: -kv[1]))))
   return rows
 
 

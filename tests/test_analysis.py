@@ -197,7 +197,7 @@ def test_report_stands_alone(planted_run, tmp_path):
   s = run.summary
   for text in (f'{s["model_test_acc_mean"]:.4f}', 'Convergence',
                f'<td>{num_pairs}</td>', 'examples with mem &gt;= 0.25',
-               'diverged models'):
+               'diverged models', 'phases (s)'):
     assert text in page, text
 
 
