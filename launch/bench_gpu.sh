@@ -19,20 +19,13 @@
 # Each step has its own time limit, so one slow step costs only itself, and
 # steps that would start past BUDGET_S (default 540) seconds are skipped.
 set -uo pipefail
-if [[ $# -lt 2 ]]; then
-  sed -n '2,/^set -uo/p' "$0" | sed '$d' >&2
-  exit 2
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/steps.sh"
+need_args 2 $#
 mnist=$1 out=$2 budget=${3:-540}
 mkdir -p "$out"
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-python=${PYTHON:-python3}
-cd "$repo"
 mnist_cfg=(--config=configs/mnist_mlp.py --config.data.source="idx:$mnist"
            --config.train.schedule=constant)
 
-source "$repo/launch/steps.sh"
 
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem \
   --format=csv | tee "$out/device.txt"

@@ -9,17 +9,10 @@
 #    twice at K=100 (must be bit-identical) and once at K=25 (float sums may
 #    reorder: how many correctness entries differ).
 set -uo pipefail
-if [[ $# -lt 1 ]]; then
-  sed -n '2,/^set -uo/p' "$0" | sed '$d' >&2
-  exit 2
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/steps.sh"
+need_args 1 $#
 out=$1 budget=${2:-330}
 mkdir -p "$out"
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-python=${PYTHON:-python3}
-cd "$repo"
-source "$repo/launch/steps.sh"
 mlp=(--config=configs/mnist_mlp.py --config.data.source=random:28x28x1:10:60000:10000
      --config.train.schedule=constant --step_variants=gather --step_ks=2000
      --step_steps=50)

@@ -3,23 +3,17 @@
 #   launch/bench_gpu_job.sh MNIST_DIR OUT_DIR [BUDGET_S]
 # 1. step time of float32 against split parameter storage (bf16 momentum,
 #    K = 1000, random data of MNIST's shape), with the byte model's GB/s;
-# 2. the job end to end with split storage, its phases in the log, with an
-#    empty persistent compilation cache, then again with the cache warm;
+# 2. the job end to end with split storage (wall time on the step's line,
+#    phases in its summary), with JAX's persistent compilation cache empty,
+#    then again with it warm;
 # 3. the job end to end as shipped (float32 storage), for the same-machine
 #    comparison of wall time and model accuracy.
 # Needs the ml_collections wheel on PYTHONPATH where the image lacks it.
 set -uo pipefail
-if [[ $# -lt 2 ]]; then
-  sed -n '2,/^set -uo/p' "$0" | sed '$d' >&2
-  exit 2
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/steps.sh"
+need_args 2 $#
 mnist=$1 out=$2 budget=${3:-500}
 mkdir -p "$out"
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-python=${PYTHON:-python3}
-cd "$repo"
-source "$repo/launch/steps.sh"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv \
   | tee -a "$out/steps.log"
 
@@ -33,15 +27,15 @@ done
 job=(-m feldman_zhang.main --config=configs/mnist_mlp.py
      --config.data.source=idx:$mnist)
 export JAX_COMPILATION_CACHE_DIR="$out/xla_cache"
-step job_split_cold 120 /usr/bin/time -f 'wall %e s' "$python" "${job[@]}" \
+step job_split_cold 120 "$python" "${job[@]}" \
   --config.train.param_storage=split --workdir="$out/split_cold"
-step job_split_warm 120 /usr/bin/time -f 'wall %e s' "$python" "${job[@]}" \
+step job_split_warm 120 "$python" "${job[@]}" \
   --config.train.param_storage=split --workdir="$out/split_warm"
 cmp "$out/split_cold/estimates.npz" "$out/split_warm/estimates.npz" \
   && echo "split cold and warm: estimates.npz bit-identical" \
   | tee -a "$out/steps.log"
 unset JAX_COMPILATION_CACHE_DIR
-step job_float32 120 /usr/bin/time -f 'wall %e s' "$python" "${job[@]}" \
+step job_float32 120 "$python" "${job[@]}" \
   --workdir="$out/float32"
 for run in split_cold split_warm float32; do
   [[ -f "$out/$run/summary.json" ]] && "$python" - "$out/$run" <<'PY' \

@@ -1,6 +1,21 @@
-# Sourced by the bench_gpu*.sh scripts: `step NAME LIMIT_S CMD...` runs CMD
-# with a time limit, logs to $out/NAME.log, prints its tail, and skips steps
-# that would start with under 30 s of the script's $budget left.
+# Sourced by the bench_gpu*.sh scripts, first thing after `set -uo pipefail`:
+# puts the repository on PYTHONPATH, sets $python and $repo and moves there.
+# `need_args N $#` prints the script's header comment and exits 2 when it got
+# fewer than N arguments. `step NAME LIMIT_S CMD...` runs CMD with a time
+# limit, logs to $out/NAME.log, prints its tail, and skips steps that would
+# start with under 30 s of the script's $budget left.
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+python=${PYTHON:-python3}
+cd "$repo"
+
+need_args() {
+  if (( $2 < $1 )); then
+    sed -n '2,/^set -uo/p' "$0" | sed '$d' >&2
+    exit 2
+  fi
+}
+
 step() {
   local name=$1 limit=$2; shift 2
   local start=$SECONDS left=$((budget - SECONDS))
