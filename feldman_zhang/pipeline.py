@@ -5,9 +5,9 @@ trains the models the workdir lacks (so re-running a killed job resumes it and
 raising num_models extends it), then reduces all stored predictions.
 """
 
+import concurrent.futures
 import contextlib
 import os
-import threading
 import time
 
 import jax
@@ -162,32 +162,18 @@ class StderrTarget:
 
 def _compile_in_background(chunk_fn, mesh, k_total, m, arrays):
   """Starts compiling the chunk program for (k_total,) models on abstract
-  inputs, so XLA works while the host draws the first subsets and copies the
-  data; returns a function that waits for and returns the executable."""
+  inputs, so XLA works while the host draws the first subsets (XLA releases
+  the GIL); returns a future of the executable."""
   models_sharding = train.models_sharding(mesh)
   keys = jax.eval_shape(lambda: train.model_keys(0, np.arange(k_total)))
   lowered = chunk_fn.lower(
       jax.ShapeDtypeStruct(keys.shape, keys.dtype, sharding=models_sharding),
       jax.ShapeDtypeStruct((k_total, m), np.int32, sharding=models_sharding),
       *arrays)
-  box = {}
-
-  def work():
-    try:
-      box['compiled'] = lowered.compile()
-    except Exception as e:  # pylint: disable=broad-except
-      box['error'] = e
-
-  thread = threading.Thread(target=work, daemon=True)
-  thread.start()
-
-  def wait():
-    thread.join()
-    if 'error' in box:
-      raise box['error']
-    return box['compiled']
-
-  return wait
+  pool = concurrent.futures.ThreadPoolExecutor(1)
+  future = pool.submit(lowered.compile)
+  pool.shutdown(wait=False)  # returns now; the thread ends with the compile
+  return future
 
 
 def train_missing(config, workdir, ds, m, have, model,
@@ -210,10 +196,10 @@ def train_missing(config, workdir, ds, m, have, model,
   with phases('compile'):
     arrays = train.put_replicated(mesh, ds.x_train, ds.y_train, ds.x_test,
                                   ds.y_test)
-    wait_compiled = _compile_in_background(chunk_fn, mesh, k * d, m, arrays)
+    compiling = _compile_in_background(chunk_fn, mesh, k * d, m, arrays)
     first = cells[0][0] + np.arange(k * d)
     first_idx = subsets.indices(config.seed, ds.num_train, m, first)
-    compiled = wait_compiled()
+    compiled = compiling.result()
   logging.info('compiled the %d-model program in %.1f s', k * d,
                phases.seconds['compile'])
   progress = Progress(todo)
