@@ -71,8 +71,9 @@ def base() -> ml_collections.ConfigDict:
   c.train.momentum_dtype = 'auto'
   # float32 | split: with bf16 compute, 'split' holds each f32 parameter as
   # a bf16 half the model computes with and an int16 rest (precision.py),
-  # dropping the per-step cast pass: predicted 6 of 24.5 bytes per parameter
-  # and step for the MNIST MLP (BENCHMARKS.md). Same master weights.
+  # dropping the per-step cast pass: 26 -> 20 bytes per parameter and step
+  # for the MNIST MLP by the byte model, to be timed on a GPU (BENCHMARKS.md).
+  # Same master weights; off until measured.
   c.train.param_storage = 'float32'
 
   c.estimate = ml_collections.ConfigDict()

@@ -195,6 +195,22 @@ def features(model, params, state, x, batch_size=1024):
                          for i in range(0, len(x), batch_size)])
 
 
+def make_head_config(config):
+  """The estimate config of the last-layer heads: config.lastlayer's
+  schedule, f32 linear heads on the features (whatever the full network's
+  precision), the same seed and subsets."""
+  head_config = config.copy_and_resolve_references()
+  with head_config.unlocked():
+    head_config.models_per_device = config.lastlayer.models_per_device
+    head_config.train.update(epochs=config.lastlayer.epochs,
+                             batch_size=config.lastlayer.batch_size,
+                             lr=config.lastlayer.lr, augment='none',
+                             compute_dtype='float32', param_storage='float32',
+                             weight_decay=0.0)
+    head_config.model.name = 'linear'
+  return head_config
+
+
 def lastlayer(config, workdir) -> dict:
   """The last-layer experiment; returns the comparison (also JSON, PNG)."""
   ds, m, est = _finished_run(config, workdir)
@@ -204,14 +220,7 @@ def lastlayer(config, workdir) -> dict:
       ds, name=f'{ds.name} (frozen features)',
       x_train=features(model, params, state, ds.x_train),
       x_test=features(model, params, state, ds.x_test))
-  head_config = config.copy_and_resolve_references()
-  with head_config.unlocked():
-    head_config.models_per_device = config.lastlayer.models_per_device
-    head_config.train.update(epochs=config.lastlayer.epochs,
-                             batch_size=config.lastlayer.batch_size,
-                             lr=config.lastlayer.lr, augment='none',
-                             compute_dtype='float32', weight_decay=0.0)
-    head_config.model.name = 'linear'
+  head_config = make_head_config(config)
   # The same seed, n and m: every head trains on its full model's subset.
   summary = pipeline.run_on(head_config, out_dir, feats, m,
                             models.Linear(ds.num_classes), show=False)

@@ -100,3 +100,14 @@ def test_last_layer_does_not_memorize_the_plants(planted_run):
   # Resumes: the backbone is restored, the heads are not retrained.
   again = experiments.lastlayer(c, workdir)
   assert again == comparison
+
+
+def test_heads_train_in_f32_whatever_the_networks_precision(tiny_config):
+  from feldman_zhang import train
+  tiny_config.train.update(compute_dtype='bfloat16', param_storage='split')
+  head = experiments.make_head_config(tiny_config)
+  assert (head.train.compute_dtype, head.train.param_storage) == (
+      'float32', 'float32')
+  train.config_storage(head)  # split storage would refuse f32 compute
+  assert head.seed == tiny_config.seed
+  assert head.subset_ratio == tiny_config.subset_ratio
