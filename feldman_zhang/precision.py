@@ -8,7 +8,8 @@ of step s+1 cannot fuse with the update of step s across the scan's loop.
 `hi` (bf16, the parameter rounded to the nearest bf16) and `lo` (int16, the
 rest). The model computes with `hi` directly, so the cast pass disappears; the
 optimizer joins the halves into the exact f32 value, updates it in f32 and
-splits it again, all in its one elementwise fusion. The master weights are
+splits it again, elementwise (one fusion where XLA's GPU multi-output fusion
+merges the three outputs; the CPU compiler keeps three). The master weights are
 bit-for-bit those of 'float32' storage given the same gradients; only the
 rounding of the compute copy differs, ties going away from zero instead of to
 even (1 value in 65,536). For the bandwidth-bound MNIST MLP step the byte
