@@ -85,14 +85,14 @@ def count(model, config, ds, m) -> dict:
   steps = train.steps_per_epoch(m, config.train.batch_size) * config.train.epochs
   num_params = sum(p.size for p in jax.tree.leaves(params))
   examples = steps * config.train.batch_size
+  traffic = bytes_per_param_step(config)
   return dict(
       num_params=int(num_params), forward_flops_per_example=fwd_flops,
       steps_per_model=steps, train_examples_per_model=m * config.train.epochs,
       train_flops_per_model=3 * fwd_flops * examples,
       eval_flops_per_model=fwd_flops * (ds.num_train + ds.num_test),
-      bytes_per_param_step=bytes_per_param_step(config),
-      param_bytes_per_model=(bytes_per_param_step(config)['total'] *
-                             num_params * steps))
+      bytes_per_param_step=traffic,
+      param_bytes_per_model=traffic['total'] * num_params * steps)
 
 
 def measure_peaks(device=None) -> dict:
@@ -274,9 +274,9 @@ def step_variants(config, variants, ks, steps) -> list:
   from feldman_zhang import bench_step  # pylint: disable=g-import-not-at-top
   ds, m = pipeline.prepare(config)
   model = pipeline.create_model(config, ds)
-  counted = bytes_per_param_step(config)['total']
-  print(f'byte model: {counted} B per parameter and step '
-        f'({bytes_per_param_step(config)})')
+  traffic = bytes_per_param_step(config)
+  counted = traffic['total']
+  print(f'byte model: {counted} B per parameter and step ({traffic})')
   print(f'{"variant":8} {"K":>6} {"ms/step":>9} {"us/step/model":>14} '
         f'{"compile s":>9} {"loss":>7} {"XLA B/param":>11} {"GB/s":>7}')
   rows = []

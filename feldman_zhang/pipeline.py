@@ -238,26 +238,21 @@ def _write(workdir, ds, start, missing, idx, out, progress, target, phases):
   with phases('wait_for_device'):
     out = jax.device_get(out)
   with phases('write_chunks'):
-    return _write_host(workdir, ds, start, missing, idx, out, progress,
-                       target)
-
-
-def _write_host(workdir, ds, start, missing, idx, out, progress, target):
-  for ids in resume.consecutive_runs(missing):
-    rows = ids - start
-    loss = out['loss'][rows]
-    bad = ~np.isfinite(loss[:, -1])
-    if bad.any():
-      logging.warning('models %s diverged (non-finite loss); they are kept in '
-                      'the store and excluded from the estimates',
-                      ids[bad].tolist())
-    store.write_chunk(
-        workdir, ids, subsets.to_masks(idx[rows], ds.num_train),
-        out['train_correct'][rows], out['test_correct'][rows],
-        out['train_ptrue'][rows], out['test_ptrue'][rows], loss)
-    if target:
-      target.add(subsets.to_masks(idx[rows], ds.num_train),
-                 out['train_correct'][rows])
+    for ids in resume.consecutive_runs(missing):
+      rows = ids - start
+      loss = out['loss'][rows]
+      bad = ~np.isfinite(loss[:, -1])
+      if bad.any():
+        logging.warning('models %s diverged (non-finite loss); they are kept '
+                        'in the store and excluded from the estimates',
+                        ids[bad].tolist())
+      masks = subsets.to_masks(idx[rows], ds.num_train)
+      store.write_chunk(
+          workdir, ids, masks, out['train_correct'][rows],
+          out['test_correct'][rows], out['train_ptrue'][rows],
+          out['test_ptrue'][rows], loss)
+      if target:
+        target.add(masks, out['train_correct'][rows])
   progress.update(len(missing))
   return len(missing)
 
@@ -307,7 +302,6 @@ def run_on(config, workdir, ds, m, model, show=True, phases=None):
   valid = np.isfinite(preds['loss'][:, -1])
   if not valid.any():
     raise store.StoreError('every model diverged; lower train.lr')
-  t0 = time.time()
   with phases('estimate'):
     # The diverged models' rows go; with none, no copy of the predictions.
     masks, train_correct, test_correct = (
@@ -326,14 +320,15 @@ def run_on(config, workdir, ds, m, model, show=True, phases=None):
       est['label_corrupted'] = ds.corrupted
   with phases('write_estimates'):
     store.write_estimates(workdir, est)
-  estimate_s = time.time() - t0
   with phases('summary'):
     summary = summary_lib.summarize(config, ds, preds, valid, est)
     summary['stopped_at_target_stderr'] = stopped
     summary['convergence'] = estimate_lib.convergence(masks, train_correct,
                                                       full=est)
   summary['timing'] = dict(models_trained=trained, train_s=train_s,
-                           estimate_s=estimate_s, phases=phases.seconds)
+                           estimate_s=(phases.seconds['estimate'] +
+                                       phases.seconds['write_estimates']),
+                           phases=phases.seconds)
   logging.info('phases (s): %s', ', '.join(
       f'{k} {v:.2f}' for k, v in phases.seconds.items()))
   store.write_json(os.path.join(workdir, 'summary.json'), summary)
