@@ -8,8 +8,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 MNIST_DIR = os.path.join(ROOT, '..', 'shared', 'datasets', 'mnist')
 
 
-@pytest.fixture
-def tiny_config():
+def make_tiny_config():
   """digits, a small MLP, few models: a full run in seconds."""
   from feldman_zhang import config as config_lib
   c = config_lib.base()
@@ -21,3 +20,8 @@ def tiny_config():
   c.train.lr = 0.05
   c.summary.top_pairs = 3
   return c
+
+
+@pytest.fixture
+def tiny_config():
+  return make_tiny_config()

@@ -9,7 +9,22 @@ images high mem and rank the (planted, twin) pairs at the top of infl.
 
 import numpy as np
 
+from conftest import make_tiny_config
 from feldman_zhang import data
+
+
+def config(path):
+  """The tests' tiny config on the planted data at `path`, raised so that the
+  plants come out on top: enough models that chance influence among the 650k
+  digit pairs stays below the planted pairs', and enough capacity to fit
+  every plant."""
+  c = make_tiny_config()
+  c.data.source = f'npz:{path}'
+  c.num_models = 96
+  c.models_per_device = 32
+  c.model.hidden = (128,)
+  c.train.epochs = 25
+  return c
 
 
 def make(path, num_planted=12, seed=0, noise=25):

@@ -15,7 +15,6 @@ import pytest
 
 import planted
 from conftest import ROOT
-from feldman_zhang import config as config_lib
 from feldman_zhang import data as data_lib
 from feldman_zhang import estimate
 from feldman_zhang import pipeline
@@ -32,30 +31,13 @@ from analysis import report
 MISSES = 2
 
 
-def _planted_config(source):
-  """tiny_config raised as in test_planted.py, so the plants come out on top.
-
-  (A module-scoped fixture cannot use the function-scoped tiny_config.)
-  """
-  c = config_lib.base()
-  c.data.source = source
-  c.num_models = 96
-  c.models_per_device = 32
-  c.model.hidden = (128,)
-  c.train.epochs = 25
-  c.train.batch_size = 64
-  c.train.lr = 0.05
-  c.summary.top_pairs = 3
-  return c
-
-
 @pytest.fixture(scope='module')
 def planted_run(tmp_path_factory):
   """(workdir, planted train ids, planted test ids) of one finished run."""
   root = tmp_path_factory.mktemp('analysis')
   train_ids, test_ids = planted.make(root / 'planted.npz')
   workdir = str(root / 'run')
-  pipeline.run(_planted_config(f'npz:{root / "planted.npz"}'), workdir)
+  pipeline.run(planted.config(root / 'planted.npz'), workdir)
   return workdir, train_ids, test_ids
 
 

@@ -13,15 +13,10 @@ from feldman_zhang import store
 
 @pytest.fixture(scope='module')
 def planted_run(tmp_path_factory):
-  from feldman_zhang import config as config_lib
   tmp = tmp_path_factory.mktemp('planted')
   train_ids, test_ids = planted.make(tmp / 'planted.npz')
-  c = config_lib.base()
-  c.data.source = f'npz:{tmp / "planted.npz"}'
+  c = planted.config(tmp / 'planted.npz')
   c.num_models = 64
-  c.models_per_device = 32
-  c.model.hidden = (128,)
-  c.train.update(epochs=25, batch_size=64, lr=0.05)
   c.drop.update(thresholds=(0.6,), num_models=6)
   c.lastlayer.update(epochs=25, models_per_device=64)
   workdir = str(tmp / 'run')

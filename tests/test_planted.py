@@ -8,16 +8,9 @@ from feldman_zhang import store
 from feldman_zhang import summary
 
 
-def test_planted_pairs_top_infl_and_planted_mem_high(tiny_config, tmp_path):
+def test_planted_pairs_top_infl_and_planted_mem_high(tmp_path):
   train_ids, test_ids = planted.make(tmp_path / 'planted.npz')
-  c = tiny_config
-  c.data.source = f'npz:{tmp_path / "planted.npz"}'
-  # Enough models that chance influence among the 650k digit pairs stays
-  # below the planted pairs', and enough capacity to fit every plant.
-  c.num_models = 96
-  c.models_per_device = 32
-  c.model.hidden = (128,)
-  c.train.epochs = 25
+  c = planted.config(tmp_path / 'planted.npz')
   pipeline.run(c, str(tmp_path / 'run'))
   est = store.load_estimates(str(tmp_path / 'run'))
 

@@ -7,9 +7,12 @@ import optax
 import pytest
 
 from feldman_zhang import config as config_lib
+from feldman_zhang import data
+from feldman_zhang import models
 from feldman_zhang import precision
 from feldman_zhang import resume
 from feldman_zhang import store
+from feldman_zhang import subsets
 from feldman_zhang import train
 
 
@@ -49,8 +52,8 @@ def test_hi_is_the_bf16_cast_but_for_ties():
   assert np.any(hi[ties] != cast[ties])
 
 
-def _one_step(storage_name, params, grads_fn):
-  """One SGD-momentum step in the given storage; returns f32 params."""
+def _three_steps(storage_name, params, grads_fn):
+  """Three SGD-momentum steps in the given storage; returns f32 params."""
   c = config_lib.base().train
   c.update(momentum_dtype='bfloat16', weight_decay=5e-4, schedule='cosine')
   tx = train.make_optimizer(c, 10)
@@ -78,15 +81,15 @@ def test_split_update_gives_the_f32_master_weights_bit_for_bit():
   def cast_view(p):
     return jax.tree.map(lambda x: x.astype(jnp.bfloat16), p)
 
-  split = _one_step('split', params, grads_fn)
-  plain = _one_step('float32', params, lambda view: grads_fn(cast_view(view)))
+  split = _three_steps('split', params, grads_fn)
+  plain = _three_steps('float32', params,
+                       lambda view: grads_fn(cast_view(view)))
   for k in params:
     assert not np.array_equal(split[k], params[k])  # it trained
     np.testing.assert_array_equal(_bits(split[k]), _bits(plain[k]))
 
 
 def test_split_storage_trains_the_same_models(tiny_config):
-  from feldman_zhang import data, models, subsets
   ds = data.load('digits')
   c = tiny_config
   c.train.compute_dtype = 'bfloat16'
@@ -116,7 +119,6 @@ def test_split_storage_carries_half_words_and_no_cast():
   c = config_lib.base()
   c.model.hidden = (16,)
   c.train.update(compute_dtype='bfloat16', param_storage='split')
-  from feldman_zhang import models
   model = models.create(c.model, 3, jnp.bfloat16)
   step, tx, storage = train.make_config_step(model, c, 32)
   x = np.zeros((4, 2, 2, 1), np.uint8)
@@ -157,7 +159,6 @@ def test_split_storage_needs_bf16_compute():
 
 def test_runs_recorded_before_param_storage_still_resume(tmp_path,
                                                          tiny_config):
-  from feldman_zhang import data
   ds = data.load('digits')
   ident = resume.identity(tiny_config, ds)
   old = dict(ident, config={k: v for k, v in ident['config'].items()
