@@ -36,7 +36,8 @@ class Run:
   summary: summary.json, or None if the run was not summarized.
   estimates: estimates.npz: mem, mem_stderr, in_acc, heldout_acc (n,)
     float32; num_in (n,) int32; infl (n, n_test) float32 and infl_stderr
-    when estimated; infl_top_* / infl_pair_* in the top-k form.
+    when estimated (read-only memory maps of their files); infl_top_* /
+    infl_pair_* in the top-k form.
   dataset: the data set the models trained on (its noisy labels, if any).
   """
   workdir: str

@@ -19,5 +19,5 @@ def get_config():
   c.model.hidden = (512, 256)
   c.train.update(epochs=10, batch_size=128, lr=0.1, momentum=0.9,
                  schedule='cosine')
-  c.estimate.infl = True  # 60,000 x 10,000 float32: 2.4 GB in estimates.npz.
+  c.estimate.infl = True  # 60,000 x 10,000 float32: a 2.4 GB infl-CRC.npy.
   return c

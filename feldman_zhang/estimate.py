@@ -76,7 +76,8 @@ def _influence_block(masks_block, test_correct, num_in, with_stderr):
 
 
 def estimate(masks, train_correct, test_correct, *, with_infl: bool = True,
-             with_infl_stderr: bool = False, block: int = 4096) -> dict:
+             with_infl_stderr: bool = False, block: int = 4096,
+             infl_out=None, infl_stderr_out=None) -> dict:
   """Feldman-Zhang estimates.
 
   Args:
@@ -85,8 +86,12 @@ def estimate(masks, train_correct, test_correct, *, with_infl: bool = True,
     test_correct: (t, n_test) bool, likewise for test example j.
     with_infl: compute infl (n, n_test).
     with_infl_stderr: also its standard errors (n, n_test).
-    block: training examples per influence tile, which bounds device memory
-      to (t + n_test) * block elements.
+    block: training examples per influence tile; device memory holds the
+      masks of one tile and the outputs of two, (t + 2 * n_test) * block
+      elements (twice the outputs with the standard errors).
+    infl_out, infl_stderr_out: (n, n_test) float32 arrays to fill instead of
+      new ones, e.g. store.new_dense memory maps, so the tiles go to disk as
+      they arrive.
   Returns:
     dict of numpy arrays: mem, mem_stderr, in_acc, heldout_acc (n,) float32;
     num_in (n,) int32; num_models () int64; infl, infl_stderr (n, n_test)
@@ -101,19 +106,34 @@ def estimate(masks, train_correct, test_correct, *, with_infl: bool = True,
   out['num_models'] = np.int64(t)
   if with_infl:
     test_correct = jnp.asarray(test_correct, bool)
-    infl = np.empty((n, test_correct.shape[1]), np.float32)
-    infl_se = np.empty_like(infl) if with_infl_stderr else None
+    shape = (n, test_correct.shape[1])
+    infl = np.empty(shape, np.float32) if infl_out is None else infl_out
+    infl_se = None
+    if with_infl_stderr:
+      infl_se = (np.empty(shape, np.float32) if infl_stderr_out is None else
+                 infl_stderr_out)
+    for dest in (infl, infl_se):
+      if dest is not None and (dest.shape != shape or dest.dtype != np.float32):
+        raise ValueError(f'an output array is {dest.dtype}{dest.shape}, not '
+                         f'float32{shape}')
     num_in = jnp.asarray(out['num_in'])
     block = min(block, n)
-    for start in range(0, n, block):
-      # Every tile has the same shape (the last overlaps the one before), so
-      # the influence kernel compiles once.
-      start = min(start, n - block)
-      tile, se = _influence_block(masks[:, start:start + block], test_correct,
-                                  num_in[start:start + block], with_infl_stderr)
-      infl[start:start + block] = np.asarray(tile)
-      if with_infl_stderr:
-        infl_se[start:start + block] = np.asarray(se)
+    # Every tile has the same shape (the last overlaps the one before), so
+    # the influence kernel compiles once.
+    starts = [min(start, n - block) for start in range(0, n, block)]
+    pending = None
+    for start in starts + [None]:
+      # The next tile is dispatched before the last one is copied out, so the
+      # device computes while the host copies (and writes, into a map).
+      tile = None if start is None else (start, *_influence_block(
+          masks[:, start:start + block], test_correct,
+          num_in[start:start + block], with_infl_stderr))
+      if pending:
+        lo, values, se = pending
+        infl[lo:lo + block] = np.asarray(values)
+        if with_infl_stderr:
+          infl_se[lo:lo + block] = np.asarray(se)
+      pending = tile
     out['infl'] = infl
     if with_infl_stderr:
       out['infl_stderr'] = infl_se

@@ -307,9 +307,17 @@ def run_on(config, workdir, ds, m, model, show=True, phases=None):
     masks, train_correct, test_correct = (
         (preds[k] if valid.all() else preds[k][valid])
         for k in ('masks', 'train_correct', 'test_correct'))
+    # The dense matrices are filled in place in files of the workdir: at
+    # MNIST's size each is 2.4 GB, written while the device computes.
+    dense = (masks.shape[1], test_correct.shape[1])
     est = estimate_lib.estimate(
         masks, train_correct, test_correct, with_infl=config.estimate.infl,
-        with_infl_stderr=config.estimate.infl_stderr)
+        with_infl_stderr=config.estimate.infl_stderr,
+        infl_out=(store.new_dense(workdir, dense) if config.estimate.infl
+                  else None),
+        infl_stderr_out=(store.new_dense(workdir, dense)
+                         if config.estimate.infl and
+                         config.estimate.infl_stderr else None))
     if config.estimate.infl_topk:
       top = estimate_lib.top_influence(
           masks, test_correct, config.estimate.infl_topk,

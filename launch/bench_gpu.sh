@@ -55,7 +55,7 @@ echo "models per device for the job: $k" | tee -a "$out/steps.log"
 
 step mnist_job 240 "$python" -m feldman_zhang.main "${mnist_cfg[@]}" \
   --config.models_per_device="$k" --workdir="$out/mnist_job"
-rm -f "$out/mnist_job/estimates.npz"  # 2.4 GB: not worth carrying back
+rm -f "$out"/mnist_job/infl-*.npy  # 2.4 GB: not worth carrying back
 rm -rf "$out/mnist_job/chunks"
 step estimate 90 "$python" -m feldman_zhang.bench \
   --estimate_only=4000,50000,10000 --out="$out/bench_estimate.json"

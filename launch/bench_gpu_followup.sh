@@ -37,6 +37,8 @@ step digits_c 60 "$python" -m feldman_zhang.main "${digits[@]}" \
 step same_k 30 "$python" analysis/compare_runs.py --a="$out/a" --b="$out/b"
 step other_k 30 "$python" analysis/compare_runs.py --a="$out/a" --b="$out/c"
 cmp "$out/a/estimates.npz" "$out/b/estimates.npz" \
-  && echo "K=100 twice: estimates.npz bit-identical" | tee -a "$out/steps.log"
+  && cmp "$out"/a/infl-*.npy "$out"/b/infl-*.npy \
+  && echo "K=100 twice: estimates.npz and infl bit-identical" \
+  | tee -a "$out/steps.log"
 rm -rf "$out/a" "$out/b" "$out/c"
 cat "$out/steps.log"

@@ -32,7 +32,8 @@ step job_split_cold 120 "$python" "${job[@]}" \
 step job_split_warm 120 "$python" "${job[@]}" \
   --config.train.param_storage=split --workdir="$out/split_warm"
 cmp "$out/split_cold/estimates.npz" "$out/split_warm/estimates.npz" \
-  && echo "split cold and warm: estimates.npz bit-identical" \
+  && cmp "$out"/split_cold/infl-*.npy "$out"/split_warm/infl-*.npy \
+  && echo "split cold and warm: estimates.npz and infl bit-identical" \
   | tee -a "$out/steps.log"
 unset JAX_COMPILATION_CACHE_DIR
 step job_float32 120 "$python" "${job[@]}" \

@@ -1,0 +1,112 @@
+"""estimates.npz and the dense matrix files beside it."""
+
+import glob
+import os
+
+import numpy as np
+import pytest
+
+from feldman_zhang import estimate
+from feldman_zhang import store
+
+
+def _estimates(workdir, seed, in_place=True):
+  rng = np.random.default_rng(seed)
+  masks = rng.random((7, 50)) < 0.6
+  correct = rng.random((7, 50)) < 0.7
+  test_correct = rng.random((7, 9)) < 0.5
+  out = {}
+  if in_place:
+    out = dict(infl_out=store.new_dense(workdir, (50, 9)),
+               infl_stderr_out=store.new_dense(workdir, (50, 9)))
+  est = estimate.estimate(masks, correct, test_correct, with_infl_stderr=True,
+                          block=16, **out)
+  want = estimate.estimate(masks, correct, test_correct, with_infl_stderr=True)
+  return est, want
+
+
+def _dense_files(workdir):
+  return sorted(os.path.basename(p)
+                for p in glob.glob(os.path.join(workdir, '*.npy')))
+
+
+def test_dense_matrices_are_mapped_files_named_by_their_crc(tmp_path):
+  workdir = str(tmp_path)
+  est, want = _estimates(workdir, 0)
+  for k in want:  # filled in place: the same values as in memory
+    np.testing.assert_array_equal(est[k], want[k], err_msg=k)
+  store.write_estimates(workdir, est)
+  files = _dense_files(workdir)
+  assert [f.split('-')[0] for f in files] == ['infl', 'infl_stderr']
+  assert not glob.glob(os.path.join(workdir, '.tmp-*'))
+  got = store.load_estimates(workdir)
+  assert isinstance(got['infl'], np.memmap) and not got['infl'].flags.writeable
+  assert sorted(got) == sorted(want)
+  for k in want:
+    np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+  # The same values written from memory get the same file names.
+  other = tmp_path / 'copy'
+  store.write_estimates(str(other), want)
+  assert _dense_files(str(other)) == files
+
+
+def test_new_estimates_replace_old_files_and_stale_temps(tmp_path):
+  workdir = str(tmp_path)
+  store.write_estimates(workdir, _estimates(workdir, 0)[0])
+  old = _dense_files(workdir)
+  store.new_dense(workdir, (3, 3))  # as a killed job would leave it
+  est, want = _estimates(workdir, 1)
+  store.write_estimates(workdir, est)
+  new = _dense_files(workdir)
+  assert len(new) == 2 and not set(new) & set(old)
+  assert not glob.glob(os.path.join(workdir, '.tmp-*'))
+  np.testing.assert_array_equal(store.load_estimates(workdir)['infl'],
+                                want['infl'])
+  # Estimates without infl leave no dense file behind.
+  store.write_estimates(workdir, {'mem': want['mem']})
+  assert _dense_files(workdir) == []
+  assert 'infl' not in store.load_estimates(workdir)
+
+
+def test_a_kill_before_the_npz_keeps_the_old_pair(tmp_path, monkeypatch):
+  workdir = str(tmp_path)
+  _, first = _estimates(workdir, 0, in_place=False)
+  store.write_estimates(workdir, first)
+  est, _ = _estimates(workdir, 1)
+
+  def killed(*args, **kwargs):
+    raise KeyboardInterrupt
+  monkeypatch.setattr(np, 'savez', killed)
+  with pytest.raises(KeyboardInterrupt):
+    store.write_estimates(workdir, est)
+  monkeypatch.undo()
+  got = store.load_estimates(workdir)
+  for k in first:
+    np.testing.assert_array_equal(got[k], first[k], err_msg=k)
+
+
+def test_missing_dense_file_is_a_store_error(tmp_path):
+  workdir = str(tmp_path)
+  _, want = _estimates(workdir, 0, in_place=False)
+  store.write_estimates(workdir, want)
+  os.remove(os.path.join(workdir, _dense_files(workdir)[0]))
+  with pytest.raises(store.StoreError, match=r'infl-.*\.npy.*is missing'):
+    store.load_estimates(workdir)
+
+
+def test_reads_estimates_that_hold_infl_in_the_npz(tmp_path):
+  # Runs written before the dense files kept infl inside estimates.npz.
+  workdir = str(tmp_path)
+  _, want = _estimates(workdir, 0, in_place=False)
+  np.savez(store.estimates_path(workdir), **want)
+  got = store.load_estimates(workdir)
+  for k in want:
+    np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
+def test_output_arrays_of_another_shape_are_refused():
+  rng = np.random.default_rng(0)
+  masks = rng.random((4, 6)) < 0.5
+  with pytest.raises(ValueError, match=r'not float32\(6, 2\)'):
+    estimate.estimate(masks, masks, masks[:, :2],
+                      infl_out=np.zeros((6, 3), np.float32))
