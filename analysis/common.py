@@ -50,11 +50,13 @@ class Run:
 def load_run(workdir: str, need_infl: bool = False) -> Run:
   """Reads a finished run; StoreError with a one-line reason if it is not."""
   config_path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(config_path):
-    raise store.StoreError(f'{workdir} has no config.json: not a run '
+  if not os.path.exists(os.path.join(workdir, 'run.json')):
+    raise store.StoreError(f'{workdir} has no run.json: not a run '
                            'directory (python -m feldman_zhang.main '
                            f'--workdir={workdir} makes one)')
-  if not os.path.exists(store.estimates_path(workdir)):
+  # config.json is written with the estimates.
+  if not (os.path.exists(store.estimates_path(workdir)) and
+          os.path.exists(config_path)):
     raise store.StoreError(f'{workdir} has no estimates.npz: the run has not '
                            'finished; run the estimate there first')
   config = store.read_json(config_path)

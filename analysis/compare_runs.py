@@ -6,6 +6,8 @@ Reports how many correctness entries differ (models trained with another
 models-per-device K may reorder float sums) and the largest estimate change.
 """
 
+import sys
+
 from absl import app
 from absl import flags
 import numpy as np
@@ -32,8 +34,13 @@ def compare(a: str, b: str) -> dict:
 
 
 def main(argv):
-  del argv
-  for k, v in compare(_A.value, _B.value).items():
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  try:
+    result = compare(_A.value, _B.value)
+  except (store.StoreError, OSError) as e:
+    sys.exit(f'error: {e}')
+  for k, v in result.items():
     print(f'{k}: {v}')
 
 

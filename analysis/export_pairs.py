@@ -244,13 +244,13 @@ def define_flags():
   flags.DEFINE_float('mem_threshold', 0.25, 'Keep pairs whose training '
                      'example has mem >= this (the paper: 0.25).')
   flags.DEFINE_integer('max_pairs', 0, 'Keep at most this many pairs, '
-                       'largest infl first; 0 keeps all.')
+                       'largest infl first; 0 keeps all.', lower_bound=0)
   flags.DEFINE_integer('grids', 8, 'Test images drawn in pairs.png, those of '
-                       'the strongest pairs first; 0: none.')
+                       'the strongest pairs first; 0: none.', lower_bound=0)
   flags.DEFINE_integer('per_test', 3, 'Most influential training images '
-                       'drawn per test image.')
+                       'drawn per test image.', lower_bound=1)
   flags.DEFINE_integer('random_per_test', 3, "Random training images of the "
-                       "test image's class drawn beside them.")
+                       "test image's class drawn beside them.", lower_bound=0)
   flags.DEFINE_integer('seed', 0, 'Seed of the random images.')
 
 

@@ -139,7 +139,7 @@ def define_flags():
   flags.DEFINE_string('out', None, 'Output directory (default '
                       'WORKDIR/figures).')
   flags.DEFINE_integer('per_class', 10, 'Images per class in '
-                       'most_memorized.png.')
+                       'most_memorized.png.', lower_bound=1)
 
 
 def main(argv):

@@ -187,8 +187,10 @@ def define_flags():
   flags.DEFINE_float('infl_threshold', 0.15, 'Pairs: infl >= this.')
   flags.DEFINE_float('mem_threshold', 0.25, 'Pairs: mem of the training '
                      'example >= this.')
-  flags.DEFINE_integer('grids', 8, 'Test images in the pair grid.')
-  flags.DEFINE_integer('table_rows', 20, 'Pairs listed in the table.')
+  flags.DEFINE_integer('grids', 8, 'Test images in the pair grid.',
+                       lower_bound=0)
+  flags.DEFINE_integer('table_rows', 20, 'Pairs listed in the table.',
+                       lower_bound=1)
 
 
 def main(argv):

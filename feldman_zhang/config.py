@@ -22,6 +22,9 @@ class ConfigError(ValueError):
 SCHEDULING_FIELDS = ('num_models', 'models_per_device', 'vectorize',
                      'eval_batch_size', 'target_stderr',
                      'estimate', 'summary', 'drop', 'lastlayer')
+# Where the data is read from: the run records the data's own fingerprint
+# instead, so a moved or re-prepared copy of the same data resumes.
+LOCATION_FIELDS = ('data.source', 'data.data_dir', 'data.download')
 
 
 def base() -> ml_collections.ConfigDict:
@@ -79,9 +82,10 @@ def base() -> ml_collections.ConfigDict:
   c.estimate = ml_collections.ConfigDict()
   c.estimate.infl = True
   c.estimate.infl_stderr = False
-  # Top-k influence per test example, computed tile by tile without the full
-  # matrix (for runs where n x n_test does not fit), and every pair with
-  # infl >= pair_threshold: 0 turns it off.
+  # > 0: the top-k influence of each test example, computed tile by tile
+  # without the full matrix (for runs where n x n_test does not fit; set
+  # infl = False there), and every pair with infl >= pair_threshold (at most
+  # a million, the largest). 0: no top-k form.
   c.estimate.infl_topk = 0
   c.estimate.pair_threshold = 0.15
 
@@ -154,7 +158,19 @@ def validate(c) -> None:
        '(auto is float32 on the CPU)'),
       (0 <= c.data.label_noise < 1, 'data.label_noise must lie in [0, 1)'),
       (c.data.num_classes >= 0, 'data.num_classes must be >= 0'),
-      (c.seed >= 0, 'seed must be >= 0'),
+      # jax.random.key keeps 32 bits: seeds 2**32 apart would share models.
+      (0 <= c.seed < 2**32, 'seed must lie in [0, 2**32)'),
+      (c.target_stderr >= 0, 'target_stderr must be >= 0'),
+      (c.estimate.infl_topk >= 0, 'estimate.infl_topk must be >= 0'),
+      (c.summary.top_pairs >= 0, 'summary.top_pairs must be >= 0'),
+      (len(c.drop.thresholds) >= 1, 'drop.thresholds must not be empty'),
+      (c.drop.num_models >= 1, 'drop.num_models must be >= 1'),
+      (c.drop.seed >= 0, 'drop.seed must be >= 0'),
+      (c.lastlayer.epochs >= 1, 'lastlayer.epochs must be >= 1'),
+      (c.lastlayer.batch_size >= 1, 'lastlayer.batch_size must be >= 1'),
+      (c.lastlayer.lr > 0, 'lastlayer.lr must be > 0'),
+      (c.lastlayer.models_per_device >= 1,
+       'lastlayer.models_per_device must be >= 1'),
   ]
   for ok, message in checks:
     if not ok:
@@ -181,4 +197,5 @@ def flatten(d, prefix=''):
 def result_fields(c) -> dict:
   """The flattened fields that change what the stored models compute."""
   return {k: v for k, v in flatten(c.to_dict()).items()
-          if k.split('.')[0] not in SCHEDULING_FIELDS}
+          if k.split('.')[0] not in SCHEDULING_FIELDS and
+          k not in LOCATION_FIELDS}

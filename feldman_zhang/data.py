@@ -221,12 +221,16 @@ def _npz(path: str) -> Dataset:
   try:
     with np.load(path, allow_pickle=False) as f:
       arrays = {k: f[k] for k in f.files}
-  except (OSError, ValueError) as e:
+  except Exception as e:  # zipfile, zlib and numpy raise many types.
     raise DataError(f'cannot read npz file {path}: {e}') from e
   missing = {'x_train', 'y_train', 'x_test', 'y_test'} - set(arrays)
   if missing:
     raise DataError(f'{path} lacks arrays {sorted(missing)}')
-  num_classes = int(arrays.pop('num_classes', 0))
+  num_classes = arrays.pop('num_classes', np.int64(0))
+  if num_classes.ndim or not np.issubdtype(num_classes.dtype, np.integer):
+    raise DataError(f'{path}: num_classes must be one integer, not '
+                    f'{num_classes.dtype}{num_classes.shape}')
+  num_classes = int(num_classes)
   arrays = {k: arrays[k] for k in ('x_train', 'y_train', 'x_test', 'y_test')}
   if not num_classes:
     num_classes = 1 + int(max(np.max(arrays['y_train'], initial=0),
@@ -243,6 +247,7 @@ def _random(spec: str) -> Dataset:
     shape = tuple(int(d) for d in shape.split('x'))
     classes, n, n_test = int(classes), int(n), int(n_test)
     assert len(shape) == 3 and min(shape) > 0 and classes > 1
+    assert n > 0 and n_test > 0
   except (ValueError, AssertionError) as e:
     raise DataError(f'bad random source {spec!r}: expected '
                     'HxWxC:classes:n:n_test, e.g. 32x32x3:10:50000:10000') from e

@@ -187,7 +187,7 @@ def top_influence(masks, test_correct, k: int, threshold: float = 1.0,
   num_in = jnp.sum(masks, 0, dtype=jnp.int32)
   top_vals = jnp.full((k, n_test), -jnp.inf, jnp.float32)
   top_idx = jnp.zeros((k, n_test), jnp.int32)
-  pairs = []
+  pairs, num_pairs = [], 0
   block = min(block, n)
   for start in range(0, n, block):
     # Tiles keep one shape: the last one overlaps the one before, and its
@@ -206,18 +206,25 @@ def top_influence(masks, test_correct, k: int, threshold: float = 1.0,
                                      1 << (count - 1).bit_length())
       pairs.append((np.asarray(rows)[:count] + lo, np.asarray(cols)[:count],
                     np.asarray(vals)[:count]))
-  pairs = pairs or [(np.zeros(0, int), np.zeros(0, int), np.zeros(0))]
-  num_pairs = sum(len(p[0]) for p in pairs)
+      num_pairs += count
+      if sum(len(p[0]) for p in pairs) > 2 * max_pairs:
+        pairs = [_largest(pairs, max_pairs)]  # host memory stays bounded
   if num_pairs > max_pairs:
     logging.warning('%d pairs have infl >= %g; keeping the %d largest',
                     num_pairs, threshold, max_pairs)
-  pair_train = np.concatenate([p[0] for p in pairs]).astype(np.int32)
-  pair_test = np.concatenate([p[1] for p in pairs]).astype(np.int32)
-  pair_infl = np.concatenate([p[2] for p in pairs]).astype(np.float32)
-  order = np.lexsort((pair_test, pair_train, -pair_infl))[:max_pairs]
+  pair_train, pair_test, pair_infl = _largest(pairs, max_pairs)
   return dict(top_infl=np.asarray(top_vals), top_train=np.asarray(top_idx),
-              pair_train=pair_train[order], pair_test=pair_test[order],
-              pair_infl=pair_infl[order])
+              pair_train=pair_train, pair_test=pair_test, pair_infl=pair_infl)
+
+
+def _largest(pairs, p):
+  """The p largest of [(train, test, infl)] parts, ties by position."""
+  pairs = pairs or [(np.zeros(0, int), np.zeros(0, int), np.zeros(0))]
+  train = np.concatenate([q[0] for q in pairs]).astype(np.int32)
+  test = np.concatenate([q[1] for q in pairs]).astype(np.int32)
+  infl = np.concatenate([q[2] for q in pairs]).astype(np.float32)
+  order = np.lexsort((test, train, -infl))[:p]
+  return train[order], test[order], infl[order]
 
 
 def convergence(masks, train_correct, fractions=(0.25, 0.5),

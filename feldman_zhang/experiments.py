@@ -52,10 +52,12 @@ def random_removal(seed: int, theta_index: int, model: int, n: int, r: int):
   return np.sort(rng.choice(n, r, replace=False))
 
 
-def drop_one(config, ds, model, mem, theta, theta_index) -> dict:
-  """Both arms at one threshold: arrays for drop/theta_*.npz."""
+def drop_one(config, ds, model, removed, theta, theta_index) -> dict:
+  """Both arms at one threshold: arrays for drop/theta_*.npz.
+
+  removed: (r,) the training examples of mem >= theta.
+  """
   n, num = ds.num_train, config.drop.num_models
-  removed = np.flatnonzero(mem >= theta)
   r = len(removed)
   if r >= n:
     raise store.StoreError(f'mem >= {theta} removes every training example')
@@ -66,8 +68,12 @@ def drop_one(config, ds, model, mem, theta, theta_index) -> dict:
   keys = train.model_keys(config.seed, theta_index * 2**20 + np.arange(2 * num),
                           stream=DROP_STREAM)
   out = pipeline.train_models(config, model, ds, idx, keys)
-  acc = out['test_correct'].mean(1)
-  return dict(theta=np.float64(theta), removed=removed,
+  # A diverged model's accuracy is not the recipe's: NaN, left out of the
+  # means, as the estimate leaves it out.
+  acc = np.where(np.isfinite(out['loss'][:, -1]), out['test_correct'].mean(1),
+                 np.nan)
+  return dict(theta=np.float64(theta), drop_seed=np.int64(config.drop.seed),
+              removed=removed,
               random_removed=random_removed.reshape(num, r),
               test_correct=out['test_correct'], loss=out['loss'],
               acc_high=acc[:num], acc_random=acc[num:])
@@ -88,9 +94,14 @@ def drop(config, workdir) -> list:
   thresholds = list(config.drop.thresholds)
   for i, theta in enumerate(thresholds):
     path = os.path.join(out_dir, f'theta_{theta:.4f}.npz')
+    removed = np.flatnonzero(est['mem'] >= theta)
     result = _read_npz(path)
+    if result is not None and not _same_drop(result, removed, config):
+      logging.info('%s was made with other drop settings or estimates; '
+                   'training it again', path)
+      result = None
     if result is None:
-      result = drop_one(config, ds, model, est['mem'], theta, i)
+      result = drop_one(config, ds, model, removed, theta, i)
       store.atomic_write(path, lambda f, r=result: np.savez(f, **r))
     high, high_se = _mean_se(result['acc_high'])
     rand, rand_se = _mean_se(result['acc_random'])
@@ -106,6 +117,14 @@ def drop(config, workdir) -> list:
   _plot_drop(os.path.join(out_dir, 'drop.png'), rows, ds.name)
   print(_drop_table(rows))
   return rows
+
+
+def _same_drop(result, removed, config) -> bool:
+  """Whether a stored threshold's result is the one these settings make."""
+  return ('drop_seed' in result and
+          int(result['drop_seed']) == config.drop.seed and
+          len(result['acc_high']) == config.drop.num_models and
+          np.array_equal(result['removed'], removed))
 
 
 def _read_npz(path):
@@ -222,8 +241,14 @@ def lastlayer(config, workdir) -> dict:
       x_test=features(model, params, state, ds.x_test))
   head_config = make_head_config(config)
   # The same seed, n and m: every head trains on its full model's subset.
-  summary = pipeline.run_on(head_config, out_dir, feats, m,
-                            models.Linear(ds.num_classes), show=False)
+  try:
+    summary = pipeline.run_on(head_config, out_dir, feats, m,
+                              models.Linear(ds.num_classes), show=False)
+  except resume.IdentityError as e:
+    raise store.StoreError(
+        f'{out_dir} holds heads trained with other lastlayer.* settings '
+        f'({", ".join(e.diffs)} differ); remove {out_dir} to train them '
+        'again (the estimate run is kept)') from e
   head = store.load_estimates(out_dir)
   comparison = compare_mem(est['mem'], head['mem'],
                            config.summary.mem_threshold)

@@ -41,15 +41,27 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def parse_flags(argv):
   """absl's parser, with config-override mistakes as one-line errors."""
   try:
-    return FLAGS(argv)
+    argv = FLAGS(argv)
   except flags.Error as e:
-    sys.exit(f'error: {e}')
+    # A config file's own exception arrives with its traceback: keep the
+    # flag's line and the exception's.
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    sys.exit(f'error: {lines[0]} {lines[-1].strip()}' if len(lines) > 1 else
+             f'error: {e}')
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     # ml_collections raises these for an unknown field or a value of the
     # wrong type, with the field in the message.
     message = str(e).replace('\\n', ' ').replace('\\', '').replace("'", '')
     message = ' '.join(message.split())
     sys.exit(f'error: bad --config override: {message}')
+  try:
+    # ml_collections defers a config file's failure to the first use.
+    FLAGS.config.to_dict()
+  except Exception as e:  # pylint: disable=broad-except
+    cause = e.__cause__ or e  # the file's own error, not the deferral's
+    message = ' '.join(str(cause).split())
+    sys.exit(f'error: cannot load --config: {type(cause).__name__}: {message}')
+  return argv
 
 
 def main(argv):

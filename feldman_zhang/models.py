@@ -70,7 +70,8 @@ class CNN(nn.Module):
 
 
 class Linear(nn.Module):
-  """A last layer alone, on precomputed float features (B, d)."""
+  """A last layer alone: on precomputed float features (B, d), or a linear
+  classifier of uint8 images (B, H, W, C), scaled as the MLP's pixels."""
   num_classes: int
 
   def setup(self):
@@ -78,10 +79,12 @@ class Linear(nn.Module):
 
   def features(self, x, train: bool = False):
     del train
-    return x
+    if jnp.issubdtype(x.dtype, jnp.integer):
+      x = preprocess(x)
+    return x.reshape(x.shape[0], -1)
 
   def __call__(self, x, train: bool = False):
-    return self.head(x)
+    return self.head(self.features(x, train))
 
 
 class _ConvBN(nn.Module):

@@ -38,6 +38,9 @@ def load_data(config) -> data_lib.Dataset:
   ds = data_lib.load(d['source'], d.get('data_dir', ''),
                      d.get('num_classes', 0), d.get('download', False))
   if d.get('label_noise'):
+    if ds.num_classes < 2:
+      raise data_lib.DataError(f'data.label_noise needs 2 or more classes; '
+                               f'{ds.name} has {ds.num_classes}')
     ds = data_lib.with_label_noise(ds, d['label_noise'], seed)
   return ds
 
@@ -51,10 +54,29 @@ def prepare(config):
     raise config_lib.ConfigError(
         f'subset_ratio={config.subset_ratio} gives subsets of {m} of '
         f'{ds.num_train} examples; each subset must hold some but not all')
+  if config.train.batch_size > m:
+    raise config_lib.ConfigError(
+        f'train.batch_size={config.train.batch_size} exceeds the subsets\' '
+        f'm={m} examples')
   try:
-    create_model(config, ds)
+    model = create_model(config, ds)
   except ValueError as e:
     raise config_lib.ConfigError(str(e)) from e
+  def logits(key, x):
+    params, state = train.init(model, key, x)
+    return train.apply(model, params, state, x, train=False)[0]
+  want = (1, ds.num_classes)
+  try:
+    # Traced on one example, not run: a model that cannot take this data's
+    # shape fails here, before the workdir is touched.
+    got = jax.eval_shape(logits, jax.random.key(0), ds.x_train[:1]).shape
+    if got != want:
+      raise ValueError(f'logits of shape {got}, not {want}')
+  except Exception as e:  # pylint: disable=broad-except
+    # Flax and XLA raise many types for a shape they cannot take.
+    raise config_lib.ConfigError(
+        f'model.name={config.model.name} cannot take {ds.name}\'s inputs '
+        f'{ds.x_train.shape[1:]}: {str(e).splitlines()[0]}') from e
   return ds, m
 
 
@@ -277,7 +299,6 @@ def run_on(config, workdir, ds, m, model, show=True, phases=None):
     resume.check_identity(workdir, resume.identity(config, ds))
     distributed.barrier('identity')
     if distributed.is_leader():
-      store.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
       logging.info('%s: n=%d, n_test=%d, %d classes, subsets of m=%d',
                    ds.name, ds.num_train, ds.num_test, ds.num_classes, m)
       have = resume.stored_models(workdir, config.num_models, quarantine=True)
@@ -302,7 +323,7 @@ def run_on(config, workdir, ds, m, model, show=True, phases=None):
   valid = np.isfinite(preds['loss'][:, -1])
   if not valid.any():
     raise store.StoreError('every model diverged; lower train.lr')
-  with phases('estimate'):
+  with phases('estimate'), store.dense_files(workdir) as new_dense:
     # The diverged models' rows go; with none, no copy of the predictions.
     masks, train_correct, test_correct = (
         (preds[k] if valid.all() else preds[k][valid])
@@ -310,14 +331,12 @@ def run_on(config, workdir, ds, m, model, show=True, phases=None):
     # The dense matrices are filled in place in files of the workdir: at
     # MNIST's size each is 2.4 GB, written while the device computes.
     dense = (masks.shape[1], test_correct.shape[1])
+    infl, se = config.estimate.infl, config.estimate.infl_stderr
     est = estimate_lib.estimate(
-        masks, train_correct, test_correct, with_infl=config.estimate.infl,
-        with_infl_stderr=config.estimate.infl_stderr,
-        infl_out=(store.new_dense(workdir, dense) if config.estimate.infl
-                  else None),
-        infl_stderr_out=(store.new_dense(workdir, dense)
-                         if config.estimate.infl and
-                         config.estimate.infl_stderr else None))
+        masks, train_correct, test_correct, with_infl=infl,
+        with_infl_stderr=se,
+        infl_out=new_dense(dense) if infl else None,
+        infl_stderr_out=new_dense(dense) if infl and se else None)
     if config.estimate.infl_topk:
       top = estimate_lib.top_influence(
           masks, test_correct, config.estimate.infl_topk,
@@ -327,6 +346,9 @@ def run_on(config, workdir, ds, m, model, show=True, phases=None):
     if ds.corrupted is not None:
       est['label_corrupted'] = ds.corrupted
   with phases('write_estimates'):
+    # config.json goes with the estimates it made (the analysis reads both),
+    # not with an attempt that may fail before them.
+    store.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
     store.write_estimates(workdir, est)
   with phases('summary'):
     summary = summary_lib.summarize(config, ds, preds, valid, est)

@@ -8,6 +8,7 @@ trains at the same place of the same program, whichever process, device or
 attempt trains it.
 """
 
+import glob
 import os
 
 import jax
@@ -29,6 +30,16 @@ TRAINER_VERSION = 1
 ADDED_FIELDS = {'train.param_storage': 'float32'}
 
 
+class IdentityError(store.StoreError):
+  """A workdir made by a run with other settings; diffs names the fields."""
+
+  def __init__(self, workdir, diffs):
+    super().__init__(f'{workdir} holds a run with other settings: '
+                     f'{", ".join(diffs)} differ; use a new --workdir or the '
+                     'old settings')
+    self.diffs = diffs
+
+
 def identity(config, ds) -> dict:
   """What the stored predictions depend on; a resume must match it exactly.
 
@@ -45,17 +56,30 @@ def identity(config, ds) -> dict:
 def check_identity(workdir, ident) -> None:
   """Records the run's identity, or refuses a workdir made by another run.
 
-  Every process checks; only the leader writes.
+  A workdir with a run.json but no results (a first attempt that failed
+  before storing a model) takes the new identity. Every process checks; only
+  the leader writes.
   """
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise store.StoreError(f'--workdir {workdir} is a file, not a directory')
   path = os.path.join(workdir, 'run.json')
-  if not os.path.exists(path):
-    if store.list_chunks(workdir):
-      raise store.StoreError(f'{workdir} holds chunks but no run.json')
+  results = (store.list_chunks(workdir) or
+             os.path.exists(store.estimates_path(workdir)))
+  if not os.path.exists(path) or not results:
+    if results:
+      raise store.StoreError(f'{workdir} holds results but no run.json')
     if distributed.is_leader():
       store.write_json(path, dict(identity=ident, versions=_versions()))
     return
-  old = store.read_json(path)['identity']
-  old['config'] = {**ADDED_FIELDS, **old['config']}
+  try:
+    old = store.read_json(path)['identity']
+    old['config'] = {**ADDED_FIELDS, **old['config']}
+  except (ValueError, KeyError, TypeError) as e:
+    raise store.StoreError(f'{path} is unreadable ({e!r}); it records what '
+                           'the stored models depend on, so they cannot be '
+                           'resumed: use a new --workdir') from e
+  for k in config_lib.LOCATION_FIELDS:  # recorded by runs before them
+    old['config'].pop(k, None)
   if old == ident:
     return
   diffs = [k for k in ('data', 'dtypes', 'trainer_version', 'format_version')
@@ -63,9 +87,7 @@ def check_identity(workdir, ident) -> None:
   keys = sorted(set(old['config']) | set(ident['config']))
   diffs += [f'config.{k}' for k in keys
             if old['config'].get(k) != ident['config'].get(k)]
-  raise store.StoreError(
-      f'{workdir} holds a run with other settings: {", ".join(diffs)} differ; '
-      'use a new --workdir or the old settings')
+  raise IdentityError(workdir, diffs)
 
 
 def _versions():
@@ -82,6 +104,9 @@ def stored_models(workdir, num_models, quarantine):
   so its models train again.
   """
   have = np.zeros(num_models, bool)
+  if quarantine:  # the leader, while no process writes: a killed write's
+    for tmp in glob.glob(os.path.join(workdir, 'chunks', '.tmp-*')):
+      os.remove(tmp)
   for start, stop, path in store.list_chunks(workdir):
     try:
       store.read_chunk(path)

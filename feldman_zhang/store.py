@@ -12,6 +12,7 @@ leaves either the old file or the new one, never a torn one. Chunks carry a
 sha256 of their arrays, checked on every read.
 """
 
+import contextlib
 import glob
 import hashlib
 import json
@@ -199,6 +200,24 @@ _DENSE_TMP = '.tmp-dense-'
 
 def estimates_path(workdir: str) -> str:
   return os.path.join(workdir, 'estimates.npz')
+
+
+@contextlib.contextmanager
+def dense_files(workdir: str):
+  """Yields new_dense(workdir, shape) as a function of shape, and removes
+  the files it made if the block raises (each is as large as the matrix)."""
+  made = []
+
+  def new(shape):
+    made.append(new_dense(workdir, shape))
+    return made[-1]
+  try:
+    yield new
+  except BaseException:
+    for array in made:
+      if os.path.exists(array.filename):
+        os.remove(array.filename)
+    raise
 
 
 def new_dense(workdir: str, shape) -> np.memmap:

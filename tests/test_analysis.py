@@ -239,7 +239,7 @@ def test_workdir_without_estimates_is_one_line_error(name, planted_run,
                                                      tmp_path):
   workdir = tmp_path / 'unfinished'
   workdir.mkdir()
-  shutil.copy(os.path.join(planted_run[0], 'config.json'), workdir)
+  shutil.copy(os.path.join(planted_run[0], 'run.json'), workdir)
   result = _script(name, f'--workdir={workdir}')
   assert result.returncode != 0
   assert result.stderr.strip().splitlines() == [

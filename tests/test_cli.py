@@ -31,6 +31,16 @@ def _cli(workdir, *overrides):
     ('--config.vectorize=pmap', 'vectorize must be vmap or map'),
     ('--config.train.momentum_dtype=float16',
      'train.momentum_dtype must be auto, float32 or bfloat16'),
+    ('--config.train.batch_size=1000', "exceeds the subsets' m=910 examples"),
+    ('--config.seed=4294967296', 'seed must lie in [0, 2**32)'),
+    ('--config.estimate.infl_topk=-1', 'estimate.infl_topk must be >= 0'),
+    ('--config.drop.thresholds=()', 'drop.thresholds must not be empty'),
+    ('--config.lastlayer.models_per_device=0',
+     'lastlayer.models_per_device must be >= 1'),
+    ('--config.data.source=random:8x8x1:10:-5:10', 'bad random source'),
+    ('--config=configs/no_such.py', "cannot load --config: OSError"),
+    ('--config=configs/digits_mlp.py:arg',
+     'TypeError: get_config() takes 0 positional arguments'),
 ])
 def test_bad_input(tmp_path, override, message):
   workdir = tmp_path / 'run'
@@ -51,6 +61,40 @@ def test_labels_out_of_range_in_file(tmp_path):
   assert result.returncode != 0
   assert 'labels out of range [0, 4), e.g. 12' in result.stderr
   assert not (tmp_path / 'run').exists()
+
+
+def _tiny_images_npz(path):
+  np.savez(path, x_train=np.zeros((50, 2, 2, 1), np.uint8),
+           y_train=np.arange(50) % 2, x_test=np.zeros((10, 2, 2, 1), np.uint8),
+           y_test=np.arange(10) % 2)
+
+
+@pytest.mark.parametrize('make, overrides, message', [
+    (_tiny_images_npz, ['--config.model.name=cnn'],  # pooled to nothing
+     "model.name=cnn cannot take npz:"),
+    (lambda path: open(path, 'wb').write(b'not a zip'), [],
+     'cannot read npz file'),
+    (lambda path: np.savez(path, x_train=np.zeros((4, 2)), y_train=np.zeros(4),
+                           x_test=np.zeros((2, 2)), y_test=np.zeros(2),
+                           num_classes=np.array([2, 3])), [],
+     'num_classes must be one integer'),
+])
+def test_bad_data_file(tmp_path, make, overrides, message):
+  make(tmp_path / 'data.npz')
+  result = _cli(tmp_path / 'run', f'--config.data.source=npz:{tmp_path}/data.npz',
+                '--config.train.batch_size=8', *overrides)
+  assert result.returncode != 0
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: ') and message in last, result.stderr
+  assert not (tmp_path / 'run').exists()
+
+
+def test_workdir_that_is_a_file(tmp_path):
+  (tmp_path / 'run').write_text('x')
+  result = _cli(tmp_path / 'run')
+  assert result.returncode != 0
+  assert result.stderr.strip().splitlines()[-1] == (
+      f'error: --workdir {tmp_path}/run is a file, not a directory')
 
 
 def test_small_job_runs(tmp_path):

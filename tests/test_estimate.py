@@ -100,6 +100,21 @@ def test_tiled_top_k_equals_dense_top_k():
     assert np.all(np.diff(top['pair_infl']) <= 0)
 
 
+def test_pairs_past_max_pairs_keep_the_largest():
+  # Pruned as tiles arrive (more than 2 * max_pairs held): the same pairs as
+  # one sort of all entries over the threshold, ties by position.
+  rng = np.random.default_rng(6)
+  masks, _, test_correct = _random_case(rng, 60, 103, 11)
+  dense = estimate.estimate(masks, masks, test_correct)['infl']
+  rows, cols = np.nonzero(dense >= 0.0)
+  order = np.lexsort((cols, rows, -dense[rows, cols]))[:9]
+  top = estimate.top_influence(masks, test_correct, k=2, threshold=0.0,
+                               block=7, max_pairs=9)
+  np.testing.assert_array_equal(top['pair_train'], rows[order])
+  np.testing.assert_array_equal(top['pair_test'], cols[order])
+  np.testing.assert_array_equal(top['pair_infl'], dense[rows, cols][order])
+
+
 def test_stderr_covers_the_truth():
   """95% intervals from mem_stderr cover the true mem 90-99% of the time,
   over many simulated runs of Bernoulli models with known rates."""

@@ -71,12 +71,47 @@ def test_drop_keeps_exactly_the_complement(planted_run, monkeypatch):
   monkeypatch.setattr(pipeline, 'train_models', fake_train)
   ds, _ = pipeline.prepare(c)
   mem = store.load_estimates(workdir)['mem']
-  result = experiments.drop_one(c, ds, None, mem, 0.5, 3)
+  result = experiments.drop_one(c, ds, None, np.flatnonzero(mem >= 0.5), 0.5,
+                                3)
   n = ds.num_train
   for row, gone in zip(seen['idx'], [result['removed']] * 6 +
                        list(result['random_removed'])):
     assert len(row) + len(gone) == n
     np.testing.assert_array_equal(np.union1d(row, gone), np.arange(n))
+
+
+def test_drop_retrains_on_other_settings_and_leaves_diverged_out(
+    planted_run, monkeypatch):
+  c, workdir, _, _ = planted_run
+  c = c.copy_and_resolve_references()
+  c.drop.thresholds = (0.55,)
+  calls = []
+
+  def fake_train(config, model, ds, idx, keys):
+    k = len(idx)
+    calls.append(k)
+    correct = np.zeros((k, ds.num_test), bool)
+    correct[:, :ds.num_test // 2] = True      # every model: accuracy ~1/2
+    loss = np.zeros((k, 1))
+    correct[0], loss[0] = True, np.nan         # but the first one diverged
+    return dict(test_correct=correct, loss=loss)
+
+  monkeypatch.setattr(pipeline, 'train_models', fake_train)
+  rows = experiments.drop(c, workdir)
+  n_test = np.load(os.path.join(workdir, 'drop', 'theta_0.5500.npz'))[
+      'test_correct'].shape[1]
+  half = (n_test // 2) / n_test
+  assert rows[0]['acc_high_mem_removed'] == pytest.approx(half)
+  assert rows[0]['acc_random_removed'] == pytest.approx(half)
+  assert calls == [12]
+  experiments.drop(c, workdir)        # same settings: read back
+  assert calls == [12]
+  c.drop.num_models = 4               # other settings: trained again
+  experiments.drop(c, workdir)
+  c.drop.seed = 1
+  experiments.drop(c, workdir)
+  assert calls == [12, 8, 8]
+  os.remove(os.path.join(workdir, 'drop', 'theta_0.5500.npz'))
 
 
 def test_last_layer_does_not_memorize_the_plants(planted_run):

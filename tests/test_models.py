@@ -90,3 +90,17 @@ def test_batch_norm_statistics_are_trained():
   _, state0 = train.init(model, jax.random.key(0), x)
   moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), state, state0)
   assert max(jax.tree.leaves(moved)) > 1e-3
+
+
+def test_linear_takes_images_and_features():
+  # On uint8 images: logistic regression of the MLP's [0, 1] pixels; on
+  # float features (the last-layer heads): a Dense layer as they are.
+  model = models.create(ml_collections.ConfigDict(dict(name='linear')), 3)
+  x = np.random.default_rng(0).integers(0, 256, (4, 5, 5, 1), np.uint8)
+  params, _ = train.init(model, jax.random.key(0), x)
+  w, b = params['head']['kernel'], params['head']['bias']
+  np.testing.assert_allclose(model.apply({'params': params}, x),
+                             (x.reshape(4, -1) / 255) @ w + b, rtol=1e-5)
+  feats = x.reshape(4, -1).astype(np.float32)
+  np.testing.assert_allclose(model.apply({'params': params}, feats),
+                             feats @ w + b, rtol=1e-5)

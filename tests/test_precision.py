@@ -165,6 +165,8 @@ def test_runs_recorded_before_param_storage_still_resume(tmp_path,
                             if k != 'train.param_storage'})
   workdir = str(tmp_path / 'run')
   resume.check_identity(workdir, old)  # an older version's run.json
+  z = np.zeros((1, 4), bool)  # and a stored model, so the check is real
+  store.write_chunk(workdir, [0], z, z, z, z, z, np.zeros((1, 1)))
   resume.check_identity(workdir, ident)  # resumes: the field's old meaning
   tiny_config.train.compute_dtype = 'bfloat16'
   tiny_config.train.param_storage = 'split'

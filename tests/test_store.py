@@ -110,3 +110,12 @@ def test_output_arrays_of_another_shape_are_refused():
   with pytest.raises(ValueError, match=r'not float32\(6, 2\)'):
     estimate.estimate(masks, masks, masks[:, :2],
                       infl_out=np.zeros((6, 3), np.float32))
+
+
+def test_dense_files_of_a_failed_estimate_are_removed(tmp_path):
+  with pytest.raises(RuntimeError):
+    with store.dense_files(str(tmp_path)) as new_dense:
+      new_dense((30, 20))
+      assert len(glob.glob(str(tmp_path / '.tmp-dense-*'))) == 1
+      raise RuntimeError('the device failed')
+  assert not os.listdir(tmp_path)
