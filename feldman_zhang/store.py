@@ -13,6 +13,7 @@ sha256 of their arrays, checked on every read.
 """
 
 import contextlib
+import errno
 import glob
 import hashlib
 import json
@@ -227,8 +228,24 @@ def new_dense(workdir: str, shape) -> np.memmap:
   fd, tmp = tempfile.mkstemp(dir=workdir, prefix=_DENSE_TMP, suffix='.npy')
   os.close(fd)
   os.chmod(tmp, 0o666 & ~_UMASK)
-  return np.lib.format.open_memmap(tmp, mode='w+', dtype=np.float32,
-                                   shape=tuple(shape))
+  array = np.lib.format.open_memmap(tmp, mode='w+', dtype=np.float32,
+                                    shape=tuple(shape))
+  # The blocks are reserved now: a page the disk has no room for would
+  # otherwise kill the job with SIGBUS at its first write, not raise here.
+  if hasattr(os, 'posix_fallocate'):
+    with open(tmp, 'rb+') as f:
+      try:
+        os.posix_fallocate(f.fileno(), 0, os.path.getsize(tmp))
+      except OSError as e:
+        if e.errno != errno.ENOSPC:
+          return array  # a file system that cannot reserve: written as is
+        del array
+        os.remove(tmp)
+        raise StoreError(f'{workdir} has no room for a '
+                         f'{np.prod(shape) * 4 / 1e9:.1f} GB matrix '
+                         f'{tuple(shape)}; free space, or set '
+                         'estimate.infl=False') from e
+  return array
 
 
 def _crc32(array) -> int:

@@ -1,5 +1,6 @@
 """estimates.npz and the dense matrix files beside it."""
 
+import errno
 import glob
 import os
 
@@ -118,4 +119,13 @@ def test_dense_files_of_a_failed_estimate_are_removed(tmp_path):
       new_dense((30, 20))
       assert len(glob.glob(str(tmp_path / '.tmp-dense-*'))) == 1
       raise RuntimeError('the device failed')
+  assert not os.listdir(tmp_path)
+
+
+def test_a_full_disk_is_a_store_error_not_a_crash(tmp_path, monkeypatch):
+  def full(fd, offset, length):
+    raise OSError(errno.ENOSPC, 'No space left on device')
+  monkeypatch.setattr(os, 'posix_fallocate', full, raising=False)
+  with pytest.raises(store.StoreError, match=r'no room for a .* \(300, 200\)'):
+    store.new_dense(str(tmp_path), (300, 200))
   assert not os.listdir(tmp_path)
