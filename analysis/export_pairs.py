@@ -17,7 +17,8 @@ under --out (default WORKDIR/pairs):
 
 Reads dense influence (estimate.infl) or, failing that, the top-k form
 (estimate.infl_topk): the pairs are the same wherever the top-k form is
-complete (infl_threshold >= estimate.pair_threshold).
+complete (infl_threshold >= estimate.pair_threshold, mem_threshold >=
+estimate.pair_mem_threshold, and no pair cut for the million-pair cap).
 """
 
 import csv
@@ -105,16 +106,30 @@ def _topk_candidates(estimates, infl_threshold):
   return tr[keep], tt[keep], infl[keep]
 
 
-def topk_caveat(run: common.Run, infl_threshold: float) -> str | None:
+def topk_caveat(run: common.Run, infl_threshold: float,
+                mem_threshold: float) -> str | None:
   """Why top-k-only pairs may miss some, or None when they cannot."""
-  if 'infl' in run.estimates or 'infl_top_infl' not in run.estimates:
+  est = run.estimates
+  if 'infl' in est or 'infl_top_infl' not in est:
     return None
-  pair_threshold = run.config['estimate'].get('pair_threshold', 1.0)
+  k = est['infl_top_infl'].shape[0]
+  # Runs before these were recorded kept every row's pairs, uncounted.
+  pair_threshold = float(est.get('infl_pair_threshold', run.config[
+      'estimate'].get('pair_threshold', 1.0)))
+  pair_mem = float(est.get('infl_pair_mem_threshold', -np.inf))
+  dropped = int(est.get('infl_pairs_dropped', 0))
   if infl_threshold < pair_threshold:
-    k = run.estimates['infl_top_infl'].shape[0]
-    return (f'the run kept every pair only down to infl {pair_threshold} '
+    return (f'the run kept every pair only down to infl {pair_threshold:g} '
             f'(estimate.pair_threshold); below it, only the top {k} per test '
             'example are known, so some pairs may be missing')
+  if mem_threshold < pair_mem:
+    return (f'the run kept every pair only for examples of mem >= '
+            f'{pair_mem:g} (estimate.pair_mem_threshold); below it, only the '
+            f'top {k} per test example are known, so some pairs may be missing')
+  if dropped:
+    return (f'the run cut {dropped} pairs past its cap of a million; only '
+            f'the top {k} per test example are known for those, so some '
+            'pairs may be missing')
   return None
 
 
@@ -256,7 +271,7 @@ def define_flags():
 
 def main(argv):
   run = common.load_run_or_exit(argv, FLAGS.workdir, need_infl=True)
-  caveat = topk_caveat(run, FLAGS.infl_threshold)
+  caveat = topk_caveat(run, FLAGS.infl_threshold, FLAGS.mem_threshold)
   if caveat:
     logging.warning(caveat)
   table, paths = export(

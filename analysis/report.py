@@ -3,7 +3,7 @@ r"""One self-contained HTML page per finished run.
   python -m analysis.report --workdir=runs/digits   # -> runs/digits/report.html
 
 The page holds the trained models' accuracy, the counts that matter (examples
-with mem >= 0.25, pairs selected, diverged models), label noise and
+with mem over the run's bar, pairs selected, diverged models), label noise and
 convergence when the run has them, the galleries and the pair grid, and the
 config. Images are embedded as base64 data: URIs, so the one file can be
 mailed, attached to an issue or opened offline.
@@ -112,7 +112,8 @@ def headline(run: common.Run, num_pairs) -> list:
 
 def convergence_rows(summary) -> list:
   return [(c['models'], f'{c["mean_abs_diff"]:.4f}', f'{c["max_abs_diff"]:.4f}',
-           f'{c["correlation"]:.4f}', f'{c["median_stderr"]:.4f}')
+           'n/a' if c['correlation'] is None else f'{c["correlation"]:.4f}',
+           f'{c["median_stderr"]:.4f}')
           for c in (summary or {}).get('convergence', [])]
 
 
@@ -131,7 +132,7 @@ def build(run: common.Run, infl_threshold=0.15, mem_threshold=0.25, grids=8,
   if common.has_influence(run.estimates):
     table = export_pairs.with_labels(export_pairs.select_pairs(
         run.estimates, infl_threshold, mem_threshold), run.dataset)
-    caveat = export_pairs.topk_caveat(run, infl_threshold)
+    caveat = export_pairs.topk_caveat(run, infl_threshold, mem_threshold)
   num_pairs = None if table is None else len(table['tr_idx'])
   title = f'Memorization and influence: {run.dataset.name}'
   parts = [f'<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
@@ -185,8 +186,9 @@ def define_flags():
   flags.DEFINE_string('out', None, 'The HTML file (default '
                       'WORKDIR/report.html).')
   flags.DEFINE_float('infl_threshold', 0.15, 'Pairs: infl >= this.')
-  flags.DEFINE_float('mem_threshold', 0.25, 'Pairs: mem of the training '
-                     'example >= this.')
+  flags.DEFINE_float('mem_threshold', None, 'Pairs: mem of the training '
+                     "example >= this (default: the run's "
+                     'summary.mem_threshold, the paper\'s 0.25).')
   flags.DEFINE_integer('grids', 8, 'Test images in the pair grid.',
                        lower_bound=0)
   flags.DEFINE_integer('table_rows', 20, 'Pairs listed in the table.',
@@ -195,7 +197,9 @@ def define_flags():
 
 def main(argv):
   run = common.load_run_or_exit(argv, FLAGS.workdir)
-  page = build(run, FLAGS.infl_threshold, FLAGS.mem_threshold, FLAGS.grids,
+  mem_threshold = (common.mem_threshold(run) if FLAGS.mem_threshold is None
+                   else FLAGS.mem_threshold)
+  page = build(run, FLAGS.infl_threshold, mem_threshold, FLAGS.grids,
                FLAGS.table_rows)
   path = write(FLAGS.out or os.path.join(FLAGS.workdir, 'report.html'), page)
   print(f'wrote {path}')

@@ -3,7 +3,8 @@
 The paper's m = 0.7n; t = 4000 (the paper's CIFAR estimates use thousands:
 standard errors of mem fall as 1/sqrt(t)). Recipe after Page's DAWNBench
 ResNet-9 and the Datamodels setup: batch 512, 24 epochs, Nesterov SGD,
-linear warm-up then decay, label smoothing 0.1, weight decay 5e-4*batch;
+linear warm-up then decay, label smoothing 0.1, weight decay 5e-4 (Page's
+5e-4 x batch on a summed loss, as our loss is a mean);
 ~93-94% on full CIFAR-10 in that recipe (to be measured here on a GPU: see
 BENCHMARKS.md). Needs TFDS data prepared under --config.data.data_dir.
 """

@@ -85,9 +85,12 @@ def base() -> ml_collections.ConfigDict:
   # > 0: the top-k influence of each test example, computed tile by tile
   # without the full matrix (for runs where n x n_test does not fit; set
   # infl = False there), and every pair with infl >= pair_threshold (at most
-  # a million, the largest). 0: no top-k form.
+  # a million, the largest) whose training example has mem >=
+  # pair_mem_threshold (the paper's pairs: infl >= 0.15, mem >= 0.25).
+  # 0: no top-k form.
   c.estimate.infl_topk = 0
   c.estimate.pair_threshold = 0.15
+  c.estimate.pair_mem_threshold = 0.25
 
   # --mode=drop: retrain without the examples of mem >= each threshold, and
   # without as many random ones; num_models models per arm and threshold.

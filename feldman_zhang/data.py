@@ -271,14 +271,28 @@ def _tfds(name: str, data_dir: str, download: bool) -> Dataset:
   except ImportError as e:
     raise DataError('tfds sources need tensorflow-datasets: pip install '
                     'tensorflow-datasets') from e
-  where = data_dir or '~/tensorflow_datasets (the default)'
+  # The shell leaves ~ in --config.data.data_dir=~/x as it is.
+  data_dir = os.path.expanduser(data_dir)
   try:
     builder = tfds.builder(name, data_dir=data_dir or None)
   except Exception as e:  # TFDS raises several types for unknown names.
-    raise DataError(f'unknown TFDS data set {name!r}: {e}') from e
+    # Its message lists every data set it knows: keep the first line and
+    # its guess.
+    lines = str(e).splitlines()
+    message = ' '.join([lines[0]] + [l.strip() for l in lines[1:]
+                                     if 'Did you mean' in l]) if lines else ''
+    raise DataError(f'unknown TFDS data set {name!r}: {message}') from e
+  # The directory TFDS looked in names data_dir, TFDS_DATA_DIR or its default.
+  where = (f'data_dir={data_dir or "(TFDS default)"} '
+           f'(looked in {builder.data_dir})')
   if download and not builder.is_prepared():
-    builder.download_and_prepare(
-        file_format=tfds.core.FileFormat.ARRAY_RECORD)
+    try:
+      builder.download_and_prepare(
+          file_format=tfds.core.FileFormat.ARRAY_RECORD)
+    except Exception as e:  # network, disk and TFDS errors alike
+      raise DataError(f'TFDS could not download and prepare {name!r} under '
+                      f'{where}: {type(e).__name__}: '
+                      f'{" ".join(str(e).split())[:300]}') from e
   test_split = 'test' if name.split('/')[0] != 'imagenet_resized' else 'validation'
   arrays = {}
   for split, tfds_split in (('train', 'train'), ('test', test_split)):
@@ -290,7 +304,7 @@ def _tfds(name: str, data_dir: str, download: bool) -> Dataset:
     except Exception as e:  # pylint: disable=broad-except
       if not builder.is_prepared():
         raise DataError(
-            f'TFDS data set {name!r} is not prepared under data_dir={where}; '
+            f'TFDS data set {name!r} is not prepared under {where}; '
             'prepare it there on a machine with network access (tfds build '
             f'{name} --data_dir=DIR --file_format=array_record) or set '
             'config.data.download=True') from e

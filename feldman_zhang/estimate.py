@@ -38,6 +38,28 @@ def _var_of_mean(total, count):
   return jnp.where(count > 0, p * (1 - p) / jnp.maximum(count, 1), 0.25)
 
 
+def _diff_of_means(right_in, num_in, right_out, num_out):
+  """mean_in - mean_out from int32 counts, as one rounding of the exact
+  fraction (right_in num_out - right_out num_in) / (num_in num_out).
+
+  The difference of two rounded means can land just under a value it equals
+  (13/20 - 10/20 = 0.15 comes out 0.14999998 in f32), losing a pair that sits
+  exactly on the paper's infl >= 0.15 bar. One rounding is monotonic: no
+  value at or over a bar falls under it. The counts' products are exact in
+  int32 while t < 92,681; the quotient is correctly rounded while
+  num_in num_out < 2^24 (always for t <= 8,192), within 1.5 ulp beyond.
+  An empty group's mean is 1/2, as in _mean.
+  """
+  both = (num_in > 0) & (num_out > 0)
+  num = right_in * num_out - right_out * num_in
+  # XLA rewrites a division by a broadcast into a multiplication by its
+  # reciprocal, a second rounding: the barrier keeps the division whole.
+  den = jax.lax.optimization_barrier(
+      jnp.broadcast_to(jnp.maximum(num_in * num_out, 1), num.shape))
+  return jnp.where(both, num.astype(jnp.float32) / den.astype(jnp.float32),
+                   _mean(right_in, num_in) - _mean(right_out, num_out))
+
+
 @jax.jit
 def _memorization(masks, correct):
   """masks, correct: (t, n) bool -> dict of (n,) arrays."""
@@ -49,7 +71,8 @@ def _memorization(masks, correct):
   in_acc, out_acc = _mean(right_in, num_in), _mean(right_out, num_out)
   stderr = jnp.sqrt(_var_of_mean(right_in, num_in) +
                     _var_of_mean(right_out, num_out))
-  return dict(mem=in_acc - out_acc, mem_stderr=stderr, in_acc=in_acc,
+  mem = _diff_of_means(right_in, num_in, right_out, num_out)
+  return dict(mem=mem, mem_stderr=stderr, in_acc=in_acc,
               heldout_acc=out_acc, num_in=num_in)
 
 
@@ -64,12 +87,12 @@ def _influence_block(masks_block, test_correct, num_in, with_stderr):
   t = masks_block.shape[0]
   dtype = _matmul_dtype()
   right_in = jnp.dot(masks_block.T.astype(dtype), test_correct.astype(dtype),
-                     preferred_element_type=jnp.float32)
-  right_all = jnp.sum(test_correct, 0, dtype=jnp.int32).astype(jnp.float32)
-  num_in = num_in[:, None].astype(jnp.float32)
+                     preferred_element_type=jnp.float32).astype(jnp.int32)
+  right_all = jnp.sum(test_correct, 0, dtype=jnp.int32)
+  num_in = num_in[:, None]
   num_out = t - num_in
   right_out = right_all[None, :] - right_in
-  infl = _mean(right_in, num_in) - _mean(right_out, num_out)
+  infl = _diff_of_means(right_in, num_in, right_out, num_out)
   stderr = (jnp.sqrt(_var_of_mean(right_in, num_in) +
                      _var_of_mean(right_out, num_out)) if with_stderr else None)
   return infl, stderr
@@ -163,7 +186,8 @@ def _pairs_over(tile, threshold, size):
 
 
 def top_influence(masks, test_correct, k: int, threshold: float = 1.0,
-                  block: int = 4096, max_pairs: int = 1_000_000) -> dict:
+                  block: int = 4096, max_pairs: int = 1_000_000,
+                  pair_rows=None) -> dict:
   """Top-k influence per test example, tile by tile: never the full matrix.
 
   For ImageNet-scale runs, where infl (n, n_test) would not fit in memory
@@ -176,15 +200,21 @@ def top_influence(masks, test_correct, k: int, threshold: float = 1.0,
     threshold: also keep every pair with infl >= threshold (at most
       max_pairs of them, largest first).
     block: training rows per tile.
+    pair_rows: (n,) bool, the training examples whose pairs are kept (e.g.
+      mem >= 0.25, the paper's bar), so that pairs of low-mem examples do not
+      crowd them out of max_pairs; None keeps every row's.
   Returns:
     top_infl (k, n_test) float32 and top_train (k, n_test) int32, best first
-    along axis 0; pair_train, pair_test (P,) int32 and pair_infl (P,) float32.
+    along axis 0; pair_train, pair_test (P,) int32 and pair_infl (P,) float32;
+    pairs_dropped () int64, the pairs past max_pairs (0: the list is whole).
   """
   masks = jnp.asarray(masks, bool)
   test_correct = jnp.asarray(test_correct, bool)
   n, n_test = masks.shape[1], test_correct.shape[1]
   k = min(k, n)
   num_in = jnp.sum(masks, 0, dtype=jnp.int32)
+  pair_rows = (jnp.ones(n, bool) if pair_rows is None else
+               jnp.asarray(pair_rows, bool))
   top_vals = jnp.full((k, n_test), -jnp.inf, jnp.float32)
   top_idx = jnp.zeros((k, n_test), jnp.int32)
   pairs, num_pairs = [], 0
@@ -200,6 +230,7 @@ def top_influence(masks, test_correct, k: int, threshold: float = 1.0,
     top_vals, top_idx = _merge_top(top_vals, top_idx, tile, lo, k)
     # Only the pairs over the threshold leave the device (usually none):
     # at ImageNet scale the tiles together are 256 GB.
+    tile = jnp.where(pair_rows[lo:lo + block, None], tile, -jnp.inf)
     count = int(jnp.sum(tile >= threshold))
     if count:
       rows, cols, vals = _pairs_over(tile, threshold,
@@ -214,7 +245,23 @@ def top_influence(masks, test_correct, k: int, threshold: float = 1.0,
                     num_pairs, threshold, max_pairs)
   pair_train, pair_test, pair_infl = _largest(pairs, max_pairs)
   return dict(top_infl=np.asarray(top_vals), top_train=np.asarray(top_idx),
-              pair_train=pair_train, pair_test=pair_test, pair_infl=pair_infl)
+              pair_train=pair_train, pair_test=pair_test, pair_infl=pair_infl,
+              pairs_dropped=np.int64(num_pairs - len(pair_infl)))
+
+
+def topk_estimates(masks, test_correct, mem, k: int, pair_threshold: float,
+                   pair_mem_threshold: float, **kwargs) -> dict:
+  """The top-k form as estimates.npz holds it: top_influence's arrays under
+  infl_*, and the bars its pairs were kept at (infl_pair_threshold,
+  infl_pair_mem_threshold), so a reader knows where the list is whole.
+
+  mem: (n,) the run's memorization estimates.
+  """
+  top = top_influence(masks, test_correct, k, pair_threshold,
+                      pair_rows=mem >= pair_mem_threshold, **kwargs)
+  top.update(pair_threshold=np.float64(pair_threshold),
+             pair_mem_threshold=np.float64(pair_mem_threshold))
+  return {f'infl_{key}': v for key, v in top.items()}
 
 
 def _largest(pairs, p):
@@ -233,19 +280,24 @@ def convergence(masks, train_correct, fractions=(0.25, 0.5),
   models against those from all of them (`full`, if already estimated).
 
   Returns [dict(models, mean_abs_diff, max_abs_diff, correlation,
-  median_stderr)] for each fraction, then for all models.
+  median_stderr)] for each fraction, then for all models (correlation None
+  where one side is constant and the two differ).
   """
   t = len(masks)
   if full is None:
     full = estimate(masks, train_correct, None, with_infl=False)
   out = []
-  for f in tuple(fractions) + (1.0,):
-    k = max(1, int(round(f * t)))
+  # Small t rounds fractions to the same count: each count once.
+  counts = dict.fromkeys(max(1, int(round(f * t)))
+                         for f in tuple(fractions) + (1.0,))
+  for k in counts:
     part = full if k == t else estimate(masks[:k], train_correct[:k], None,
                                         with_infl=False)
     diff = np.abs(part['mem'] - full['mem'])
-    corr = (float(np.corrcoef(part['mem'], full['mem'])[0, 1])
-            if part['mem'].std() > 0 and full['mem'].std() > 0 else 1.0)
+    if part['mem'].std() > 0 and full['mem'].std() > 0:
+      corr = float(np.corrcoef(part['mem'], full['mem'])[0, 1])
+    else:  # a constant side: equal arrays agree, others have no correlation
+      corr = 1.0 if not diff.any() else None
     out.append(dict(models=k, mean_abs_diff=float(diff.mean()),
                     max_abs_diff=float(diff.max()), correlation=corr,
                     median_stderr=float(np.median(part['mem_stderr']))))

@@ -338,10 +338,9 @@ def run_on(config, workdir, ds, m, model, show=True, phases=None):
         infl_out=new_dense(dense) if infl else None,
         infl_stderr_out=new_dense(dense) if infl and se else None)
     if config.estimate.infl_topk:
-      top = estimate_lib.top_influence(
-          masks, test_correct, config.estimate.infl_topk,
-          config.estimate.pair_threshold)
-      est.update({f'infl_{k}': v for k, v in top.items()})
+      est.update(estimate_lib.topk_estimates(
+          masks, test_correct, est['mem'], config.estimate.infl_topk,
+          config.estimate.pair_threshold, config.estimate.pair_mem_threshold))
     est['diverged_models'] = preds['model_ids'][~valid]
     if ds.corrupted is not None:
       est['label_corrupted'] = ds.corrupted

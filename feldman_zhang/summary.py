@@ -37,7 +37,7 @@ def summarize(config, ds, preds, valid, est) -> dict:
                           mem=float(mem[i]),
                           heldout_acc=float(est['heldout_acc'][i]))
                      for i in order[:config.summary.top_pairs]])
-  if ds.corrupted is not None:
+  if ds.corrupted is not None and ds.corrupted.any():
     bad = ds.corrupted
     out['label_noise'] = dict(
         num_corrupted=int(bad.sum()),
@@ -78,6 +78,10 @@ def ascii_image(x):
   return [''.join(_SHADES[v] * 2 for v in row) for row in levels]
 
 
+def _fmt(x, digits=3):
+  return 'n/a' if x is None else f'{x:.{digits}f}'
+
+
 def render(s, ds, est) -> str:
   lines = [
       f'{s["num_models"]} models on {s["data"]} (n={s["num_train"]}, '
@@ -116,7 +120,7 @@ def render(s, ds, est) -> str:
           f'{se}, mem {p["mem"]:.3f}')
   if s.get('convergence'):
     parts = [f'{c["models"]} models: mean |change| {c["mean_abs_diff"]:.4f}, '
-             f'corr {c["correlation"]:.3f}' for c in s['convergence'][:-1]]
+             f'corr {_fmt(c["correlation"])}' for c in s['convergence'][:-1]]
     lines.append('convergence of mem against all models: ' + '; '.join(parts))
   if s.get('stopped_at_target_stderr'):
     lines.append(f'stopped early: median mem stderr reached the target with '

@@ -160,9 +160,12 @@ def epoch_order(key, idx, batch_size: int):
   steps = steps_per_epoch(m, batch_size)
   pad = steps * batch_size - m
   perm = jax.random.permutation(key, idx)
-  order = jnp.concatenate([perm, perm[:pad]]).reshape(steps, batch_size)
+  order = jnp.concatenate([perm, perm[jnp.arange(pad) % m]]).reshape(
+      steps, batch_size)
   # Padding slots repeat real indices but weigh nothing: static shapes, and
-  # the loss of the short last batch is its true mean.
+  # the loss of the short last batch is its true mean. (BatchNorm's batch
+  # statistics do count them: they are the subset's own examples, drawn
+  # twice in that one batch.)
   weights = jnp.concatenate([jnp.ones(m), jnp.zeros(pad)]).reshape(
       steps, batch_size)
   return order, weights

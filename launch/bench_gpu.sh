@@ -21,7 +21,7 @@
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/steps.sh"
 need_args 2 $#
-mnist=$1 out=$2 budget=${3:-540}
+mnist=$(from_caller "$1") out=$(from_caller "$2") budget=${3:-540}
 mkdir -p "$out"
 mnist_cfg=(--config=configs/mnist_mlp.py --config.data.source="idx:$mnist"
            --config.train.schedule=constant)

@@ -11,7 +11,7 @@
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/steps.sh"
 need_args 1 $#
-out=$1 budget=${2:-330}
+out=$(from_caller "$1") budget=${2:-330}
 mkdir -p "$out"
 mlp=(--config=configs/mnist_mlp.py --config.data.source=random:28x28x1:10:60000:10000
      --config.train.schedule=constant --step_variants=gather --step_ks=2000
@@ -26,7 +26,7 @@ step bench_cifar10 150 "$python" -m feldman_zhang.bench \
   --config.data.source=random:32x32x3:10:50000:10000 --config.train.epochs=2 \
   --config.train.warmup_epochs=0.5 --num_models=16 --arms=vmap \
   --out="$out/bench_cifar10.json"
-export XLA_FLAGS="--xla_gpu_deterministic_ops=true"
+export XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_deterministic_ops=true"
 digits=(--config=configs/digits_mlp.py --config.num_models=200)
 step digits_a 60 "$python" -m feldman_zhang.main "${digits[@]}" \
   --config.models_per_device=100 --workdir="$out/a"

@@ -12,7 +12,7 @@
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/steps.sh"
 need_args 2 $#
-mnist=$1 out=$2 budget=${3:-500}
+mnist=$(from_caller "$1") out=$(from_caller "$2") budget=${3:-500}
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv \
   | tee -a "$out/steps.log"
@@ -25,7 +25,7 @@ for storage in float32 split; do
     --step_ks=1000 --step_steps=50 --out="$out/step_$storage.json"
 done
 job=(-m feldman_zhang.main --config=configs/mnist_mlp.py
-     --config.data.source=idx:$mnist)
+     "--config.data.source=idx:$mnist")
 export JAX_COMPILATION_CACHE_DIR="$out/xla_cache"
 step job_split_cold 120 "$python" "${job[@]}" \
   --config.train.param_storage=split --workdir="$out/split_cold"

@@ -1,13 +1,19 @@
 # Sourced by the bench_gpu*.sh scripts, first thing after `set -uo pipefail`:
 # puts the repository on PYTHONPATH, sets $python and $repo and moves there.
 # `need_args N $#` prints the script's header comment and exits 2 when it got
-# fewer than N arguments. `step NAME LIMIT_S CMD...` runs CMD with a time
+# fewer than N arguments. `from_caller PATH` is PATH made absolute against
+# the directory the script was called from (it runs from the repository). `step NAME LIMIT_S CMD...` runs CMD with a time
 # limit, logs to $out/NAME.log, prints its tail, and skips steps that would
 # start with under 30 s of the script's $budget left.
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}
+caller_dir=$PWD
 cd "$repo"
+
+from_caller() {
+  (cd "$caller_dir" && realpath -m -- "$1")
+}
 
 need_args() {
   if (( $2 < $1 )); then

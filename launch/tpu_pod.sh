@@ -13,8 +13,11 @@
 # of a bucket or a Filestore/NFS mount, at the same path on each: every worker
 # writes its own models there and worker 0 reads them all to write
 # WORKDIR/estimates.npz and summary.json. A worker-local path fails at the end
-# (worker 0 finds models missing). Running the same command again (e.g. after
-# a preemption or a dropped ssh) resumes: stored models are not retrained.
+# (worker 0 finds models missing), and so does one under ~/feldman_zhang,
+# which each run replaces. Running the same command again (e.g. after a
+# preemption or a dropped ssh) resumes: stored models are not retrained.
+# CONFIG is a file of this checkout; idx:/npz: data paths must exist on every
+# worker.
 #
 # Environment: TPU_NAME, ZONE (required); PROJECT (gcloud's default if unset);
 # PYTHON on the workers [python3]; it must be Python >= 3.11 (older TPU VM
@@ -31,6 +34,13 @@ if [[ $2 != /* ]]; then
   exit 2
 fi
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# The workers run from their copy of this checkout: the config must be a file
+# of it, named relative to its root.
+config=$(realpath --relative-to="$repo" -- "$1")
+if [[ $config == ../* || ! -f $repo/$config ]]; then
+  echo "error: CONFIG $1 is not a file of this checkout ($repo)" >&2
+  exit 2
+fi
 gcloud_args=(--zone="$ZONE" ${PROJECT:+--project="$PROJECT"} --worker=all)
 
 # The same code on every worker: this checkout, without runs or build output.
@@ -41,11 +51,14 @@ tar czf "$tarball" -C "$repo" --exclude=.git --exclude=runs --exclude='.venv' \
 gcloud compute tpus tpu-vm scp "$tarball" "$TPU_NAME":feldman_zhang.tgz "${gcloud_args[@]}"
 
 # Everything after CONFIG and WORKDIR, quoted for the remote shell.
-args=$(printf ' %q' --config="$1" --workdir="$2" "${@:3}")
+args=$(printf ' %q' --config="$config" --workdir="$2" "${@:3}")
 gcloud compute tpus tpu-vm ssh "$TPU_NAME" "${gcloud_args[@]}" --command="
   set -euo pipefail
   rm -rf ~/feldman_zhang && mkdir ~/feldman_zhang && cd ~/feldman_zhang
   tar xzf ~/feldman_zhang.tgz
-  [[ -d ~/fz-venv ]] || ${PYTHON:-python3} -m venv ~/fz-venv
+  py=${PYTHON:-python3}
+  # A venv made by an earlier try with an older Python is made again.
+  ~/fz-venv/bin/python -c 'import sys; assert sys.version_info >= (3, 11)' \
+    2>/dev/null || { rm -rf ~/fz-venv; \$py -m venv ~/fz-venv; }
   ~/fz-venv/bin/pip install -q -e '.[tpu]'
   ~/fz-venv/bin/python -m feldman_zhang.main --distributed $args"

@@ -2,6 +2,7 @@
 
 import base64
 import csv
+import dataclasses
 import json
 import os
 import re
@@ -59,9 +60,9 @@ def _topk_only(workdir, dest, k):
   valid = np.isfinite(preds['loss'][:, -1])  # as pipeline.run_on
   est = {key: v for key, v in store.load_estimates(workdir).items()
          if not key.startswith('infl')}
-  top = estimate.top_influence(preds['masks'][valid],
-                               preds['test_correct'][valid], k, threshold=0.15)
-  est.update({f'infl_{key}': v for key, v in top.items()})
+  est.update(estimate.topk_estimates(preds['masks'][valid],
+                                     preds['test_correct'][valid], est['mem'],
+                                     k, 0.15, 0.25))
   return _copy_run(workdir, dest, est, infl=False, infl_topk=k)
 
 
@@ -142,9 +143,14 @@ def test_topk_only_estimates_give_the_same_pairs(planted_run, tmp_path):
   for k in ('tr_idx', 'tt_idx', 'mem', 'mem_stderr'):
     np.testing.assert_array_equal(a[k], b[k])
   np.testing.assert_allclose(a['infl'], b['infl'], atol=1e-6)
-  assert export_pairs.topk_caveat(topk, 0.15) is None
-  # Below the run's pair_threshold the top-k form knows only a subset.
-  assert 'missing' in export_pairs.topk_caveat(topk, 0.1)
+  assert export_pairs.topk_caveat(topk, 0.15, 0.25) is None
+  # Below the run's pair bars the top-k form knows only a subset.
+  assert 'pair_threshold' in export_pairs.topk_caveat(topk, 0.1, 0.25)
+  assert 'pair_mem_threshold' in export_pairs.topk_caveat(topk, 0.15, 0.2)
+  # So it does when the pair list hit its cap.
+  capped = dataclasses.replace(topk, estimates=dict(
+      topk.estimates, infl_pairs_dropped=np.int64(3)))
+  assert 'cut 3 pairs' in export_pairs.topk_caveat(capped, 0.15, 0.25)
   low_dense = export_pairs.select_pairs(dense.estimates, 0.1)
   low_topk = export_pairs.select_pairs(topk.estimates, 0.1)
   assert (set(zip(low_topk['tr_idx'], low_topk['tt_idx'])) <=

@@ -124,6 +124,22 @@ def test_tfds_not_prepared_names_data_dir(tmp_path):
     data.load('tfds:mnist', data_dir=str(tmp_path))
 
 
+def test_tfds_unknown_name_is_one_line_with_tfds_guess(tmp_path):
+  pytest.importorskip('tensorflow_datasets')
+  with pytest.raises(data.DataError) as e:
+    data.load('tfds:cifar_10', data_dir=str(tmp_path))
+  assert 'Did you mean' in str(e.value) and 'cifar10' in str(e.value)
+  assert '\n' not in str(e.value) and len(str(e.value)) < 300
+
+
+def test_tfds_data_dir_with_a_tilde_is_the_home_directory(monkeypatch,
+                                                           tmp_path):
+  pytest.importorskip('tensorflow_datasets')
+  monkeypatch.setenv('HOME', str(tmp_path))
+  with pytest.raises(data.DataError, match=f'looked in {tmp_path}/tfds/mnist'):
+    data.load('tfds:mnist', data_dir='~/tfds')
+
+
 def test_random_source_for_timing():
   ds = data.load('random:32x32x3:100:50:20')
   assert ds.x_train.shape == (50, 32, 32, 3) and ds.x_test.shape == (20, 32, 32, 3)

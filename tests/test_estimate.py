@@ -158,3 +158,44 @@ def test_summary_top_pairs_from_the_topk_form_equal_dense():
   assert [(i, j) for i, j, _ in got] == want
   np.testing.assert_allclose([v for _, _, v in got],
                              [dense[i, j] for i, j in want], atol=1e-6)
+
+
+def test_a_value_exactly_on_a_bar_is_not_rounded_under_it():
+  # 13 of 20 right with the example, 10 of 20 without: exactly 0.15, the
+  # paper's influence bar, where f32(13/20) - f32(10/20) is 0.14999998.
+  assert np.float32(13 / 20) - np.float32(10 / 20) < np.float32(0.15)
+  masks = np.zeros((40, 2), bool)
+  masks[:20] = True
+  correct = np.zeros((40, 2), bool)
+  correct[:13] = correct[20:30] = True
+  got = estimate.estimate(masks, correct, correct)
+  assert got['mem'][0] == np.float32(0.15) and got['mem'][0] >= 0.15
+  assert got['infl'][0, 0] == np.float32(0.15)
+  top = estimate.top_influence(masks, correct, k=1, threshold=0.15)
+  assert len(top['pair_infl']) == 4  # both rows, both columns
+
+
+def test_pairs_are_kept_only_for_the_rows_asked_for():
+  rng = np.random.default_rng(7)
+  masks, _, test_correct = _random_case(rng, 60, 103, 11)
+  dense = estimate.estimate(masks, masks, test_correct)['infl']
+  rows = rng.random(103) < 0.3
+  top = estimate.top_influence(masks, test_correct, k=2, threshold=0.1,
+                               block=16, pair_rows=rows)
+  want_rows, want_cols = np.nonzero((dense >= 0.1) & rows[:, None])
+  assert sorted(zip(top['pair_train'], top['pair_test'])) == sorted(
+      zip(want_rows, want_cols))
+  assert top['pairs_dropped'] == 0
+  # The top-k lists still look at every row.
+  np.testing.assert_array_equal(top['top_infl'], -np.sort(-dense, axis=0)[:2])
+  capped = estimate.top_influence(masks, test_correct, k=2, threshold=0.1,
+                                  block=16, pair_rows=rows, max_pairs=5)
+  assert capped['pairs_dropped'] == len(want_rows) - 5
+
+
+def test_convergence_lists_each_count_once():
+  rng = np.random.default_rng(8)
+  masks, correct, _ = _random_case(rng, 2, 30, 1)
+  rows = estimate.convergence(masks, correct)  # 0.25 and 0.5 of 2: both 1
+  assert [r['models'] for r in rows] == [1, 2]
+  assert rows[-1]['correlation'] == 1.0 and rows[-1]['max_abs_diff'] == 0

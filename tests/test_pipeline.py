@@ -156,7 +156,12 @@ def test_top_k_influence_in_estimates(tiny_config, tmp_path):
   np.testing.assert_array_equal(est['infl_top_infl'],
                                 -np.sort(-est['infl'], axis=0)[:3])
   assert np.all(est['infl_pair_infl'] >= 0.5)
-  assert len(est['infl_pair_infl']) == (est['infl'] >= 0.5).sum()
+  # Pairs of the examples over the mem bar only, and all of them.
+  memorized = est['mem'] >= c.estimate.pair_mem_threshold
+  assert np.all(memorized[est['infl_pair_train']])
+  assert len(est['infl_pair_infl']) == (
+      (est['infl'] >= 0.5) & memorized[:, None]).sum() > 0
+  assert est['infl_pairs_dropped'] == 0
 
 
 def test_results_are_readable_like_any_file_the_user_writes(tmp_path):

@@ -117,3 +117,13 @@ def test_bf16_momentum_is_stored_in_bf16_and_trains_alike(tiny_config):
   f32 = run(np.arange(2))
   assert not np.array_equal(bf16['loss'], f32['loss'])  # the switch acts
   np.testing.assert_allclose(bf16['loss'], f32['loss'], rtol=0.05)
+
+
+def test_epoch_order_of_a_subset_smaller_than_its_padding():
+  # m = 13, B = 32: 19 padding slots, more than the subset holds.
+  idx = np.arange(100, 113, dtype=np.int32)
+  order, weights = train.epoch_order(jax.random.key(0), idx, 32)
+  assert order.shape == weights.shape == (1, 32)
+  real = np.asarray(order)[np.asarray(weights) == 1]
+  np.testing.assert_array_equal(np.sort(real), idx)  # each example once
+  assert np.isin(np.asarray(order), idx).all()       # padding from the subset
