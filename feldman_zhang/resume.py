@@ -104,7 +104,9 @@ def stored_models(workdir, num_models, quarantine):
   so its models train again.
   """
   have = np.zeros(num_models, bool)
-  if quarantine:  # the leader, while no process writes: a killed write's
+  if quarantine:
+    # A killed write's temporary files (the leader scans while no process
+    # writes).
     for tmp in glob.glob(os.path.join(workdir, 'chunks', '.tmp-*')):
       os.remove(tmp)
   for start, stop, path in store.list_chunks(workdir):

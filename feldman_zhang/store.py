@@ -258,9 +258,11 @@ def _crc32(array) -> int:
 
 def _write_dense(workdir: str, name: str, array) -> str:
   """Writes array to workdir/NAME-CRC.npy; returns that file's name."""
+  # A new_dense map of this workdir not sealed yet is renamed, not copied.
   if (isinstance(array, np.memmap) and os.path.basename(
       array.filename).startswith(_DENSE_TMP) and
-      os.path.dirname(array.filename) == os.path.abspath(workdir)):
+      os.path.dirname(array.filename) == os.path.abspath(workdir) and
+      os.path.exists(array.filename)):
     array.flush()
     crc = _crc32(array)
     with open(array.filename, 'rb+') as f:

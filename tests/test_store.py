@@ -45,6 +45,8 @@ def test_dense_matrices_are_mapped_files_named_by_their_crc(tmp_path):
   assert sorted(got) == sorted(want)
   for k in want:
     np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+  store.write_estimates(workdir, est)  # again, its maps already sealed
+  assert _dense_files(workdir) == files
   # The same values written from memory get the same file names.
   other = tmp_path / 'copy'
   store.write_estimates(str(other), want)
