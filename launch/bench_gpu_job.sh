@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The MNIST reference job on one GPU (issue 5), in one command:
 #   launch/bench_gpu_job.sh MNIST_DIR OUT_DIR [BUDGET_S]
+# 0. the estimate and store tests on the GPU (bf16 count matmuls, the
+#    one-rounding mem and infl, exact on the 0.15 bar); needs pytest, e.g.
+#    the wheels in .whl/ on PYTHONPATH;
 # 1. step time of float32 against split parameter storage (bf16 momentum,
 #    K = 1000, random data of MNIST's shape), with the byte model's GB/s;
 # 2. the estimate step alone at CIFAR-100 scale (issue 5's <= 5 s target;
@@ -10,7 +13,9 @@
 #    then again with it warm;
 # 4. the job end to end as shipped (float32 storage), for the same-machine
 #    comparison of wall time and model accuracy.
-# Needs the ml_collections wheel on PYTHONPATH where the image lacks it.
+# Needs the ml_collections wheel on PYTHONPATH where the image lacks it:
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+#   export PYTHONPATH=/tmp/site
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/steps.sh"
 need_args 2 $#
@@ -19,6 +24,8 @@ mkdir -p "$out"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv \
   | tee -a "$out/steps.log"
 
+step tests_on_gpu 60 "$python" -m pytest -q -p no:cacheprovider \
+  tests/test_estimate.py tests/test_store.py
 for storage in float32 split; do
   step "step_$storage" 90 "$python" -m feldman_zhang.bench \
     --config=configs/mnist_mlp.py \
