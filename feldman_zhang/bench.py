@@ -70,29 +70,40 @@ def bytes_per_param_step(config) -> dict:
 def count(model, config, ds, m) -> dict:
   """FLOP and byte counts of one model's training and evaluation.
 
-  Forward FLOPs per example come from XLA's cost analysis of one batch,
-  taken before compilation: on GPUs the compiled module hands convolutions
-  to cuDNN, whose FLOPs it does not count (ResNet-9 read 2.2 instead of 658
-  MFLOP per image on an H100). A training step costs 3 forward passes
-  (forward, and a backward pass of twice the work).
+  FLOPs come from XLA's cost analysis of one evaluation batch and of one
+  whole training step (forward, backward, optimizer), taken before
+  compilation: on GPUs the compiled module hands convolutions to cuDNN,
+  whose FLOPs it does not count (ResNet-9 read 2.2 instead of 658 MFLOP per
+  image on an H100). A step is not 3 forward passes: the backward pass skips
+  the input gradient of the first layer, the MLP's largest (2.25 forward
+  passes for the MNIST MLP).
   """
   params, state = train.init(model, jax.random.key(0), ds.x_train)
-  batch = ds.x_train[:config.train.batch_size]
+  b = config.train.batch_size
+  batch = ds.x_train[:b]
   fwd = jax.jit(lambda p, s, x: train.apply(model, p, s, x, False)[0])
-  cost = fwd.lower(params, state, batch).cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  fwd_flops = float(cost['flops']) / len(batch)
+  fwd_flops = _flops(fwd.lower(params, state, batch)) / len(batch)
+  step, tx, storage = train.make_config_step(model, config, m)
+  carry = (storage.store(params), state, tx.init(params))
+  step_flops = _flops(jax.jit(step).lower(
+      carry, ds.x_train[:b], ds.y_train[:b], jnp.ones(b), jax.random.key(0)))
   steps = train.steps_per_epoch(m, config.train.batch_size) * config.train.epochs
   num_params = sum(p.size for p in jax.tree.leaves(params))
-  examples = steps * config.train.batch_size
   traffic = bytes_per_param_step(config)
   return dict(
       num_params=int(num_params), forward_flops_per_example=fwd_flops,
       steps_per_model=steps, train_examples_per_model=m * config.train.epochs,
-      train_flops_per_model=3 * fwd_flops * examples,
+      train_flops_per_step=step_flops,
+      train_flops_per_model=step_flops * steps,
       eval_flops_per_model=fwd_flops * (ds.num_train + ds.num_test),
       bytes_per_param_step=traffic,
       param_bytes_per_model=traffic['total'] * num_params * steps)
+
+
+def _flops(lowered) -> float:
+  cost = lowered.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost['flops'])
 
 
 def measure_peaks(device=None) -> dict:
@@ -157,56 +168,81 @@ def time_chunks(config, model, ds, m, num_models, per_device) -> dict:
   jax.block_until_ready(out)
   secs = time.perf_counter() - start
   out = dict(models_timed=calls * size, seconds=secs * num_models / (calls * size),
-             compile_s=compile_s, models_per_call=size)
+             compile_s=compile_s, models_per_call=size,
+             devices=size // per_device, evaluates=True)
   if memory is not None:
+    # XLA's figures are per device, which holds per_device models.
     total = (memory.temp_size_in_bytes + memory.argument_size_in_bytes +
              memory.output_size_in_bytes)
-    out['device_bytes_per_model'] = total / size
+    out['device_bytes_per_model'] = total / per_device
   return out
 
 
-def train_steploop(model, config, m, key, idx, x, y, max_steps=None):
-  """One model, one jitted step per Python iteration, batches from the host.
+def make_steploop(model, config, m):
+  """The reference demo's way: one jitted step per Python iteration, batches
+  from the host. The step is built and jitted once, for every model.
 
-  Returns ((params, state), losses (steps,)): the same model train_one
-  trains, step for step. max_steps stops early (for timing a sample).
+  Returns loop(key, idx, x, y, max_steps=None, timing=None) ->
+  ((params, state), losses (steps,)): the model train_one trains, step for
+  step. max_steps stops early (for timing a sample); timing, a dict, gets
+  setup_s, the time to initialize the model before its first step.
   """
   c = config.train
   steps = train.steps_per_epoch(m, c.batch_size)
   step, tx, storage = train.make_config_step(model, config, m)
   step = jax.jit(step)
-  init_key, order_keys, aug_keys = train.split_model_key(key, c.epochs, steps)
-  params, state = train.init(model, init_key, x)
-  carry = (storage.store(params), state, tx.init(params))
-  x, y = np.asarray(x), np.asarray(y)
-  losses = []
-  for e in range(c.epochs):
-    order, weights = jax.device_get(train.epoch_order(order_keys[e], idx,
-                                                      c.batch_size))
-    for s in range(steps):
-      if max_steps is not None and len(losses) == max_steps:
-        return (storage.master(carry[0]), carry[1]), jnp.stack(losses)
-      carry, loss = step(carry, x[order[s]], y[order[s]], weights[s],
-                         aug_keys[e, s])
-      losses.append(loss)
-  return (storage.master(carry[0]), carry[1]), jnp.stack(losses)
+
+  def loop(key, idx, x, y, max_steps=None, timing=None):
+    start = time.perf_counter()
+    init_key, order_keys, aug_keys = train.split_model_key(key, c.epochs,
+                                                           steps)
+    params, state = train.init(model, init_key, x)
+    carry = jax.block_until_ready((storage.store(params), state,
+                                   tx.init(params)))
+    if timing is not None:
+      timing['setup_s'] = time.perf_counter() - start
+    x, y = np.asarray(x), np.asarray(y)
+    losses = []
+    for e in range(c.epochs):
+      order, weights = jax.device_get(train.epoch_order(order_keys[e], idx,
+                                                        c.batch_size))
+      for s in range(steps):
+        if max_steps is not None and len(losses) == max_steps:
+          return (storage.master(carry[0]), carry[1]), jnp.stack(losses)
+        carry, loss = step(carry, x[order[s]], y[order[s]], weights[s],
+                           aug_keys[e, s])
+        losses.append(loss)
+    return (storage.master(carry[0]), carry[1]), jnp.stack(losses)
+
+  return loop
+
+
+def train_steploop(model, config, m, key, idx, x, y, max_steps=None):
+  """make_steploop's loop for one model."""
+  return make_steploop(model, config, m)(key, idx, x, y, max_steps)
 
 
 def time_steploop(config, model, ds, m, num_models, sample_steps) -> dict:
-  key, idx = _inputs(config, ds, m, np.arange(1))
+  """The per-step loop arm: a model's setup plus sample_steps of its steps,
+  timed after a first model has compiled everything, scaled to all steps
+  and all models."""
+  loop = make_steploop(model, config, m)
+  key, idx = _inputs(config, ds, m, np.arange(2))
   start = time.perf_counter()
-  jax.block_until_ready(train_steploop(model, config, m, key[0], idx[0],
-                                       ds.x_train, ds.y_train, 1))
+  jax.block_until_ready(loop(key[0], idx[0], ds.x_train, ds.y_train, 2))
   compile_s = time.perf_counter() - start
-  start = time.perf_counter()
-  jax.block_until_ready(train_steploop(model, config, m, key[0], idx[0],
-                                       ds.x_train, ds.y_train, sample_steps))
-  secs = time.perf_counter() - start
   steps = train.steps_per_epoch(m, config.train.batch_size) * config.train.epochs
+  sample = min(sample_steps, steps)
+  timing = {}
+  start = time.perf_counter()
+  jax.block_until_ready(loop(key[1], idx[1], ds.x_train, ds.y_train, sample,
+                             timing))
+  secs = time.perf_counter() - start
+  per_model = timing['setup_s'] + (secs - timing['setup_s']) / sample * steps
   # Evaluation is left out of this arm: its time is a lower bound.
-  return dict(models_timed=sample_steps / steps,
-              seconds=secs / sample_steps * steps * num_models,
-              compile_s=compile_s, models_per_call=1)
+  return dict(models_timed=sample / steps, seconds=per_model * num_models,
+              compile_s=compile_s, models_per_call=1, devices=1,
+              evaluates=False)
 
 
 def time_estimate(t: int, n: int, n_test: int, reps: int = 3) -> dict:
@@ -228,17 +264,20 @@ def time_estimate(t: int, n: int, n_test: int, reps: int = 3) -> dict:
 
 
 def figures(arm: dict, counts: dict, peaks: dict, num_models: int) -> dict:
-  secs = arm['seconds']
+  """The arm's rates, set against the peaks of the devices it ran on."""
+  secs, devices = arm['seconds'], arm['devices']
   flops = num_models * (counts['train_flops_per_model'] +
-                        counts['eval_flops_per_model'])
+                        counts['eval_flops_per_model'] * arm['evaluates'])
   traffic = num_models * counts['param_bytes_per_model']
   return dict(arm, models_per_s=num_models / secs,
               train_examples_per_s=num_models *
               counts['train_examples_per_model'] / secs,
               tflops=flops / secs / 1e12,
-              tflops_fraction=flops / secs / 1e12 / peaks['matmul_tflops'],
+              tflops_fraction=flops / secs / 1e12 /
+              (devices * peaks['matmul_tflops']),
               param_gbps=traffic / secs / 1e9,
-              param_bandwidth_fraction=traffic / secs / 1e9 / peaks['copy_gbps'])
+              param_bandwidth_fraction=traffic / secs / 1e9 /
+              (devices * peaks['copy_gbps']))
 
 
 def run(config, num_models=0, arms=('vmap', 'single', 'steploop'),
@@ -295,7 +334,10 @@ def step_variants(config, variants, ks, steps) -> list:
 
 def table(result) -> str:
   p = result['peaks']
+  vmap = result['arms'].get('vmap', {})
   lines = [f'{result["num_models"]} models; device {p["device"]} '
+           f'(vmap on {vmap.get("devices", 1)}; %peak and %copy are of the '
+           'devices each arm used) '
            f'(measured peaks: {p["matmul_tflops"]:.1f} TFLOP/s matmul, '
            f'{p["copy_gbps"]:.0f} GB/s copy); {result["counts"]["num_params"]:,} '
            f'params per model, {result["counts"]["bytes_per_param_step"]} '

@@ -5,6 +5,8 @@ writes its own chunks; nothing but barriers crosses hosts, so a slow or
 restarted host never corrupts another's results.
 """
 
+import collections
+
 import jax
 from absl import logging
 
@@ -31,3 +33,19 @@ def barrier(name: str) -> None:
 
 def is_leader() -> bool:
   return jax.process_index() == 0
+
+
+def devices_per_process() -> int:
+  """The local device count, the same in every process, or ValueError.
+
+  Cells of models are K x this many wide and dealt out by their place on
+  one grid: processes with other counts would lay out other grids, train
+  some models twice and others never. Every process sees the global device
+  list, so all of them refuse alike.
+  """
+  counts = collections.Counter(d.process_index for d in jax.devices())
+  if len(set(counts.values())) > 1:
+    raise ValueError('processes have different numbers of devices '
+                     f'({dict(sorted(counts.items()))} by process); give '
+                     'every process the same number')
+  return jax.local_device_count()

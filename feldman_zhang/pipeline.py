@@ -128,7 +128,11 @@ def _duration(s):
 
 def models_per_call(config) -> tuple[int, int]:
   """(K, D): models per device and local devices. K never exceeds t."""
-  return min(config.models_per_device, config.num_models), jax.local_device_count()
+  try:
+    d = distributed.devices_per_process()
+  except ValueError as e:
+    raise config_lib.ConfigError(str(e)) from e
+  return min(config.models_per_device, config.num_models), d
 
 
 def train_models(config, model, ds, idx, keys) -> dict:

@@ -29,11 +29,14 @@ def split_f32(w):
 
   hi's bits are w's top 16 bits rounded on the 17th: w rounded to nearest
   (ties away from zero), inf where w is within half a bf16 step of overflow.
-  lo = bits - (hi << 16) lies in [-2**15, 2**15) by construction, also where
-  the int32 sum wraps (NaN patterns), so the round trip is exact for every
-  bit pattern.
+  lo = bits - (hi << 16) lies in [-2**15, 2**15) by construction, so the
+  round trip is exact for every bit pattern but NaNs, which all become the
+  canonical quiet NaN: rounded as they are, NaNs with a high payload (the
+  GPU's own 0x7FFFFFFF among them) would wrap to a hi of -0.0 or +0.0, and a
+  diverged model would compute as if it were fine.
   """
   bits = lax.bitcast_convert_type(w, jnp.int32)
+  bits = jnp.where(jnp.isnan(w), jnp.int32(0x7FC00000), bits)
   hi = (bits + 0x8000) >> 16  # arithmetic shift: keeps the sign half intact
   lo = bits - (hi << 16)
   return (lax.bitcast_convert_type(hi.astype(jnp.int16), jnp.bfloat16),

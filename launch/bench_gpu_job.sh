@@ -12,7 +12,8 @@
 #    phases in its summary), with JAX's persistent compilation cache empty,
 #    then again with it warm;
 # 4. the job end to end as shipped (float32 storage), for the same-machine
-#    comparison of wall time and model accuracy.
+#    comparison of wall time and model accuracy;
+# 5. the harness: vmap against one model at a time and the per-step loop.
 # Needs the ml_collections wheel on PYTHONPATH where the image lacks it:
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
 #   export PYTHONPATH=/tmp/site
@@ -65,4 +66,10 @@ for run in split_cold split_warm float32; do
   rm -rf "$out/$run"
 done
 rm -rf "$out/xla_cache"
+# Last, as the budget allows: the harness's arms again, now that the per-step
+# loop compiles once and the FLOPs are XLA's count of the whole step.
+step harness 150 "$python" -m feldman_zhang.bench --config=configs/mnist_mlp.py \
+  "--config.data.source=idx:$mnist" --config.models_per_device=1000 \
+  --num_models=2000 --sample_models=10 --sample_steps=300 \
+  --out="$out/bench_harness.json"
 cat "$out/steps.log"

@@ -87,3 +87,20 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
   result = _run(killed, '--config.num_models=40')
   assert f'training {40 - 2 * done} models' in result.stderr
   _assert_same_estimates(tmp_path / 'whole', killed)
+
+
+def test_processes_with_other_device_counts_are_refused(monkeypatch,
+                                                        tiny_config):
+  # 2 devices on process 0 and 1 on process 1: their grids of cells would
+  # differ, training some models twice and others never.
+  import collections
+  import jax
+  from feldman_zhang import config as config_lib
+  from feldman_zhang import pipeline
+  fake = collections.namedtuple('Device', 'process_index')
+  monkeypatch.setattr(jax, 'devices', lambda: [fake(0), fake(0), fake(1)])
+  with pytest.raises(config_lib.ConfigError,
+                     match=r'different numbers of devices \({0: 2, 1: 1}'):
+    pipeline.models_per_call(tiny_config)
+  monkeypatch.setattr(jax, 'devices', lambda: [fake(0), fake(1)])
+  assert pipeline.models_per_call(tiny_config) == (5, jax.local_device_count())
