@@ -147,6 +147,7 @@ def validate(c) -> None:
        'train.label_smoothing must lie in [0, 1)'),
       (c.train.augment in ('none', 'crop_flip'),
        'train.augment must be none or crop_flip'),
+      (c.train.crop_padding >= 0, 'train.crop_padding must be >= 0'),
       (c.train.compute_dtype in ('auto', 'float32', 'bfloat16'),
        'train.compute_dtype must be auto, float32 or bfloat16'),
       (c.train.momentum_dtype in ('auto', 'float32', 'bfloat16'),

@@ -17,6 +17,7 @@ import dataclasses
 import gzip
 import hashlib
 import os
+import zlib
 
 import numpy as np
 
@@ -183,7 +184,7 @@ def read_idx(path: str) -> np.ndarray:
   try:
     with opener(path, 'rb') as f:
       raw = f.read()
-  except (OSError, EOFError) as e:
+  except (OSError, EOFError, zlib.error) as e:
     raise DataError(f'cannot read IDX file {path}: {e}') from e
   if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
     raise DataError(f'{path} is not an IDX file (bad magic number)')

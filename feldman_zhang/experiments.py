@@ -14,6 +14,7 @@ and log their progress.
 
 import dataclasses
 import os
+import shutil
 import time
 
 import jax
@@ -22,6 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from feldman_zhang import config as config_lib
 from feldman_zhang import models
 from feldman_zhang import pipeline
 from feldman_zhang import resume
@@ -34,6 +36,11 @@ BACKBONE_STREAM = 2   # estimate's own models.
 
 def _finished_run(config, workdir):
   """(dataset, m, estimates) of the estimate run in workdir."""
+  if jax.process_count() > 1:
+    # Both experiments train on one host's devices and write shared files.
+    raise config_lib.ConfigError('the drop and lastlayer experiments run in '
+                                 'one process: start them without '
+                                 '--distributed')
   ds, m = pipeline.prepare(config)
   if not os.path.exists(store.estimates_path(workdir)):
     raise store.StoreError(f'{workdir} has no estimates.npz: run the estimate '
@@ -188,10 +195,18 @@ def backbone(config, ds, workdir):
   params, state = train.init(model, jax.random.key(0), ds.x_train)
   target = {'params': params, **state}
   checkpointer = ocp.StandardCheckpointer()
+  restored = None
   if os.path.exists(path):
-    restored = checkpointer.restore(path, target)
-    logging.info('restored the backbone from %s', path)
-  else:
+    try:
+      restored = checkpointer.restore(path, target)
+      logging.info('restored the backbone from %s', path)
+    except Exception as e:  # pylint: disable=broad-except
+      # Orbax and TensorStore raise many types for a damaged checkpoint; the
+      # backbone is deterministic, so training it again gives it back.
+      logging.warning('the backbone checkpoint %s is unreadable (%s); '
+                      'training it again', path, str(e).splitlines()[0])
+      (shutil.rmtree if os.path.isdir(path) else os.remove)(path)
+  if restored is None:
     logging.info('training the backbone on all %d examples', ds.num_train)
     train_one = jax.jit(train.make_trainer(model, config, ds.num_train))
     key = train.model_keys(config.seed, [0], stream=BACKBONE_STREAM)[0]
@@ -215,18 +230,22 @@ def features(model, params, state, x, batch_size=1024):
 
 
 def make_head_config(config):
-  """The estimate config of the last-layer heads: config.lastlayer's
-  schedule, f32 linear heads on the features (whatever the full network's
-  precision), the same seed and subsets."""
+  """The estimate config of the last-layer heads: config.lastlayer's epochs,
+  batch size and lr; f32 linear heads with f32 momentum on the features
+  (whatever the full network's precision); the network's schedule shape
+  without its warm-up, which was sized in the network's epochs; the same
+  seed and subsets."""
   head_config = config.copy_and_resolve_references()
   with head_config.unlocked():
     head_config.models_per_device = config.lastlayer.models_per_device
     head_config.train.update(epochs=config.lastlayer.epochs,
                              batch_size=config.lastlayer.batch_size,
                              lr=config.lastlayer.lr, augment='none',
-                             compute_dtype='float32', param_storage='float32',
-                             weight_decay=0.0)
+                             compute_dtype='float32', momentum_dtype='float32',
+                             param_storage='float32', weight_decay=0.0,
+                             warmup_epochs=0.0)
     head_config.model.name = 'linear'
+  config_lib.validate(head_config)
   return head_config
 
 

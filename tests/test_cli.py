@@ -33,6 +33,7 @@ def _cli(workdir, *overrides):
      'train.momentum_dtype must be auto, float32 or bfloat16'),
     ('--config.train.batch_size=1000', "exceeds the subsets' m=910 examples"),
     ('--config.seed=4294967296', 'seed must lie in [0, 2**32)'),
+    ('--config.train.crop_padding=-1', 'train.crop_padding must be >= 0'),
     ('--config.estimate.infl_topk=-1', 'estimate.infl_topk must be >= 0'),
     ('--config.drop.thresholds=()', 'drop.thresholds must not be empty'),
     ('--config.lastlayer.models_per_device=0',

@@ -62,6 +62,23 @@ def test_idx_truncated(tmp_path):
     data.read_idx(path)
 
 
+def test_idx_corrupt_gzip_stream(tmp_path):
+  path = str(tmp_path / 'x.idx.gz')
+  rng = np.random.default_rng(0)
+  # Compressible, as images are: the stream holds Huffman codes to break.
+  _write_idx(path, rng.integers(0, 4, (200, 28, 28)) * 60, compress=True)
+  raw = bytearray(open(path, 'rb').read())
+  errors = set()
+  for at in range(40, min(len(raw), 400), 7):  # bytes inside the stream
+    bad = raw.copy()
+    bad[at] ^= 0xFF
+    open(path, 'wb').write(bytes(bad))
+    with pytest.raises(data.DataError) as e:
+      data.read_idx(path)
+    errors.add(type(e.value.__cause__).__name__)
+  assert 'error' in errors  # zlib.error among them, not only gzip's OSError
+
+
 def _npz(tmp_path, **overrides):
   rng = np.random.default_rng(0)
   arrays = dict(x_train=rng.integers(0, 256, (20, 4, 4, 3), np.uint8),

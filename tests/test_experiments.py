@@ -2,6 +2,7 @@
 
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -141,3 +142,35 @@ def test_heads_train_in_f32_whatever_the_networks_precision(tiny_config):
   train.config_storage(head)  # split storage would refuse f32 compute
   assert head.seed == tiny_config.seed
   assert head.subset_ratio == tiny_config.subset_ratio
+
+
+def test_a_damaged_backbone_checkpoint_is_trained_again(tiny_config,
+                                                        tmp_path):
+  c = tiny_config
+  c.train.epochs = 2
+  ds = pipeline.prepare(c)[0]
+  workdir = str(tmp_path)
+  _, params, _ = experiments.backbone(c, ds, workdir)
+  path = os.path.join(workdir, 'lastlayer', 'backbone')
+  for root, _, files in os.walk(path):  # truncate every file of it
+    for name in files:
+      open(os.path.join(root, name), 'wb').close()
+  _, again, _ = experiments.backbone(c, ds, workdir)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(again)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_head_config_has_no_network_warmup_and_is_valid(tiny_config):
+  tiny_config.train.update(epochs=24, warmup_epochs=5.0, schedule='linear')
+  tiny_config.lastlayer.epochs = 4  # shorter than the network's warm-up
+  head = experiments.make_head_config(tiny_config)
+  assert head.train.warmup_epochs == 0 and head.train.schedule == 'linear'
+  assert head.train.momentum_dtype == 'float32'
+
+
+def test_experiments_refuse_several_processes(planted_run, monkeypatch):
+  from feldman_zhang import config as config_lib
+  c, workdir, _, _ = planted_run
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  with pytest.raises(config_lib.ConfigError, match='one process'):
+    experiments.drop(c, workdir)
