@@ -4,7 +4,8 @@ m = 0.7n; t = 2000 (each model is ~25x a CIFAR model's cost; the paper's
 ImageNet estimates use t = 2000 too). Dense influence would be n x n_test =
 1.28M x 50k floats (256 GB): it is computed tile by tile on the device and
 only the 10 most influential training images of each validation image, and
-every pair with infl >= 0.15, are kept (estimate.infl_topk).
+every pair with infl >= 0.15 whose training image has mem >= 0.25 (the
+paper's pairs), are kept (estimate.infl_topk, estimate.pair_*).
 """
 
 from feldman_zhang import config as config_lib

@@ -38,18 +38,26 @@ def _var_of_mean(total, count):
   return jnp.where(count > 0, p * (1 - p) / jnp.maximum(count, 1), 0.25)
 
 
-def _diff_of_means(right_in, num_in, right_out, num_out):
-  """mean_in - mean_out from int32 counts, as one rounding of the exact
-  fraction (right_in num_out - right_out num_in) / (num_in num_out).
+# The counts' products are at most t^2 / 4: exact in int32 below this t.
+_EXACT_T = 92_681
+
+
+def _diff_of_means(right_in, num_in, right_out, num_out, t: int):
+  """mean_in - mean_out from int32 counts of t models, as one rounding of
+  the exact fraction (right_in num_out - right_out num_in) / (num_in num_out).
 
   The difference of two rounded means can land just under a value it equals
   (13/20 - 10/20 = 0.15 comes out 0.14999998 in f32), losing a pair that sits
   exactly on the paper's infl >= 0.15 bar. One rounding is monotonic: no
-  value at or over a bar falls under it. The counts' products are exact in
-  int32 while t < 92,681; the quotient is correctly rounded while
-  num_in num_out < 2^24 (always for t <= 8,192), within 1.5 ulp beyond.
-  An empty group's mean is 1/2, as in _mean.
+  value at or over a bar falls under it. The quotient is correctly rounded
+  while num_in num_out < 2^24 (always for t <= 8,192), within 1.5 ulp up to
+  _EXACT_T; from there on, the products would overflow int32 and the two
+  rounded means are subtracted instead. An empty group's mean is 1/2, as in
+  _mean.
   """
+  means = _mean(right_in, num_in) - _mean(right_out, num_out)
+  if t >= _EXACT_T:
+    return means
   both = (num_in > 0) & (num_out > 0)
   num = right_in * num_out - right_out * num_in
   # XLA rewrites a division by a broadcast into a multiplication by its
@@ -57,7 +65,7 @@ def _diff_of_means(right_in, num_in, right_out, num_out):
   den = jax.lax.optimization_barrier(
       jnp.broadcast_to(jnp.maximum(num_in * num_out, 1), num.shape))
   return jnp.where(both, num.astype(jnp.float32) / den.astype(jnp.float32),
-                   _mean(right_in, num_in) - _mean(right_out, num_out))
+                   means)
 
 
 @jax.jit
@@ -71,7 +79,7 @@ def _memorization(masks, correct):
   in_acc, out_acc = _mean(right_in, num_in), _mean(right_out, num_out)
   stderr = jnp.sqrt(_var_of_mean(right_in, num_in) +
                     _var_of_mean(right_out, num_out))
-  mem = _diff_of_means(right_in, num_in, right_out, num_out)
+  mem = _diff_of_means(right_in, num_in, right_out, num_out, t)
   return dict(mem=mem, mem_stderr=stderr, in_acc=in_acc,
               heldout_acc=out_acc, num_in=num_in)
 
@@ -92,7 +100,7 @@ def _influence_block(masks_block, test_correct, num_in, with_stderr):
   num_in = num_in[:, None]
   num_out = t - num_in
   right_out = right_all[None, :] - right_in
-  infl = _diff_of_means(right_in, num_in, right_out, num_out)
+  infl = _diff_of_means(right_in, num_in, right_out, num_out, t)
   stderr = (jnp.sqrt(_var_of_mean(right_in, num_in) +
                      _var_of_mean(right_out, num_out)) if with_stderr else None)
   return infl, stderr
@@ -109,9 +117,10 @@ def estimate(masks, train_correct, test_correct, *, with_infl: bool = True,
     test_correct: (t, n_test) bool, likewise for test example j.
     with_infl: compute infl (n, n_test).
     with_infl_stderr: also its standard errors (n, n_test).
-    block: training examples per influence tile; device memory holds the
-      masks of one tile and the outputs of two, (t + 2 * n_test) * block
-      elements (twice the outputs with the standard errors).
+    block: training examples per influence tile; device memory holds
+      test_correct and, per tile, its masks, the exact fraction's
+      denominator and the outputs of two tiles: about (t + 3 * n_test) *
+      block elements (more with the standard errors).
     infl_out, infl_stderr_out: (n, n_test) float32 arrays to fill instead of
       new ones, e.g. store.new_dense memory maps, so the tiles go to disk as
       they arrive.

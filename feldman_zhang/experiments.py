@@ -265,9 +265,10 @@ def lastlayer(config, workdir) -> dict:
                               models.Linear(ds.num_classes), show=False)
   except resume.IdentityError as e:
     raise store.StoreError(
-        f'{out_dir} holds heads trained with other lastlayer.* settings '
-        f'({", ".join(e.diffs)} differ); remove {out_dir} to train them '
-        'again (the estimate run is kept)') from e
+        f'{out_dir} holds heads made with other settings ('
+        f'{", ".join(e.diffs)} differ: lastlayer.* changed, or an older '
+        f'version made them); remove {out_dir} to train them again (the '
+        'estimate run is kept)') from e
   head = store.load_estimates(out_dir)
   comparison = compare_mem(est['mem'], head['mem'],
                            config.summary.mem_threshold)

@@ -193,8 +193,9 @@ def load_predictions(workdir: str, num_models: int = 0) -> dict:
 # as the device computes them (store.new_dense), and read back memory-mapped,
 # so an analysis that needs a few rows does not read them whole (MNIST's infl:
 # 5.8 s to load from an npz on a 2-core CPU, 2 ms to map). Each file is named
-# by the crc32 of its bytes and estimates.npz names the file it goes with, so
-# a kill between the writes leaves the old estimates.npz with the old file.
+# by the crc32 of its data (the array, not the .npy header) and estimates.npz
+# names the file it goes with, so a kill between the writes leaves the old
+# estimates.npz with the old file.
 DENSE = ('infl', 'infl_stderr')
 _DENSE_TMP = '.tmp-dense-'
 
@@ -228,23 +229,23 @@ def new_dense(workdir: str, shape) -> np.memmap:
   fd, tmp = tempfile.mkstemp(dir=workdir, prefix=_DENSE_TMP, suffix='.npy')
   os.close(fd)
   os.chmod(tmp, 0o666 & ~_UMASK)
-  array = np.lib.format.open_memmap(tmp, mode='w+', dtype=np.float32,
-                                    shape=tuple(shape))
-  # The blocks are reserved now: a page the disk has no room for would
-  # otherwise kill the job with SIGBUS at its first write, not raise here.
-  if hasattr(os, 'posix_fallocate'):
-    with open(tmp, 'rb+') as f:
-      try:
+  try:
+    array = np.lib.format.open_memmap(tmp, mode='w+', dtype=np.float32,
+                                      shape=tuple(shape))
+    # The blocks are reserved now: a page the disk has no room for would
+    # otherwise kill the job with SIGBUS at its first write, not raise here.
+    # (Where the file system cannot reserve, glibc writes a byte per block.)
+    if hasattr(os, 'posix_fallocate'):
+      with open(tmp, 'rb+') as f:
         os.posix_fallocate(f.fileno(), 0, os.path.getsize(tmp))
-      except OSError as e:
-        if e.errno != errno.ENOSPC:
-          return array  # a file system that cannot reserve: written as is
-        del array
-        os.remove(tmp)
-        raise StoreError(f'{workdir} has no room for a '
-                         f'{np.prod(shape) * 4 / 1e9:.1f} GB matrix '
-                         f'{tuple(shape)}; free space, or set '
-                         'estimate.infl=False') from e
+  except OSError as e:
+    os.remove(tmp)
+    if e.errno != errno.ENOSPC:
+      raise
+    raise StoreError(f'{workdir} has no room for a '
+                     f'{np.prod(shape) * 4 / 1e9:.1f} GB matrix '
+                     f'{tuple(shape)}; free space, or set '
+                     'estimate.infl=False') from e
   return array
 
 
@@ -301,7 +302,12 @@ def write_estimates(workdir: str, estimates: dict) -> str:
 
 def load_estimates(workdir: str) -> dict:
   """The estimates as numpy arrays; infl and infl_stderr (n, n_test) are
-  read-only memory maps (or arrays, from runs that kept them in the npz)."""
+  read-only memory maps (or arrays, from runs that kept them in the npz).
+
+  A map reads its file as it goes: a rerun of the job in the same workdir
+  replaces the file, so copy what you need (np.array(est['infl'][rows]))
+  before rerunning while an analysis holds it, above all on NFS.
+  """
   with np.load(estimates_path(workdir), allow_pickle=False) as f:
     out = {k: f[k] for k in f.files}
   for name in DENSE:

@@ -118,7 +118,7 @@ def render(s, ds, est) -> str:
           f'  train {p["train"]:>6} (label {p["train_label"]}) -> test '
           f'{p["test"]:>6} (label {p["test_label"]}): infl {p["infl"]:.3f}'
           f'{se}, mem {p["mem"]:.3f}')
-  if s.get('convergence'):
+  if len(s.get('convergence') or []) > 1:  # t = 1 has nothing to compare
     parts = [f'{c["models"]} models: mean |change| {c["mean_abs_diff"]:.4f}, '
              f'corr {_fmt(c["correlation"])}' for c in s['convergence'][:-1]]
     lines.append('convergence of mem against all models: ' + '; '.join(parts))

@@ -106,3 +106,14 @@ def test_step_layouts_train_the_same_models(tiny_config):
   assert rows['shared']['final_loss'] < np.log(10)
   with pytest.raises(ValueError, match='unknown step variant'):
     bench_step.time_variant('scan', model, c, ds, m, k=3)
+
+
+def test_steploop_arm_scales_a_sample_of_steps(tiny_config):
+  c = tiny_config
+  c.train.epochs = 1
+  ds = data.load('digits')
+  m = subsets.subset_size(ds.num_train, c.subset_ratio)
+  steps = -(-m // 64)
+  arm = bench.time_steploop(c, models.create(c.model, 10), ds, m, 4, 3)
+  assert arm['models_timed'] == 3 / steps
+  assert arm['seconds'] > 0 and not arm['evaluates']

@@ -199,3 +199,17 @@ def test_convergence_lists_each_count_once():
   rows = estimate.convergence(masks, correct)  # 0.25 and 0.5 of 2: both 1
   assert [r['models'] for r in rows] == [1, 2]
   assert rows[-1]['correlation'] == 1.0 and rows[-1]['max_abs_diff'] == 0
+
+
+def test_estimates_past_the_exact_fraction_range_stay_right():
+  # At t >= 92,681 the count products leave int32: the two means are
+  # subtracted instead (the fraction would give values in the millions).
+  rng = np.random.default_rng(9)
+  t = 100_000
+  masks = rng.random((t, 3)) < 0.5
+  correct = rng.random((t, 3)) < np.where(masks, 0.6, 0.5)
+  got = estimate.estimate(masks, correct, correct[:, :2])
+  a, b = masks, ~masks
+  want = (correct & a).sum(0) / a.sum(0) - (correct & b).sum(0) / b.sum(0)
+  np.testing.assert_allclose(got['mem'], want, atol=1e-6)
+  np.testing.assert_allclose(np.diag(got['infl'][:2]), want[:2], atol=1e-6)
