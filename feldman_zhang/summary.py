@@ -49,7 +49,10 @@ def summarize(config, ds, preds, valid, est) -> dict:
   if 'infl' in est:
     pairs = [(i, j, est['infl'][i, j]) for i, j in top_pairs(est['infl'], p)]
   elif 'infl_top_infl' in est:
-    pairs = top_pairs_of_topk(est['infl_top_infl'], est['infl_top_train'], p)
+    pairs = top_pairs_of_topk(
+        est['infl_top_infl'], est['infl_top_train'], p,
+        tuple(est[f'infl_pair_{k}'] for k in ('train', 'test', 'infl'))
+        if 'infl_pair_train' in est else None)
   else:
     pairs = []
   if pairs:
@@ -60,12 +63,20 @@ def summarize(config, ds, preds, valid, est) -> dict:
   return out
 
 
-def top_pairs_of_topk(top_infl, top_train, p):
+def top_pairs_of_topk(top_infl, top_train, p, pairs=None):
   """The p largest pairs [(train i, test j, infl)] of the top-k form
-  (top_infl, top_train: (k, n_test)); they are the p largest of all of infl
+  (top_infl, top_train: (k, n_test)) and its pair list (pairs: (train,
+  test, infl) arrays, or None); they are the p largest of all of infl
   whenever k >= p. Ties by position, as top_pairs."""
   test = np.broadcast_to(np.arange(top_infl.shape[1]), top_infl.shape)
   train, test, vals = (a.reshape(-1) for a in (top_train, test, top_infl))
+  if pairs is not None:
+    # The same tiles made both: a pair in both has one value, kept once.
+    train, test, vals = (np.concatenate([a, b]) for a, b in
+                         zip((train, test, vals), pairs))
+    _, first = np.unique(train.astype(np.int64) * top_infl.shape[1] + test,
+                         return_index=True)
+    train, test, vals = train[first], test[first], vals[first]
   order = np.lexsort((test, train, -vals))[:p]
   order = order[np.isfinite(vals[order])]
   return [(int(train[o]), int(test[o]), float(vals[o])) for o in order]

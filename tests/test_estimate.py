@@ -158,6 +158,18 @@ def test_summary_top_pairs_from_the_topk_form_equal_dense():
   assert [(i, j) for i, j, _ in got] == want
   np.testing.assert_allclose([v for _, _, v in got],
                              [dense[i, j] for i, j in want], atol=1e-6)
+  # k = 1, 20 pairs wanted from 12 test columns: the top-k lists alone hold
+  # 12; the pair list over the threshold fills in the rest.
+  want = summary.top_pairs(dense, 20)
+  bar = min(dense[i, j] for i, j in want)
+  top = estimate.top_influence(masks, test_correct, k=1, threshold=bar,
+                               block=7)
+  pairs = (top['pair_train'], top['pair_test'], top['pair_infl'])
+  got = summary.top_pairs_of_topk(top['top_infl'], top['top_train'], 20,
+                                  pairs)
+  assert [(i, j) for i, j, _ in got] == want
+  assert len(summary.top_pairs_of_topk(top['top_infl'], top['top_train'],
+                                       20)) == 12
 
 
 def test_a_value_exactly_on_a_bar_is_not_rounded_under_it():
