@@ -1,6 +1,6 @@
 r"""Compares the stored predictions and estimates of two runs.
 
-  python analysis/compare_runs.py --a=runs/k100 --b=runs/k25
+  python -m analysis.compare_runs --a=runs/k100 --b=runs/k25
 
 Reports how many correctness entries differ (models trained with another
 models-per-device K may reorder float sums) and the largest estimate change.
@@ -27,6 +27,11 @@ def compare(a: str, b: str) -> dict:
     out[f'{k}_differ'] = int(diff.sum())
     out[f'{k}_entries'] = int(diff.size)
   ea, eb = store.load_estimates(a), store.load_estimates(b)
+  if int(ea['num_models']) != int(eb['num_models']):
+    # Estimates of other t differ by sampling, not by reproducibility.
+    out['estimates'] = (f'not compared: {int(ea["num_models"])} and '
+                        f'{int(eb["num_models"])} models')
+    return out
   for k in ('mem', 'infl'):
     if k in ea and k in eb:
       out[f'{k}_max_abs_diff'] = float(np.abs(ea[k] - eb[k]).max())

@@ -160,8 +160,12 @@ def build(run: common.Run, infl_threshold=0.15, mem_threshold=0.25, grids=8,
     parts.append('<p>The run estimated no influence (estimate.infl and '
                  'estimate.infl_topk were off).</p>')
   else:
+    shown = (f' (the first {table_rows} below; all in export_pairs\' '
+             'pairs.csv)' if num_pairs > table_rows else '')
     parts.append(f'<p>{num_pairs} pairs with infl &ge; {infl_threshold} and '
-                 f'mem &ge; {mem_threshold}, strongest first.</p>')
+                 f'mem &ge; {mem_threshold}, strongest first{shown}. '
+                 'infl_stderr is NaN unless the run set '
+                 'estimate.infl_stderr=True.</p>')
     if caveat:
       parts.append(f'<p class="note">Note: {_e(caveat)}.</p>')
     if num_pairs:

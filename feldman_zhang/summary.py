@@ -133,6 +133,10 @@ def render(s, ds, est) -> str:
     parts = [f'{c["models"]} models: mean |change| {c["mean_abs_diff"]:.4f}, '
              f'corr {_fmt(c["correlation"])}' for c in s['convergence'][:-1]]
     lines.append('convergence of mem against all models: ' + '; '.join(parts))
+  if s['median_mem_stderr'] > 0.1:
+    lines.append(f'note: with {s["num_models"]} models these estimates are '
+                 f'mostly noise (median mem stderr '
+                 f'{s["median_mem_stderr"]:.2f}); the paper trains thousands')
   if s.get('stopped_at_target_stderr'):
     lines.append(f'stopped early: median mem stderr reached the target with '
                  f'{s["num_models"]} models')

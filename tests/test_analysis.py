@@ -291,3 +291,19 @@ def test_rgb_images_and_many_classes(tmp_path):
   assert _is_png(common.save_png(fig, str(tmp_path / 'grid.png')))
   no_pairs = {k: v[:0] for k, v in table.items()}
   assert export_pairs.grid_figure(ds, no_pairs) is None
+
+
+def test_compare_runs(planted_run, tmp_path):
+  from analysis import compare_runs
+  workdir = planted_run[0]
+  same = compare_runs.compare(workdir, workdir)
+  assert same['train_correct_differ'] == 0 and same['mem_max_abs_diff'] == 0
+  # A run of other t: its predictions compare, its estimates do not.
+  est = dict(store.load_estimates(workdir))
+  other = _copy_run(workdir, tmp_path / 'other', dict(
+      est, num_models=np.int64(est['num_models'] - 1)))
+  shutil.copytree(os.path.join(workdir, 'chunks'),
+                  os.path.join(other, 'chunks'))
+  diff = compare_runs.compare(workdir, other)
+  assert diff['masks_differ'] == 0 and 'mem_max_abs_diff' not in diff
+  assert diff['estimates'].startswith('not compared')

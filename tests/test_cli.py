@@ -104,4 +104,5 @@ def test_small_job_runs(tmp_path):
   assert result.returncode == 0, result.stderr
   assert '6 models on digits' in result.stdout
   assert 'models 6/6 (100%)' in result.stderr  # progress lines
+  assert 'with 6 models these estimates are mostly noise' in result.stdout
   assert os.path.exists(tmp_path / 'run' / 'estimates.npz')
