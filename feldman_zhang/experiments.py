@@ -280,8 +280,9 @@ def lastlayer(config, workdir) -> dict:
         f'  examples with mem >= {comparison["threshold"]}: '
         f'{comparison["memorized_full"]} full, {comparison["memorized_last"]} '
         f'last layer\n  median mem {comparison["median_full"]:.3f} vs '
-        f'{comparison["median_last"]:.3f}; correlation '
-        f'{comparison["correlation"]:.3f}')
+        f'{comparison["median_last"]:.3f}; correlation of the two mem '
+        f'estimates {comparison["correlation"]:.3f}\n  heads\' mean test '
+        f'accuracy {comparison["head_test_acc_mean"]:.4f}')
   return comparison
 
 
