@@ -33,6 +33,7 @@ import numpy as np
 
 from analysis import common
 from feldman_zhang import store
+from feldman_zhang import summary
 
 FLAGS = flags.FLAGS
 
@@ -92,17 +93,12 @@ def _dense_candidates(estimates, rows, infl_threshold):
 def _topk_candidates(estimates, infl_threshold):
   """(train, test, infl) >= threshold from the top-k lists and the pair list.
 
-  Both come from the same influence tiles, so a pair in both carries the
-  same value; it is kept once.
+  A pair in both is kept once (summary.topk_candidates).
   """
-  top_infl, top_train = estimates['infl_top_infl'], estimates['infl_top_train']
-  r, j = np.nonzero(top_infl >= infl_threshold)
-  tr = np.concatenate([top_train[r, j], estimates['infl_pair_train']])
-  tt = np.concatenate([j, estimates['infl_pair_test']]).astype(np.int64)
-  infl = np.concatenate([top_infl[r, j], estimates['infl_pair_infl']])
-  tr = tr.astype(np.int64)
-  _, first = np.unique(tr * top_infl.shape[1] + tt, return_index=True)
-  keep = first[infl[first] >= infl_threshold]
+  tr, tt, infl = summary.topk_candidates(
+      estimates['infl_top_infl'], estimates['infl_top_train'],
+      tuple(estimates[f'infl_pair_{k}'] for k in ('train', 'test', 'infl')))
+  keep = infl >= infl_threshold
   return tr[keep], tt[keep], infl[keep]
 
 

@@ -150,22 +150,27 @@ def estimate(masks, train_correct, test_correct, *, with_infl: bool = True,
                          f'float32{shape}')
     num_in = jnp.asarray(out['num_in'])
     block = min(block, n)
-    # Every tile has the same shape (the last overlaps the one before), so
-    # the influence kernel compiles once.
-    starts = [min(start, n - block) for start in range(0, n, block)]
+
+    def copy_out(lo, values, se):
+      infl[lo:lo + block] = np.asarray(values)
+      if with_infl_stderr:
+        infl_se[lo:lo + block] = np.asarray(se)
+
     pending = None
-    for start in starts + [None]:
+    for start in range(0, n, block):
+      # Every tile has the same shape (the last overlaps the one before), so
+      # the influence kernel compiles once.
+      start = min(start, n - block)
+      tile = (start, *_influence_block(masks[:, start:start + block],
+                                       test_correct,
+                                       num_in[start:start + block],
+                                       with_infl_stderr))
       # The next tile is dispatched before the last one is copied out, so the
       # device computes while the host copies (and writes, into a map).
-      tile = None if start is None else (start, *_influence_block(
-          masks[:, start:start + block], test_correct,
-          num_in[start:start + block], with_infl_stderr))
       if pending:
-        lo, values, se = pending
-        infl[lo:lo + block] = np.asarray(values)
-        if with_infl_stderr:
-          infl_se[lo:lo + block] = np.asarray(se)
+        copy_out(*pending)
       pending = tile
+    copy_out(*pending)
     out['infl'] = infl
     if with_infl_stderr:
       out['infl_stderr'] = infl_se

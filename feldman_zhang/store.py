@@ -44,14 +44,19 @@ def _read_umask() -> int:
 _UMASK = _read_umask()  # read once: os.umask is process-wide, not per thread.
 
 
-def atomic_write(path: str, write) -> None:
-  """Calls write(file_object) on a temporary file, then renames it to path."""
-  directory = os.path.dirname(path) or '.'
+def _temp_file(directory: str, prefix: str, suffix: str = ''):
+  """(fd, path) of a new temporary file in directory, made if missing."""
   os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-')
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=suffix)
   # mkstemp makes the file owner-only; results should be as readable as any
   # file the user writes (shared workdirs on clusters).
   os.chmod(tmp, 0o666 & ~_UMASK)
+  return fd, tmp
+
+
+def atomic_write(path: str, write) -> None:
+  """Calls write(file_object) on a temporary file, then renames it to path."""
+  fd, tmp = _temp_file(os.path.dirname(path) or '.', '.tmp-')
   try:
     with os.fdopen(fd, 'wb') as f:
       write(f)
@@ -225,10 +230,8 @@ def dense_files(workdir: str):
 def new_dense(workdir: str, shape) -> np.memmap:
   """A zeroed float32 array of `shape` backed by a temporary .npy file in
   workdir; write_estimates seals it in place instead of copying it."""
-  os.makedirs(workdir, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=workdir, prefix=_DENSE_TMP, suffix='.npy')
+  fd, tmp = _temp_file(workdir, _DENSE_TMP, '.npy')
   os.close(fd)
-  os.chmod(tmp, 0o666 & ~_UMASK)
   try:
     array = np.lib.format.open_memmap(tmp, mode='w+', dtype=np.float32,
                                       shape=tuple(shape))

@@ -63,11 +63,10 @@ def summarize(config, ds, preds, valid, est) -> dict:
   return out
 
 
-def top_pairs_of_topk(top_infl, top_train, p, pairs=None):
-  """The p largest pairs [(train i, test j, infl)] of the top-k form
-  (top_infl, top_train: (k, n_test)) and its pair list (pairs: (train,
-  test, infl) arrays, or None); they are the p largest of all of infl
-  whenever k >= p. Ties by position, as top_pairs."""
+def topk_candidates(top_infl, top_train, pairs=None):
+  """Every pair the top-k form knows: (train, test) int64 and infl (P,),
+  from the top-k lists (top_infl, top_train: (k, n_test)) and the pair list
+  (pairs: (train, test, infl) arrays, or None)."""
   test = np.broadcast_to(np.arange(top_infl.shape[1]), top_infl.shape)
   train, test, vals = (a.reshape(-1) for a in (top_train, test, top_infl))
   if pairs is not None:
@@ -77,6 +76,14 @@ def top_pairs_of_topk(top_infl, top_train, p, pairs=None):
     _, first = np.unique(train.astype(np.int64) * top_infl.shape[1] + test,
                          return_index=True)
     train, test, vals = train[first], test[first], vals[first]
+  return train.astype(np.int64), test.astype(np.int64), vals
+
+
+def top_pairs_of_topk(top_infl, top_train, p, pairs=None):
+  """The p largest pairs [(train i, test j, infl)] of the top-k form (see
+  topk_candidates); they are the p largest of all of infl whenever k >= p.
+  Ties by position, as top_pairs."""
+  train, test, vals = topk_candidates(top_infl, top_train, pairs)
   order = np.lexsort((test, train, -vals))[:p]
   order = order[np.isfinite(vals[order])]
   return [(int(train[o]), int(test[o]), float(vals[o])) for o in order]

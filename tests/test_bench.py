@@ -1,5 +1,7 @@
 """The benchmark harness: its counts, and that its arms train the same models."""
 
+import types
+
 import jax
 import numpy as np
 import pytest
@@ -108,12 +110,19 @@ def test_step_layouts_train_the_same_models(tiny_config):
     bench_step.time_variant('scan', model, c, ds, m, k=3)
 
 
-def test_steploop_arm_scales_a_sample_of_steps(tiny_config):
+def test_steploop_arm_scales_a_sample_of_steps(tiny_config, monkeypatch):
   c = tiny_config
   c.train.epochs = 1
   ds = data.load('digits')
   m = subsets.subset_size(ds.num_train, c.subset_ratio)
   steps = -(-m // 64)
+  # A clock that ticks 1 s per reading: a model's loop reads it at its start,
+  # around its setup and at its end, so the timed model's setup takes 1 s
+  # and its 3 steps 2 s; the first model (the compile) is not counted.
+  ticks = iter(range(10**6))
+  monkeypatch.setattr(bench, 'time', types.SimpleNamespace(
+      perf_counter=lambda: float(next(ticks))))
   arm = bench.time_steploop(c, models.create(c.model, 10), ds, m, 4, 3)
   assert arm['models_timed'] == 3 / steps
-  assert arm['seconds'] > 0 and not arm['evaluates']
+  assert arm['seconds'] == pytest.approx(4 * (1 + 2 / 3 * steps))
+  assert not arm['evaluates']
