@@ -101,9 +101,16 @@ def count(model, config, ds, m) -> dict:
 
 
 def _flops(lowered) -> float:
-  cost = lowered.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost['flops'])
+  # Some backends (CUDA in jax 0.11) give no cost analysis before
+  # compilation: the compiled one counts dots, not cuDNN's convolutions.
+  cost = _unwrap(lowered.cost_analysis())
+  if not cost or 'flops' not in cost:
+    cost = _unwrap(lowered.compile().cost_analysis()) or {}
+  return float(cost.get('flops', float('nan')))
+
+
+def _unwrap(cost):
+  return cost[0] if isinstance(cost, (list, tuple)) else cost
 
 
 def measure_peaks(device=None) -> dict:

@@ -21,8 +21,65 @@ from absl import logging
 EMPTY_MEAN = 0.5
 
 
-def _mean(total, count):
-  return jnp.where(count > 0, total / jnp.maximum(count, 1), EMPTY_MEAN)
+def _long_div(num, den):
+  """Correctly rounded f32 num / den by integer long division.
+
+  num, den: int32 arrays of one shape, 0 < den < 2^31, |num| <= den. XLA's
+  f32 division on GPUs is div.full.f32, off by up to 2 ulp (openxla/xla
+  #37181: a / a can be 0.99999994), which can put a value that equals a bar
+  just under it. 24 quotient bits, a guard bit and a sticky bit, rounded to
+  nearest even: every backend gives the same bits.
+  """
+  a = jnp.abs(num).astype(jnp.uint32)
+  d = den.astype(jnp.uint32)
+  # Shift a to d's bit length, then once more if it is below d: a in [d, 2d),
+  # which fits uint32 since d < 2^31.
+  s = (jax.lax.clz(a) - jax.lax.clz(d)).astype(jnp.uint32)
+  a = jnp.where(num == 0, d, a << s)
+  low = a < d
+  a, s = jnp.where(low, a << 1, a), jnp.where(low, s + 1, s)
+  r, mant = a - d, jnp.ones_like(a)
+  for _ in range(24):  # 23 more mantissa bits, then the guard bit.
+    r = r << 1
+    bit = r >= d
+    r = jnp.where(bit, r - d, r)
+    mant = (mant << 1) | bit.astype(jnp.uint32)
+  guard, mant = mant & 1, mant >> 1
+  mant = mant + (guard & ((r != 0) | (mant & 1)).astype(jnp.uint32))
+  # mant * 2^(-23 - s), with the power of two built from its exponent bits.
+  scale = jax.lax.bitcast_convert_type(
+      ((127 - 23 - s.astype(jnp.int32)) << 23), jnp.float32)
+  value = mant.astype(jnp.float32) * scale
+  return jnp.where(num == 0, 0.0, jnp.where(num < 0, -value, value))
+
+
+def _f32_div(num, den):
+  # XLA rewrites a division by a broadcast into a multiplication by its
+  # reciprocal, a second rounding: the barrier keeps the division whole.
+  den = jax.lax.optimization_barrier(den)
+  return num.astype(jnp.float32) / den.astype(jnp.float32)
+
+
+def _div_rn(num, den, max_den: int):
+  """num / den as f32, one correct rounding of the exact fraction.
+
+  num, den: int32 arrays that broadcast together, 0 < den <= max_den < 2^31,
+  |num| <= den. The CPU's f32 division is IEEE's (correctly rounded) while
+  both operands are exact in f32, i.e. max_den <= 2^24; elsewhere, and above
+  that, the quotient comes from integer long division.
+  """
+  num, den = jnp.broadcast_arrays(num, den)
+  if max_den <= 2**24:
+    return jax.lax.platform_dependent(num, den, cpu=_f32_div,
+                                      default=_long_div)
+  return _long_div(num, den)
+
+
+def _mean(total, count, t: int):
+  """total / count of t models, correctly rounded; an empty group's is 1/2."""
+  empty = count == 0
+  return _div_rn(jnp.where(empty, 1, total), jnp.where(empty, 2, count),
+                 max(t, 2))
 
 
 def _var_of_mean(total, count):
@@ -48,24 +105,19 @@ def _diff_of_means(right_in, num_in, right_out, num_out, t: int):
 
   The difference of two rounded means can land just under a value it equals
   (13/20 - 10/20 = 0.15 comes out 0.14999998 in f32), losing a pair that sits
-  exactly on the paper's infl >= 0.15 bar. One rounding is monotonic: no
-  value at or over a bar falls under it. The quotient is correctly rounded
-  while num_in num_out < 2^24 (always for t <= 8,192), within 1.5 ulp up to
-  _EXACT_T; from there on, the products would overflow int32 and the two
-  rounded means are subtracted instead. An empty group's mean is 1/2, as in
-  _mean.
+  exactly on the paper's infl >= 0.15 bar. One correct rounding is monotonic:
+  no value at or over a bar falls under it, on any backend. An empty group's
+  mean 1/2 enters as the fraction 1/2. From _EXACT_T models on, the products
+  would overflow int32 and the two rounded means are subtracted instead.
   """
-  means = _mean(right_in, num_in) - _mean(right_out, num_out)
   if t >= _EXACT_T:
-    return means
-  both = (num_in > 0) & (num_out > 0)
-  num = right_in * num_out - right_out * num_in
-  # XLA rewrites a division by a broadcast into a multiplication by its
-  # reciprocal, a second rounding: the barrier keeps the division whole.
-  den = jax.lax.optimization_barrier(
-      jnp.broadcast_to(jnp.maximum(num_in * num_out, 1), num.shape))
-  return jnp.where(both, num.astype(jnp.float32) / den.astype(jnp.float32),
-                   means)
+    return _mean(right_in, num_in, t) - _mean(right_out, num_out, t)
+  half = lambda right, num: (jnp.where(num == 0, 1, right),
+                             jnp.where(num == 0, 2, num))
+  (right_in, num_in), (right_out, num_out) = (half(right_in, num_in),
+                                              half(right_out, num_out))
+  return _div_rn(right_in * num_out - right_out * num_in, num_in * num_out,
+                 max(t * t // 4, 2 * t))
 
 
 @jax.jit
@@ -76,7 +128,7 @@ def _memorization(masks, correct):
   num_out = t - num_in
   right_in = jnp.sum(masks & correct, 0, dtype=jnp.int32)
   right_out = jnp.sum(correct, 0, dtype=jnp.int32) - right_in
-  in_acc, out_acc = _mean(right_in, num_in), _mean(right_out, num_out)
+  in_acc, out_acc = _mean(right_in, num_in, t), _mean(right_out, num_out, t)
   stderr = jnp.sqrt(_var_of_mean(right_in, num_in) +
                     _var_of_mean(right_out, num_out))
   mem = _diff_of_means(right_in, num_in, right_out, num_out, t)

@@ -1,5 +1,7 @@
 """Plain-numpy reference of the Feldman-Zhang estimators, loop by loop."""
 
+import fractions
+
 import numpy as np
 
 
@@ -37,3 +39,17 @@ def estimates(masks, train_correct, test_correct):
       out['infl_stderr'][i, j] = np.sqrt(_var_of_mean(in_j) +
                                          _var_of_mean(out_j))
   return out
+
+
+def div_rn(num: int, den: int) -> np.float32:
+  """num / den rounded once to the nearest float32, ties to even: exact
+  comparisons of fractions, no floating-point rounding on the way."""
+  exact = fractions.Fraction(num, den)
+  near = np.float32(float(exact))  # within an ulp or so of the answer
+  cands = [near, np.nextafter(near, np.float32(-np.inf)),
+           np.nextafter(near, np.float32(np.inf))]
+  err = lambda c: abs(fractions.Fraction(float(c)) - exact)
+  best = min(err(c) for c in cands)
+  ties = [c for c in cands if err(c) == best]
+  even = [c for c in ties if not (c.view(np.uint32) & 1)]
+  return (even or ties)[0]

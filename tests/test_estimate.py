@@ -1,3 +1,4 @@
+import jax
 import numpy as np
 import pytest
 
@@ -31,12 +32,13 @@ def test_empty_groups_mean_one_half():
   train_correct = np.array([[1, 0], [1, 1], [0, 1]], bool)
   test_correct = np.array([[1], [1], [1]], bool)
   got = estimate.estimate(masks, train_correct, test_correct)
-  # Example 0: A = all models (2/3 right), B empty (1/2).
-  assert got['mem'][0] == np.float32(2 / 3) - np.float32(0.5)
+  # Example 0: A = all models (2/3 right), B empty (1/2): one rounding of
+  # 2/3 - 1/2, where f32(2/3) - 1/2 would be 0.16666669.
+  assert got['mem'][0] == np.float32(1 / 6) != np.float32(2 / 3) - 0.5
   assert got['heldout_acc'][0] == 0.5
   # Example 1: A empty (1/2), B = all models (2/3 right).
   assert got['in_acc'][1] == 0.5
-  assert got['mem'][1] == np.float32(0.5) - np.float32(2 / 3)
+  assert got['mem'][1] == -np.float32(1 / 6)
   np.testing.assert_array_equal(got['infl'], [[0.5], [-0.5]])
   # An empty group's stderr term is 1/4: unknown, not zero. The full group
   # has 2 of 3 right: smoothed p = 2.5 / 4.
@@ -185,6 +187,44 @@ def test_a_value_exactly_on_a_bar_is_not_rounded_under_it():
   assert got['infl'][0, 0] == np.float32(0.15)
   top = estimate.top_influence(masks, correct, k=1, threshold=0.15)
   assert len(top['pair_infl']) == 4  # both rows, both columns
+
+
+def _division_cases(rng):
+  """int32 (num, den) with 0 < den < 2^31, |num| <= den: random magnitudes,
+  exact ties between two floats, powers of two, +-1, 0."""
+  den = np.exp2(rng.uniform(0, 31, 3000)).astype(np.int64).clip(1, 2**31 - 1)
+  num = (rng.uniform(-1, 1, 3000) * den).astype(np.int64)
+  ties = [(2**24 + 1, 2**25), (2**24 + 3, 2**25), (-(2**24 + 1), 2**26),
+          (3 * (2**24 + 1), 3 * 2**25), (2**30 + 64, 2**30 + 2**29)]
+  edges = [(0, 1), (0, 7), (1, 1), (-1, 1), (5, 5), (2**31 - 1, 2**31 - 1),
+           (1, 2**31 - 1), (-1, 2**31 - 1), (2**30, 2**31 - 1), (13, 20),
+           (3, 20), (130, 200), (1, 3), (2, 3), (2**31 - 2, 2**31 - 1)]
+  extra = np.array(ties + edges, np.int64)
+  return (np.concatenate([num, extra[:, 0]]).astype(np.int32),
+          np.concatenate([den, extra[:, 1]]).astype(np.int32))
+
+
+def test_long_division_rounds_correctly():
+  # The quotient every non-CPU backend uses, run here on the CPU, against
+  # exact fractions: every bit, ties to even included.
+  num, den = _division_cases(np.random.default_rng(0))
+  got = np.asarray(jax.jit(estimate._long_div)(num, den))
+  want = np.array([reference.div_rn(int(a), int(b)) for a, b in zip(num, den)])
+  bad = np.nonzero(got.view(np.uint32) != want.view(np.uint32))[0]
+  assert not len(bad), [(num[i], den[i], got[i], want[i]) for i in bad[:5]]
+
+
+def test_division_on_this_backend_rounds_correctly():
+  # What estimate runs here: f32 division on the CPU while the operands are
+  # exact in f32 (max_den <= 2^24), long division on other backends.
+  num, den = _division_cases(np.random.default_rng(1))
+  small = np.abs(den) <= 2**24
+  for max_den, keep in ((2**24, small), (2**31 - 1, np.ones_like(small))):
+    a, b = num[keep], den[keep]
+    got = np.asarray(jax.jit(estimate._div_rn, static_argnums=2)(a, b,
+                                                                  max_den))
+    want = np.array([reference.div_rn(int(x), int(y)) for x, y in zip(a, b)])
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
 def test_pairs_are_kept_only_for_the_rows_asked_for():
