@@ -59,7 +59,7 @@ def bytes_per_param_step(config) -> dict:
   c = config.train
   w = np.dtype(train.compute_dtype(c.compute_dtype)).itemsize
   mom = np.dtype(train.compute_dtype(c.momentum_dtype)).itemsize
-  split = c.param_storage == 'split'
+  split = train.param_storage(c) == 'split'
   terms = dict(cast=0 if split or w == 4 else 4 + w, forward=w, backward=w,
                gradient=2 * w, momentum=2 * mom if c.momentum else 0,
                params=8)

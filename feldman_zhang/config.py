@@ -72,12 +72,13 @@ def base() -> ml_collections.ConfigDict:
   # bounds small-model training: 12% faster MNIST MLP steps on an H100 at the
   # same accuracy (BENCHMARKS.md). auto: bf16 on GPU/TPU, f32 on the CPU.
   c.train.momentum_dtype = 'auto'
-  # float32 | split: with bf16 compute, 'split' holds each f32 parameter as
-  # a bf16 half the model computes with and an int16 rest (precision.py),
-  # dropping the per-step cast pass: 26 -> 20 bytes per parameter and step
-  # for the MNIST MLP by the byte model, to be timed on a GPU (BENCHMARKS.md).
-  # Same master weights; off until measured.
-  c.train.param_storage = 'float32'
+  # auto | float32 | split: with bf16 compute, 'split' holds each f32
+  # parameter as a bf16 half the model computes with and an int16 rest
+  # (precision.py), dropping the per-step cast pass: 26 -> 20 bytes per
+  # parameter and step for the MNIST MLP, training 39.0 -> 31.2 s on an H100
+  # at the same test accuracy (BENCHMARKS.md). Same master weights. auto:
+  # split where the compute is bf16, float32 where it is f32.
+  c.train.param_storage = 'auto'
 
   c.estimate = ml_collections.ConfigDict()
   c.estimate.infl = True
@@ -152,9 +153,9 @@ def validate(c) -> None:
        'train.compute_dtype must be auto, float32 or bfloat16'),
       (c.train.momentum_dtype in ('auto', 'float32', 'bfloat16'),
        'train.momentum_dtype must be auto, float32 or bfloat16'),
-      (c.train.param_storage in ('float32', 'split'),
-       'train.param_storage must be float32 or split'),
-      (c.train.param_storage == 'float32' or
+      (c.train.param_storage in ('auto', 'float32', 'split'),
+       'train.param_storage must be auto, float32 or split'),
+      (c.train.param_storage in ('auto', 'float32') or
        c.train.compute_dtype == 'bfloat16' or
        (c.train.compute_dtype == 'auto' and
         jax.default_backend() != 'cpu'),

@@ -9,11 +9,13 @@ Several hosts share one workdir: start the same command on each with
 --process_id.
 """
 
+import os
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 from ml_collections import config_flags
 
 from feldman_zhang import distributed
@@ -35,6 +37,11 @@ flags.DEFINE_string('coordinator_address', '', 'host:port of process 0, for '
                     'an explicit multi-process run (implies --distributed).')
 flags.DEFINE_integer('num_processes', 1, 'With --coordinator_address.')
 flags.DEFINE_integer('process_id', 0, 'With --coordinator_address.')
+flags.DEFINE_string('compilation_cache', '~/.cache/feldman_zhang/jax',
+                    "JAX's persistent compilation cache: a rerun, resume or "
+                    'experiment skips compiling (MNIST on an H100: 7 -> 2 s). '
+                    "'' turns it off; JAX_COMPILATION_CACHE_DIR, if set, "
+                    'wins.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -64,10 +71,27 @@ def parse_flags(argv):
   return argv
 
 
+def use_compilation_cache(path: str) -> None:
+  if not path or jax.config.jax_compilation_cache_dir:
+    return
+  path = os.path.expanduser(path)
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:  # a read-only home: compile every time, as before
+    logging.warning('no compilation cache at %s: %s', path, e)
+    return
+  jax.config.update('jax_compilation_cache_dir', path)
+  if 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS' not in os.environ:
+    # The estimate's and summary's programs take under JAX's default 1 s
+    # each, and about 3 s together on an H100.
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.INFO)
+  use_compilation_cache(FLAGS.compilation_cache)
   if FLAGS.distributed or FLAGS.coordinator_address:
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                            FLAGS.process_id)

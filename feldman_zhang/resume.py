@@ -43,12 +43,15 @@ class IdentityError(store.StoreError):
 def identity(config, ds) -> dict:
   """What the stored predictions depend on; a resume must match it exactly.
 
-  The dtypes are resolved: 'auto' means bf16 on an accelerator and f32 on the
-  CPU, and a run must not mix the two.
+  The dtypes and the parameter storage are resolved: 'auto' means bf16 and
+  split storage on an accelerator, f32 on the CPU, and a run must not mix
+  the two.
   """
   dtypes = {k: jax.numpy.dtype(train.compute_dtype(config.train[k])).name
             for k in ('compute_dtype', 'momentum_dtype')}
-  return dict(config=config_lib.result_fields(config), dtypes=dtypes,
+  fields = config_lib.result_fields(config)
+  fields['train.param_storage'] = train.param_storage(config.train)
+  return dict(config=fields, dtypes=dtypes,
               data=ds.fingerprint(), trainer_version=TRAINER_VERSION,
               format_version=store.FORMAT_VERSION)
 

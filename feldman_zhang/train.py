@@ -136,10 +136,19 @@ def make_step(model, tx, augment=None, label_smoothing: float = 0.0,
   return step
 
 
+def param_storage(c) -> str:
+  """config.train's parameter storage with 'auto' resolved: split where the
+  compute is bf16 (no per-step cast pass), float32 where it is f32."""
+  if c.param_storage != 'auto':
+    return c.param_storage
+  return ('split' if compute_dtype(c.compute_dtype) == jnp.bfloat16 else
+          'float32')
+
+
 def config_storage(config) -> precision.Storage:
   """The parameter storage of config.train."""
   c = config.train
-  return precision.storage(c.param_storage, compute_dtype(c.compute_dtype))
+  return precision.storage(param_storage(c), compute_dtype(c.compute_dtype))
 
 
 def make_config_step(model, config, m: int):

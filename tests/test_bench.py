@@ -43,13 +43,16 @@ def test_byte_model_follows_the_dtypes(tiny_config):
   t = tiny_config.train
   t.compute_dtype, t.momentum_dtype = 'float32', 'float32'
   assert bench.bytes_per_param_step(tiny_config)['total'] == 32
-  t.compute_dtype = 'bfloat16'  # + cast pass (6), bf16 reads and gradient
+  t.compute_dtype, t.param_storage = 'bfloat16', 'float32'
+  # + cast pass (6), bf16 reads and gradient
   assert bench.bytes_per_param_step(tiny_config) == dict(
       cast=6, forward=2, backward=2, gradient=4, momentum=8, params=8,
       total=30)
   t.momentum_dtype = 'bfloat16'
   assert bench.bytes_per_param_step(tiny_config)['total'] == 26
   t.param_storage = 'split'  # no cast pass
+  assert bench.bytes_per_param_step(tiny_config)['total'] == 20
+  t.param_storage = 'auto'  # split, with bf16 compute
   assert bench.bytes_per_param_step(tiny_config)['total'] == 20
   t.momentum = 0.0
   assert bench.bytes_per_param_step(tiny_config)['total'] == 16

@@ -10,11 +10,11 @@ import pytest
 from conftest import ROOT
 
 
-def _cli(workdir, *overrides):
+def _cli(workdir, *overrides, env=None):
   return subprocess.run(
       [sys.executable, '-m', 'feldman_zhang.main',
        '--config=configs/digits_mlp.py', f'--workdir={workdir}', *overrides],
-      cwd=ROOT, capture_output=True, text=True, timeout=300)
+      cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
 
 
 @pytest.mark.parametrize('override, message', [
@@ -99,9 +99,21 @@ def test_workdir_that_is_a_file(tmp_path):
 
 
 def test_small_job_runs(tmp_path):
-  result = _cli(tmp_path / 'run', '--config.num_models=6',
-                '--config.models_per_device=3', '--config.train.epochs=2')
+  job = ('--config.num_models=6', '--config.models_per_device=3',
+         '--config.train.epochs=2', f'--compilation_cache={tmp_path}/xla')
+  env = {k: v for k, v in os.environ.items()
+         if k != 'JAX_COMPILATION_CACHE_DIR'}
+  env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  result = _cli(tmp_path / 'run', *job, env=env)
   assert result.returncode == 0, result.stderr
+  assert os.listdir(tmp_path / 'xla')  # the compiled programs, for a rerun
+  # A rerun loads them and computes the same bits.
+  again = _cli(tmp_path / 'again', *job, env=env)
+  assert again.returncode == 0, again.stderr
+  for name in os.listdir(tmp_path / 'run'):
+    if name.startswith(('estimates', 'infl-')):
+      assert (open(tmp_path / 'run' / name, 'rb').read() ==
+              open(tmp_path / 'again' / name, 'rb').read()), name
   assert '6 models on digits' in result.stdout
   assert 'models 6/6 (100%)' in result.stderr  # progress lines
   assert 'with 6 models these estimates are mostly noise' in result.stdout

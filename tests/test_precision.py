@@ -97,7 +97,7 @@ def test_split_update_gives_the_f32_master_weights_bit_for_bit():
 def test_split_storage_trains_the_same_models(tiny_config):
   ds = data.load('digits')
   c = tiny_config
-  c.train.compute_dtype = 'bfloat16'
+  c.train.update(compute_dtype='bfloat16', param_storage='float32')
   m = subsets.subset_size(ds.num_train, c.subset_ratio)
   ids = np.arange(2)
 
@@ -177,3 +177,35 @@ def test_runs_recorded_before_param_storage_still_resume(tmp_path,
   tiny_config.train.param_storage = 'split'
   with pytest.raises(store.StoreError, match='param_storage'):
     resume.check_identity(workdir, resume.identity(tiny_config, ds))
+
+
+def test_auto_storage_is_split_exactly_where_the_compute_is_bf16(tiny_config):
+  c = tiny_config
+  assert c.train.param_storage == 'auto'
+  for dtype, want in (('float32', 'float32'), ('bfloat16', 'split')):
+    c.train.compute_dtype = dtype
+    assert train.param_storage(c.train) == want
+    config_lib.validate(c)
+  # compute_dtype auto is f32 on this CPU: auto storage is float32 here.
+  c.train.compute_dtype = 'auto'
+  assert train.param_storage(c.train) == 'float32'
+  assert train.config_storage(c).view is not None
+
+
+def test_identity_holds_the_resolved_storage(tmp_path, tiny_config):
+  # A run recorded with explicit float32 resumes under auto where auto means
+  # float32 (f32 compute), and is refused where auto means split.
+  ds = data.load('digits')
+  workdir = str(tmp_path / 'run')
+  tiny_config.train.update(compute_dtype='bfloat16', param_storage='float32')
+  resume.check_identity(workdir, resume.identity(tiny_config, ds))
+  z = np.zeros((1, 4), bool)
+  store.write_chunk(workdir, [0], z, z, z, z, z, np.zeros((1, 1)))
+  tiny_config.train.param_storage = 'auto'
+  with pytest.raises(resume.IdentityError, match='param_storage'):
+    resume.check_identity(workdir, resume.identity(tiny_config, ds))
+  tiny_config.train.param_storage = 'split'
+  with pytest.raises(resume.IdentityError, match='param_storage'):
+    resume.check_identity(workdir, resume.identity(tiny_config, ds))
+  tiny_config.train.param_storage = 'float32'
+  resume.check_identity(workdir, resume.identity(tiny_config, ds))
