@@ -9,6 +9,7 @@ import concurrent.futures
 import contextlib
 import os
 import time
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -207,11 +208,28 @@ def _start(fn, *args) -> concurrent.futures.Future:
   return future
 
 
-def train_missing(config, workdir, ds, m, have, model,
-                  phases=None) -> tuple[int, bool]:
+class Trained(NamedTuple):
+  """What train_missing did.
+
+  count: models trained and stored; stopped: whether config.target_stderr
+  stopped it early; preds: with keep, the predictions of the models trained,
+  as store.load_predictions gives them, else None; writing: with keep, the
+  future of the last cell's write (the estimate need not wait for it), else
+  None.
+  """
+  count: int
+  stopped: bool
+  preds: dict | None = None
+  writing: concurrent.futures.Future | None = None
+
+
+def train_missing(config, workdir, ds, m, have, model, phases=None,
+                  keep=False) -> Trained:
   """Trains and stores this process's share of the missing models.
 
-  Returns (models trained, whether config.target_stderr stopped it early).
+  keep: also return the predictions, so a run trained whole in one process
+  is estimated without reading them back (about 1.7 s at MNIST's scale on an
+  H100), and write the last cell while the estimate runs.
   """
   phases = phases or Phases()
   k, d = models_per_call(config)
@@ -221,7 +239,7 @@ def train_missing(config, workdir, ds, m, have, model,
   target = (StderrTarget(config.target_stderr, workdir, config.num_models)
             if config.target_stderr > 0 else None)
   if not todo or (target and target.reached()):
-    return 0, bool(todo)
+    return Trained(0, bool(todo))
   mesh = train.local_mesh()
   chunk_fn = train.make_chunk_fn(model, config, m, mesh)
   with phases('compile'):
@@ -236,7 +254,7 @@ def train_missing(config, workdir, ds, m, have, model,
   progress = Progress(todo)
   logging.info('training %d models, %d per call (%d per device on %d %s '
                'devices)', todo, k * d, k, d, jax.default_backend())
-  pending, trained = None, 0
+  pending, trained, kept = None, 0, [] if keep else None
   with phases('train'):
     for start, missing in cells:
       # A cell is trained whole (the padding past num_models too), so every
@@ -256,39 +274,66 @@ def train_missing(config, workdir, ds, m, have, model,
       # Dispatch is asynchronous: the previous cell is written while this
       # one trains.
       if pending:
-        trained += _write(workdir, ds, *pending, progress, target, phases)
+        runs = _fetch(*pending, ds, phases)
+        trained += _write(workdir, runs, progress, target, phases)
+        if keep:
+          kept.extend(runs)
         if target and target.reached():
-          return trained, True
+          return Trained(trained, True)
       pending = (start, missing, idx, out)
-    trained += _write(workdir, ds, *pending, progress, target, phases)
-  return trained, False
+    runs = _fetch(*pending, ds, phases)
+    if not keep:
+      return Trained(trained + _write(workdir, runs, progress, target, phases),
+                     False)
+    writing = _start(_write, workdir, runs, progress, target, phases)
+  kept.extend(runs)
+  preds = {k: np.concatenate([run[k] for run in kept]) for k in kept[0]}
+  return Trained(trained + sum(len(run['model_ids']) for run in runs), False,
+                 preds, writing)
 
 
-def _write(workdir, ds, start, missing, idx, out, progress, target, phases):
-  """Stores the missing models of one trained cell; returns how many."""
+def _fetch(start, missing, idx, out, ds, phases) -> list[dict]:
+  """The missing models of one trained cell, on the host: a dict per run of
+  consecutive ids, with the fields and dtypes of store.load_predictions."""
   with phases('wait_for_device'):
     out = jax.device_get(out)
+  runs = []
+  for ids in resume.consecutive_runs(missing):
+    rows = ids - start
+    runs.append(dict(
+        model_ids=ids.astype(np.int64),
+        masks=subsets.to_masks(idx[rows], ds.num_train),
+        train_correct=out['train_correct'][rows].astype(bool),
+        test_correct=out['test_correct'][rows].astype(bool),
+        train_ptrue=out['train_ptrue'][rows].astype(np.float16),
+        test_ptrue=out['test_ptrue'][rows].astype(np.float16),
+        loss=out['loss'][rows].astype(np.float32)))
+  return runs
+
+
+def _write(workdir, runs, progress, target, phases):
+  """Stores runs of _fetch; returns how many models they hold."""
   with phases('write_chunks'):
-    for ids in resume.consecutive_runs(missing):
-      rows = ids - start
-      loss = out['loss'][rows]
-      bad = ~np.isfinite(loss[:, -1])
+    for run in runs:
+      bad = ~np.isfinite(run['loss'][:, -1])
       if bad.any():
         logging.warning('models %s diverged (non-finite loss); they are kept '
                         'in the store and excluded from the estimates',
-                        ids[bad].tolist())
-      masks = subsets.to_masks(idx[rows], ds.num_train)
-      store.write_chunk(
-          workdir, ids, masks, out['train_correct'][rows],
-          out['test_correct'][rows], out['train_ptrue'][rows],
-          out['test_ptrue'][rows], loss)
+                        run['model_ids'][bad].tolist())
+      store.write_chunk(workdir, run['model_ids'], run['masks'],
+                        run['train_correct'], run['test_correct'],
+                        run['train_ptrue'], run['test_ptrue'], run['loss'])
       if target:
-        target.add(masks, out['train_correct'][rows])
-  progress.update(len(missing))
-  return len(missing)
+        target.add(run['masks'], run['train_correct'])
+  count = sum(len(run['model_ids']) for run in runs)
+  progress.update(count)
+  return count
 
 
-def _write_estimates(workdir, config, est):
+def _write_estimates(workdir, config, est, chunks_writing=None):
+  # Estimates exist only beside the chunks they come from.
+  if chunks_writing:
+    chunks_writing.result()
   # config.json goes with the estimates it made (the analysis reads both),
   # not with an attempt that may fail before them.
   store.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
@@ -322,7 +367,11 @@ def run_on(config, workdir, ds, m, model, show=True, phases=None):
     if not distributed.is_leader():
       have = resume.stored_models(workdir, config.num_models, quarantine=False)
   t0 = time.time()
-  trained, stopped = train_missing(config, workdir, ds, m, have, model, phases)
+  # A run trained whole here is estimated from memory, not read back.
+  keep = (not have.any() and jax.process_count() == 1 and
+          config.target_stderr <= 0)
+  trained, stopped, preds, writing = train_missing(
+      config, workdir, ds, m, have, model, phases, keep)
   train_s = time.time() - t0
   distributed.barrier('trained')
   if not distributed.is_leader():
@@ -330,7 +379,9 @@ def run_on(config, workdir, ds, m, model, show=True, phases=None):
                  'estimates', jax.process_index(), trained)
     return None
   with phases('load_predictions'):
-    if stopped or config.target_stderr > 0:
+    if preds is not None:
+      pass
+    elif stopped or config.target_stderr > 0:
       preds = store.load_predictions(workdir)
       preds = {k: v[preds['model_ids'] < config.num_models]
                for k, v in preds.items()}
@@ -338,40 +389,45 @@ def run_on(config, workdir, ds, m, model, show=True, phases=None):
       preds = store.load_predictions(workdir, config.num_models)
   valid = np.isfinite(preds['loss'][:, -1])
   if not valid.any():
+    if writing:
+      writing.result()  # the chunks are stored whole all the same
     raise store.StoreError('every model diverged; lower train.lr')
-  with phases('estimate'), store.dense_files(workdir) as new_dense:
-    # The diverged models' rows go; with none, no copy of the predictions.
-    masks, train_correct, test_correct = (
-        (preds[k] if valid.all() else preds[k][valid])
-        for k in ('masks', 'train_correct', 'test_correct'))
-    # The dense matrices are filled in place in files of the workdir: at
-    # MNIST's size each is 2.4 GB, written while the device computes.
-    dense = (masks.shape[1], test_correct.shape[1])
-    infl, se = config.estimate.infl, config.estimate.infl_stderr
-    est = estimate_lib.estimate(
-        masks, train_correct, test_correct, with_infl=infl,
-        with_infl_stderr=se,
-        infl_out=new_dense(dense) if infl else None,
-        infl_stderr_out=new_dense(dense) if infl and se else None)
-    if config.estimate.infl_topk:
-      est.update(estimate_lib.topk_estimates(
-          masks, test_correct, est['mem'], config.estimate.infl_topk,
-          config.estimate.pair_threshold, config.estimate.pair_mem_threshold))
-    est['diverged_models'] = preds['model_ids'][~valid]
-    if ds.corrupted is not None:
-      est['label_corrupted'] = ds.corrupted
-  # The estimates are written while the summary is made: sealing the dense
-  # files (crc32 and fsync of 2.4 GB each at MNIST's size) releases the GIL.
-  writing = _start(_write_estimates, workdir, config, est)
-  try:
-    with phases('summary'):
-      summary = summary_lib.summarize(config, ds, preds, valid, est)
-      summary['stopped_at_target_stderr'] = stopped
-      summary['convergence'] = estimate_lib.convergence(masks, train_correct,
-                                                        full=est)
-  finally:
-    with phases('write_estimates'):  # what is left of it after the summary
-      writing.result()
+  with store.dense_files(workdir) as new_dense:
+    # Each new_dense file is removed if anything below fails before it is
+    # sealed (at MNIST's size it is 2.4 GB).
+    with phases('estimate'):
+      # The diverged models' rows go; with none, no copy of the predictions.
+      masks, train_correct, test_correct = (
+          (preds[k] if valid.all() else preds[k][valid])
+          for k in ('masks', 'train_correct', 'test_correct'))
+      # The dense matrices are filled in place in files of the workdir: at
+      # MNIST's size each is 2.4 GB, written while the device computes.
+      dense = (masks.shape[1], test_correct.shape[1])
+      infl, se = config.estimate.infl, config.estimate.infl_stderr
+      est = estimate_lib.estimate(
+          masks, train_correct, test_correct, with_infl=infl,
+          with_infl_stderr=se,
+          infl_out=new_dense(dense) if infl else None,
+          infl_stderr_out=new_dense(dense) if infl and se else None)
+      if config.estimate.infl_topk:
+        est.update(estimate_lib.topk_estimates(
+            masks, test_correct, est['mem'], config.estimate.infl_topk,
+            config.estimate.pair_threshold, config.estimate.pair_mem_threshold))
+      est['diverged_models'] = preds['model_ids'][~valid]
+      if ds.corrupted is not None:
+        est['label_corrupted'] = ds.corrupted
+    # The estimates are written while the summary is made: sealing the dense
+    # files (crc32 and fsync of 2.4 GB each at MNIST's size) releases the GIL.
+    writing = _start(_write_estimates, workdir, config, est, writing)
+    try:
+      with phases('summary'):
+        summary = summary_lib.summarize(config, ds, preds, valid, est)
+        summary['stopped_at_target_stderr'] = stopped
+        summary['convergence'] = estimate_lib.convergence(masks, train_correct,
+                                                          full=est)
+    finally:
+      with phases('write_estimates'):  # what is left of it after the summary
+        writing.result()
   summary['timing'] = dict(models_trained=trained, train_s=train_s,
                            estimate_s=(phases.seconds['estimate'] +
                                        phases.seconds['write_estimates']),

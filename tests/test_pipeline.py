@@ -54,7 +54,10 @@ def test_store_and_estimates(capsys, finished):
 
 
 def test_rerun_resumes_and_extends(finished):
-  c, workdir, _ = finished
+  # The first run estimated from the predictions it held in memory; the
+  # rerun reads them from the store: the same estimates and summary, bit for
+  # bit.
+  c, workdir, first = finished
   before = store.load_estimates(workdir)
   stale = os.path.join(workdir, 'chunks', '.tmp-killed')  # a killed write's
   open(stale, 'wb').close()
@@ -62,8 +65,11 @@ def test_rerun_resumes_and_extends(finished):
   assert again['timing']['models_trained'] == 0
   assert not os.path.exists(stale)
   after = store.load_estimates(workdir)
+  assert set(before) == set(after)
   for k in before:
     np.testing.assert_array_equal(before[k], after[k])
+  drop = lambda s: {k: v for k, v in s.items() if k != 'timing'}
+  assert drop(again) == drop(first)
   c.num_models = 15
   extended = pipeline.run(c, workdir)
   assert extended['timing']['models_trained'] == 3
@@ -229,3 +235,24 @@ def test_where_the_data_lies_is_not_part_of_the_identity(tiny_config,
     f.write('{"identity": ')
   with pytest.raises(store.StoreError, match='run.json is unreadable'):
     resume.check_identity(workdir, ident)
+
+
+def test_a_failed_last_chunk_write_leaves_no_estimates(tiny_config, tmp_path,
+                                                       monkeypatch):
+  # The last cell is written while the estimate runs; if that write fails,
+  # the job fails and writes no estimates of models it did not store.
+  write_chunk, calls = store.write_chunk, []
+
+  def flaky(workdir, ids, *args):
+    calls.append(ids[0])
+    if len(calls) == 3:  # 12 models, 5 per call: the third cell's write
+      raise store.StoreError('disk full')
+    return write_chunk(workdir, ids, *args)
+
+  monkeypatch.setattr(store, 'write_chunk', flaky)
+  workdir = str(tmp_path / 'run')
+  with pytest.raises(store.StoreError, match='disk full'):
+    pipeline.run(tiny_config, workdir)
+  assert not os.path.exists(store.estimates_path(workdir))
+  assert not [f for f in os.listdir(workdir) if 'dense' in f or 'infl' in f]
+  assert [(a, b) for a, b, _ in store.list_chunks(workdir)] == [(0, 5), (5, 10)]
