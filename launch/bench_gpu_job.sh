@@ -8,10 +8,10 @@
 #    K = 1000, random data of MNIST's shape), with the byte model's GB/s;
 # 2. the estimate step alone at CIFAR-100 scale (issue 5's <= 5 s target;
 #    mem and infl are now one rounding of the exact count fraction);
-# 3. the job end to end with split storage (wall time on the step's line,
-#    phases in its summary), with JAX's persistent compilation cache empty,
-#    then again with it warm;
-# 4. the job end to end as shipped (float32 storage), for the same-machine
+# 3. the job end to end as shipped (split storage by train.param_storage=
+#    auto; wall time on the step's line, phases in its summary), with the
+#    compilation cache empty, then again with it warm;
+# 4. the job end to end with float32 storage, for the same-machine
 #    comparison of wall time and model accuracy;
 # 5. the harness: vmap against one model at a time and the per-step loop.
 # Needs the ml_collections wheel on PYTHONPATH where the image lacks it:
@@ -38,18 +38,16 @@ step estimate 60 "$python" -m feldman_zhang.bench \
   --estimate_only=4000,50000,10000 --out="$out/bench_estimate.json"
 job=(-m feldman_zhang.main --config=configs/mnist_mlp.py
      "--config.data.source=idx:$mnist")
-export JAX_COMPILATION_CACHE_DIR="$out/xla_cache"
 step job_split_cold 120 "$python" "${job[@]}" \
-  --config.train.param_storage=split --workdir="$out/split_cold"
+  --compilation_cache="$out/xla_cache" --workdir="$out/split_cold"
 step job_split_warm 120 "$python" "${job[@]}" \
-  --config.train.param_storage=split --workdir="$out/split_warm"
+  --compilation_cache="$out/xla_cache" --workdir="$out/split_warm"
 cmp "$out/split_cold/estimates.npz" "$out/split_warm/estimates.npz" \
   && cmp "$out"/split_cold/infl-*.npy "$out"/split_warm/infl-*.npy \
   && echo "split cold and warm: estimates.npz and infl bit-identical" \
   | tee -a "$out/steps.log"
-unset JAX_COMPILATION_CACHE_DIR
-step job_float32 120 "$python" "${job[@]}" \
-  --workdir="$out/float32"
+step job_float32 120 "$python" "${job[@]}" --compilation_cache= \
+  --config.train.param_storage=float32 --workdir="$out/float32"
 for run in split_cold split_warm float32; do
   [[ -f "$out/$run/summary.json" ]] && "$python" - "$out/$run" <<'PY' \
     | tee -a "$out/steps.log"
