@@ -7,6 +7,7 @@ raising num_models extends it), then reduces all stored predictions.
 
 import concurrent.futures
 import contextlib
+import functools
 import os
 import time
 from typing import NamedTuple
@@ -215,21 +216,24 @@ class Trained(NamedTuple):
   stopped it early; preds: with keep, the predictions of the models trained,
   as store.load_predictions gives them, else None; writing: with keep, the
   future of the last cell's write (the estimate need not wait for it), else
-  None.
+  None; ahead: the future of compile_next, if it was started.
   """
   count: int
   stopped: bool
   preds: dict | None = None
   writing: concurrent.futures.Future | None = None
+  ahead: concurrent.futures.Future | None = None
 
 
 def train_missing(config, workdir, ds, m, have, model, phases=None,
-                  keep=False) -> Trained:
+                  keep=False, compile_next=None) -> Trained:
   """Trains and stores this process's share of the missing models.
 
   keep: also return the predictions, so a run trained whole in one process
   is estimated without reading them back (about 1.7 s at MNIST's scale on an
   H100), and write the last cell while the estimate runs.
+  compile_next: a function run on a thread once the chunk program has
+  compiled, to compile what comes after training while the device trains.
   """
   phases = phases or Phases()
   k, d = models_per_call(config)
@@ -251,6 +255,7 @@ def train_missing(config, workdir, ds, m, have, model, phases=None,
     compiled = compiling.result()
   logging.info('compiled the %d-model program in %.1f s', k * d,
                phases.seconds['compile'])
+  ahead = _start(compile_next) if compile_next else None
   progress = Progress(todo)
   logging.info('training %d models, %d per call (%d per device on %d %s '
                'devices)', todo, k * d, k, d, jax.default_backend())
@@ -279,17 +284,17 @@ def train_missing(config, workdir, ds, m, have, model, phases=None,
         if keep:
           kept.extend(runs)
         if target and target.reached():
-          return Trained(trained, True)
+          return Trained(trained, True, ahead=ahead)
       pending = (start, missing, idx, out)
     runs = _fetch(*pending, ds, phases)
     if not keep:
       return Trained(trained + _write(workdir, runs, progress, target, phases),
-                     False)
+                     False, ahead=ahead)
     writing = _start(_write, workdir, runs, progress, target, phases)
   kept.extend(runs)
   preds = {k: np.concatenate([run[k] for run in kept]) for k in kept[0]}
   return Trained(trained + sum(len(run['model_ids']) for run in runs), False,
-                 preds, writing)
+                 preds, writing, ahead)
 
 
 def _fetch(start, missing, idx, out, ds, phases) -> list[dict]:
@@ -370,8 +375,16 @@ def run_on(config, workdir, ds, m, model, show=True, phases=None):
   # A run trained whole here is estimated from memory, not read back.
   keep = (not have.any() and jax.process_count() == 1 and
           config.target_stderr <= 0)
-  trained, stopped, preds, writing = train_missing(
-      config, workdir, ds, m, have, model, phases, keep)
+  # The estimate's programs compile while the device trains, for t =
+  # num_models (a run with diverged models compiles its own later).
+  ahead = functools.partial(
+      estimate_lib.compile_ahead, config.num_models, ds.num_train,
+      ds.num_test, with_infl=config.estimate.infl,
+      with_infl_stderr=config.estimate.infl_stderr)
+  use_ahead = distributed.is_leader() and config.target_stderr <= 0
+  trained, stopped, preds, writing, ahead = train_missing(
+      config, workdir, ds, m, have, model, phases, keep,
+      ahead if use_ahead else None)
   train_s = time.time() - t0
   distributed.barrier('trained')
   if not distributed.is_leader():
@@ -392,6 +405,13 @@ def run_on(config, workdir, ds, m, model, show=True, phases=None):
     if writing:
       writing.result()  # the chunks are stored whole all the same
     raise store.StoreError('every model diverged; lower train.lr')
+  if ahead:
+    with phases('compile_ahead'):  # what is left of it, if anything
+      try:
+        ahead.result()
+      except Exception as e:  # pylint: disable=broad-except
+        # Only time is lost: the estimate compiles its programs itself.
+        logging.warning('compiling the estimate ahead failed: %s', e)
   with store.dense_files(workdir) as new_dense:
     # Each new_dense file is removed if anything below fails before it is
     # sealed (at MNIST's size it is 2.4 GB).

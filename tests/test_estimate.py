@@ -1,3 +1,5 @@
+import logging
+
 import jax
 import numpy as np
 import pytest
@@ -265,3 +267,29 @@ def test_estimates_past_the_exact_fraction_range_stay_right():
   want = (correct & a).sum(0) / a.sum(0) - (correct & b).sum(0) / b.sum(0)
   np.testing.assert_allclose(got['mem'], want, atol=1e-6)
   np.testing.assert_allclose(np.diag(got['infl'][:2]), want[:2], atol=1e-6)
+
+
+def _compiled(caplog, name):
+  return [r for r in caplog.records
+          if 'Finished XLA compilation' in r.getMessage() and
+          f'jit({name})' in r.getMessage()]
+
+
+def test_compile_ahead_leaves_nothing_to_compile(caplog):
+  # Shapes no other test uses, so only compile_ahead can have compiled them.
+  rng = np.random.default_rng(3)
+  t, n, n_test = 23, 301, 71
+  masks, train_correct, test_correct = _random_case(rng, t, n, n_test)
+  with caplog.at_level(logging.DEBUG, logger='jax'):
+    estimate.compile_ahead(t, n, n_test, block=128)
+    assert len(_compiled(caplog, '_memorization')) == 3  # t/4, t/2, t
+    assert len(_compiled(caplog, '_influence_block')) == 1
+    caplog.clear()
+    full = estimate.estimate(masks, train_correct, test_correct, block=128)
+    estimate.convergence(masks, train_correct, full=full)
+    assert not _compiled(caplog, '_memorization')
+    assert not _compiled(caplog, '_influence_block')
+    # Other shapes compile as before.
+    estimate.estimate(masks[:-1], train_correct[:-1], test_correct[:-1],
+                      block=128)
+    assert _compiled(caplog, '_memorization')

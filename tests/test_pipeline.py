@@ -89,7 +89,8 @@ def test_lost_and_corrupt_chunks_are_retrained_identically(finished):
   phases = summary['timing']['phases']
   assert set(phases) == {'load_data', 'scan_workdir', 'compile', 'train',
                          'wait_for_device', 'write_chunks', 'load_predictions',
-                         'estimate', 'write_estimates', 'summary'}
+                         'compile_ahead', 'estimate', 'write_estimates',
+                         'summary'}
   # Waiting and writing happen inside the training loop.
   assert phases['train'] >= phases['wait_for_device'] + phases['write_chunks']
   assert phases['compile'] > 0
@@ -256,3 +257,19 @@ def test_a_failed_last_chunk_write_leaves_no_estimates(tiny_config, tmp_path,
   assert not os.path.exists(store.estimates_path(workdir))
   assert not [f for f in os.listdir(workdir) if 'dense' in f or 'infl' in f]
   assert [(a, b) for a, b, _ in store.list_chunks(workdir)] == [(0, 5), (5, 10)]
+
+
+def test_the_estimate_compiles_ahead_and_survives_its_failure(
+    tiny_config, tmp_path, monkeypatch, caplog):
+  from feldman_zhang import estimate as estimate_lib
+  calls = []
+
+  def ahead(t, n, n_test, **kwargs):
+    calls.append((t, n, n_test, kwargs['with_infl']))
+    raise RuntimeError('out of memory')
+
+  monkeypatch.setattr(estimate_lib, 'compile_ahead', ahead)
+  summary = pipeline.run(tiny_config, str(tmp_path / 'run'))
+  assert calls == [(12, 1300, 497, True)]
+  assert summary['num_models'] == 12
+  assert 'compiling the estimate ahead failed: out of memory' in caplog.text
