@@ -72,15 +72,18 @@ def parse_flags(argv):
 
 
 def use_compilation_cache(path: str) -> None:
-  if not path or jax.config.jax_compilation_cache_dir:
-    return
-  path = os.path.expanduser(path)
-  try:
-    os.makedirs(path, exist_ok=True)
-  except OSError as e:  # a read-only home: compile every time, as before
-    logging.warning('no compilation cache at %s: %s', path, e)
-    return
-  jax.config.update('jax_compilation_cache_dir', path)
+  """JAX's persistent compilation cache in path ('' for none), unless
+  JAX_COMPILATION_CACHE_DIR names one; every program is cached either way."""
+  if not jax.config.jax_compilation_cache_dir:
+    if not path:
+      return
+    path = os.path.expanduser(path)
+    try:
+      os.makedirs(path, exist_ok=True)
+    except OSError as e:  # a read-only home: compile every time, as before
+      logging.warning('no compilation cache at %s: %s', path, e)
+      return
+    jax.config.update('jax_compilation_cache_dir', path)
   if 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS' not in os.environ:
     # The estimate's and summary's programs take under JAX's default 1 s
     # each, and about 3 s together on an H100.

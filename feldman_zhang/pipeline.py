@@ -335,6 +335,45 @@ def _write(workdir, runs, progress, target, phases):
   return count
 
 
+def _load_predictions(config, workdir, stopped) -> dict:
+  if stopped or config.target_stderr > 0:
+    preds = store.load_predictions(workdir)
+    return {k: v[preds['model_ids'] < config.num_models]
+            for k, v in preds.items()}
+  return store.load_predictions(workdir, config.num_models)
+
+
+def _estimate(config, masks, train_correct, test_correct, new_dense) -> dict:
+  """The config's estimates; the dense matrices are filled in place in
+  new_dense files of the workdir (2.4 GB each at MNIST's size), written
+  while the device computes."""
+  c = config.estimate
+  dense = (masks.shape[1], test_correct.shape[1])
+  est = estimate_lib.estimate(
+      masks, train_correct, test_correct, with_infl=c.infl,
+      with_infl_stderr=c.infl_stderr,
+      infl_out=new_dense(dense) if c.infl else None,
+      infl_stderr_out=new_dense(dense) if c.infl and c.infl_stderr else None)
+  if c.infl_topk:
+    est.update(estimate_lib.topk_estimates(
+        masks, test_correct, est['mem'], c.infl_topk, c.pair_threshold,
+        c.pair_mem_threshold))
+  return est
+
+
+@contextlib.contextmanager
+def _settled(future):
+  """On an exception in the block, waits for future before raising, and
+  logs the future's own error, which the block's would hide."""
+  try:
+    yield
+  except BaseException:
+    if future and future.exception():
+      logging.error('storing the last models failed too: %s',
+                    future.exception())
+    raise
+
+
 def _write_estimates(workdir, config, est, chunks_writing=None):
   # Estimates exist only beside the chunks they come from.
   if chunks_writing:
@@ -362,6 +401,7 @@ def run_on(config, workdir, ds, m, model, show=True, phases=None):
   """The estimate job on a loaded data set and a built model."""
   phases = phases or Phases()
   with phases('scan_workdir'):
+    config = resume.keep_recorded_storage(config, workdir)
     resume.check_identity(workdir, resume.identity(config, ds))
     distributed.barrier('identity')
     if distributed.is_leader():
@@ -391,63 +431,47 @@ def run_on(config, workdir, ds, m, model, show=True, phases=None):
     logging.info('process %d trained %d models; process 0 writes the '
                  'estimates', jax.process_index(), trained)
     return None
-  with phases('load_predictions'):
-    if preds is not None:
-      pass
-    elif stopped or config.target_stderr > 0:
-      preds = store.load_predictions(workdir)
-      preds = {k: v[preds['model_ids'] < config.num_models]
-               for k, v in preds.items()}
-    else:
-      preds = store.load_predictions(workdir, config.num_models)
-  valid = np.isfinite(preds['loss'][:, -1])
-  if not valid.any():
-    if writing:
-      writing.result()  # the chunks are stored whole all the same
-    raise store.StoreError('every model diverged; lower train.lr')
-  if ahead:
-    with phases('compile_ahead'):  # what is left of it, if anything
-      try:
-        ahead.result()
-      except Exception as e:  # pylint: disable=broad-except
-        # Only time is lost: the estimate compiles its programs itself.
-        logging.warning('compiling the estimate ahead failed: %s', e)
-  with store.dense_files(workdir) as new_dense:
+  # If anything below fails, the job ends only once the last cell's write
+  # has landed (or failed, and said so).
+  with _settled(writing):
+    if preds is None:
+      with phases('load_predictions'):
+        preds = _load_predictions(config, workdir, stopped)
+    valid = np.isfinite(preds['loss'][:, -1])
+    if not valid.any():
+      raise store.StoreError('every model diverged; lower train.lr')
+    if ahead:
+      with phases('compile_ahead'):  # what is left of it, if anything
+        if ahead.exception():
+          # Only time is lost: the estimate compiles its programs itself.
+          logging.warning('compiling the estimate ahead failed: %s',
+                          ahead.exception())
+    # The diverged models' rows go; with none, no copy of the predictions.
+    masks, train_correct, test_correct = (
+        (preds[k] if valid.all() else preds[k][valid])
+        for k in ('masks', 'train_correct', 'test_correct'))
     # Each new_dense file is removed if anything below fails before it is
     # sealed (at MNIST's size it is 2.4 GB).
-    with phases('estimate'):
-      # The diverged models' rows go; with none, no copy of the predictions.
-      masks, train_correct, test_correct = (
-          (preds[k] if valid.all() else preds[k][valid])
-          for k in ('masks', 'train_correct', 'test_correct'))
-      # The dense matrices are filled in place in files of the workdir: at
-      # MNIST's size each is 2.4 GB, written while the device computes.
-      dense = (masks.shape[1], test_correct.shape[1])
-      infl, se = config.estimate.infl, config.estimate.infl_stderr
-      est = estimate_lib.estimate(
-          masks, train_correct, test_correct, with_infl=infl,
-          with_infl_stderr=se,
-          infl_out=new_dense(dense) if infl else None,
-          infl_stderr_out=new_dense(dense) if infl and se else None)
-      if config.estimate.infl_topk:
-        est.update(estimate_lib.topk_estimates(
-            masks, test_correct, est['mem'], config.estimate.infl_topk,
-            config.estimate.pair_threshold, config.estimate.pair_mem_threshold))
-      est['diverged_models'] = preds['model_ids'][~valid]
-      if ds.corrupted is not None:
-        est['label_corrupted'] = ds.corrupted
-    # The estimates are written while the summary is made: sealing the dense
-    # files (crc32 and fsync of 2.4 GB each at MNIST's size) releases the GIL.
-    writing = _start(_write_estimates, workdir, config, est, writing)
-    try:
-      with phases('summary'):
-        summary = summary_lib.summarize(config, ds, preds, valid, est)
-        summary['stopped_at_target_stderr'] = stopped
-        summary['convergence'] = estimate_lib.convergence(masks, train_correct,
-                                                          full=est)
-    finally:
-      with phases('write_estimates'):  # what is left of it after the summary
-        writing.result()
+    with store.dense_files(workdir) as new_dense:
+      with phases('estimate'):
+        est = _estimate(config, masks, train_correct, test_correct, new_dense)
+        est['diverged_models'] = preds['model_ids'][~valid]
+        if ds.corrupted is not None:
+          est['label_corrupted'] = ds.corrupted
+      # The estimates are written while the summary is made: sealing the
+      # dense files (crc32 and fsync of 2.4 GB each at MNIST's size)
+      # releases the GIL.
+      estimates_writing = _start(_write_estimates, workdir, config, est,
+                                 writing)
+      try:
+        with phases('summary'):
+          summary = summary_lib.summarize(config, ds, preds, valid, est)
+          summary['stopped_at_target_stderr'] = stopped
+          summary['convergence'] = estimate_lib.convergence(
+              masks, train_correct, full=est)
+      finally:
+        with phases('write_estimates'):  # what is left of it after the summary
+          estimates_writing.result()
   summary['timing'] = dict(models_trained=trained, train_s=train_s,
                            estimate_s=(phases.seconds['estimate'] +
                                        phases.seconds['write_estimates']),

@@ -56,6 +56,34 @@ def identity(config, ds) -> dict:
               format_version=store.FORMAT_VERSION)
 
 
+def keep_recorded_storage(config, workdir):
+  """config, or a copy whose train.param_storage 'auto' is the storage the
+  workdir's stored models were trained with.
+
+  auto once meant float32 everywhere: a run stored then on a GPU resumes
+  with its own storage instead of being refused for one it never chose.
+  """
+  path = os.path.join(workdir, 'run.json')
+  if (config.train.param_storage != 'auto' or not os.path.exists(path) or
+      not store.list_chunks(workdir)):
+    return config
+  try:
+    fields = store.read_json(path)['identity']['config']
+  except (OSError, ValueError, KeyError, TypeError):
+    return config  # check_identity says what is wrong with it
+  recorded = {**ADDED_FIELDS, **fields}['train.param_storage']
+  bf16 = train.compute_dtype(config.train.compute_dtype) == jax.numpy.bfloat16
+  if (recorded == train.param_storage(config.train) or
+      recorded not in ('float32', 'split') or (recorded == 'split' and
+                                               not bf16)):
+    return config  # the same, or check_identity refuses the run anyway
+  logging.info('train.param_storage=auto keeps %s, the storage the models '
+               'in %s were trained with', recorded, workdir)
+  config = config.copy_and_resolve_references()
+  config.train.param_storage = recorded
+  return config
+
+
 def check_identity(workdir, ident) -> None:
   """Records the run's identity, or refuses a workdir made by another run.
 

@@ -11,10 +11,14 @@ from conftest import ROOT
 
 
 def _cli(workdir, *overrides, env=None):
+  # No compilation cache in the user's home unless a test names one.
+  cache = ([] if any(o.startswith('--compilation_cache') for o in overrides)
+           else ['--compilation_cache='])
   return subprocess.run(
       [sys.executable, '-m', 'feldman_zhang.main',
-       '--config=configs/digits_mlp.py', f'--workdir={workdir}', *overrides],
-      cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+       '--config=configs/digits_mlp.py', f'--workdir={workdir}', *cache,
+       *overrides], cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env=env)
 
 
 @pytest.mark.parametrize('override, message', [

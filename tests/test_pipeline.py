@@ -1,6 +1,7 @@
 """The estimate job end to end on digits: store, estimates, resume, identity."""
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -273,3 +274,26 @@ def test_the_estimate_compiles_ahead_and_survives_its_failure(
   assert calls == [(12, 1300, 497, True)]
   assert summary['num_models'] == 12
   assert 'compiling the estimate ahead failed: out of memory' in caplog.text
+
+
+def test_a_failed_estimate_still_waits_for_and_reports_the_last_write(
+    tiny_config, tmp_path, monkeypatch, caplog):
+  from feldman_zhang import estimate as estimate_lib
+  write_chunk, calls = store.write_chunk, []
+
+  def slow_and_flaky(workdir, ids, *args):
+    calls.append(ids[0])
+    if len(calls) == 3:
+      time.sleep(0.5)  # still writing when the estimate fails
+      raise store.StoreError('disk full')
+    return write_chunk(workdir, ids, *args)
+
+  def no_room(*args, **kwargs):
+    raise store.StoreError('no room for the dense matrix')
+
+  monkeypatch.setattr(store, 'write_chunk', slow_and_flaky)
+  monkeypatch.setattr(estimate_lib, 'estimate', no_room)
+  with pytest.raises(store.StoreError, match='no room'):
+    pipeline.run(tiny_config, str(tmp_path / 'run'))
+  assert len(calls) == 3
+  assert 'storing the last models failed too: disk full' in caplog.text

@@ -1,5 +1,7 @@
 """Split parameter storage: exact f32 master weights, a bf16 compute half."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 from feldman_zhang import config as config_lib
 from feldman_zhang import data
 from feldman_zhang import models
+from feldman_zhang import pipeline
 from feldman_zhang import precision
 from feldman_zhang import resume
 from feldman_zhang import store
@@ -209,3 +212,29 @@ def test_identity_holds_the_resolved_storage(tmp_path, tiny_config):
     resume.check_identity(workdir, resume.identity(tiny_config, ds))
   tiny_config.train.param_storage = 'float32'
   resume.check_identity(workdir, resume.identity(tiny_config, ds))
+  # The job itself: auto keeps the workdir's storage (auto once meant
+  # float32 everywhere), an explicit other storage is still refused.
+  tiny_config.train.param_storage = 'auto'
+  kept = resume.keep_recorded_storage(tiny_config, workdir)
+  assert kept.train.param_storage == 'float32'
+  assert tiny_config.train.param_storage == 'auto'  # a copy, not changed
+  resume.check_identity(workdir, resume.identity(kept, ds))
+  assert resume.keep_recorded_storage(tiny_config, str(tmp_path / 'new')) is (
+      tiny_config)
+
+
+def test_auto_resumes_a_float32_run_with_float32(tiny_config, tmp_path):
+  tiny_config.train.update(compute_dtype='bfloat16', param_storage='float32',
+                           epochs=1)
+  tiny_config.num_models = 5
+  workdir = str(tmp_path / 'run')
+  pipeline.run(tiny_config, workdir)
+  tiny_config.train.param_storage = 'auto'
+  tiny_config.num_models = 7
+  summary = pipeline.run(tiny_config, workdir)
+  assert summary['timing']['models_trained'] == 2
+  assert store.read_json(os.path.join(workdir, 'config.json'))['train'][
+      'param_storage'] == 'float32'
+  tiny_config.train.param_storage = 'split'
+  with pytest.raises(resume.IdentityError, match='param_storage'):
+    pipeline.run(tiny_config, workdir)
