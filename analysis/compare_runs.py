@@ -6,6 +6,7 @@ Reports how many correctness entries differ (models trained with another
 models-per-device K may reorder float sums) and the largest estimate change.
 """
 
+import os
 import sys
 
 from absl import app
@@ -18,10 +19,24 @@ _A = flags.DEFINE_string('a', None, 'First workdir.', required=True)
 _B = flags.DEFINE_string('b', None, 'Second workdir.', required=True)
 
 
+def settings_differ(a: str, b: str) -> list:
+  """The recorded settings (run.json) in which runs a and b differ, as
+  'field (a: X, b: Y)'; models_per_device and other scheduling fields are
+  not recorded, since they do not change what a run computes."""
+  ia, ib = (store.read_json(os.path.join(w, 'run.json'))['identity']
+            for w in (a, b))
+  fa, fb = ia.pop('config'), ib.pop('config')
+  fa.update({f'identity.{k}': v for k, v in ia.items()})
+  fb.update({f'identity.{k}': v for k, v in ib.items()})
+  return [f'{k} (a: {fa.get(k)!r}, b: {fb.get(k)!r})'
+          for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
+
+
 def compare(a: str, b: str) -> dict:
   pa, pb = store.load_predictions(a), store.load_predictions(b)
   t = min(len(pa['model_ids']), len(pb['model_ids']))
-  out = dict(models=t)
+  # Runs of other settings differ by design, not by reproducibility.
+  out = dict(settings_differ=settings_differ(a, b) or 'none', models=t)
   for k in ('masks', 'train_correct', 'test_correct'):
     diff = pa[k][:t] != pb[k][:t]
     out[f'{k}_differ'] = int(diff.sum())
@@ -43,7 +58,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   try:
     result = compare(_A.value, _B.value)
-  except (store.StoreError, OSError) as e:
+  except (store.StoreError, OSError, KeyError, ValueError) as e:
     sys.exit(f'error: {e}')
   for k, v in result.items():
     print(f'{k}: {v}')

@@ -252,6 +252,13 @@ def make_head_config(config):
 def lastlayer(config, workdir) -> dict:
   """The last-layer experiment; returns the comparison (also JSON, PNG)."""
   ds, m, est = _finished_run(config, workdir)
+  if int(est['num_models']) != config.num_models:
+    # Same seed, so the first min(t, t') subsets are shared; the two mem
+    # estimates still differ in t, and so in noise.
+    logging.warning('lastlayer trains %d heads; the estimate it is compared '
+                    'with has %d models: --config.num_models=%d matches it',
+                    config.num_models, int(est['num_models']),
+                    int(est['num_models']))
   out_dir = os.path.join(workdir, 'lastlayer')
   model, params, state = backbone(config, ds, workdir)
   feats = dataclasses.replace(
@@ -272,7 +279,9 @@ def lastlayer(config, workdir) -> dict:
   head = store.load_estimates(out_dir)
   comparison = compare_mem(est['mem'], head['mem'],
                            config.summary.mem_threshold)
-  comparison['head_test_acc_mean'] = summary['model_test_acc_mean']
+  comparison.update(head_test_acc_mean=summary['model_test_acc_mean'],
+                    num_models_full=int(est['num_models']),
+                    num_models_last=int(head['num_models']))
   store.write_json(os.path.join(out_dir, 'comparison.json'), comparison)
   _plot_histograms(os.path.join(out_dir, 'mem_histograms.png'), est['mem'],
                    head['mem'], ds.name)

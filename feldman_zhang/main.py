@@ -9,8 +9,10 @@ Several hosts share one workdir: start the same command on each with
 --process_id.
 """
 
+import logging as std_logging
 import os
 import sys
+import tempfile
 
 from absl import app
 from absl import flags
@@ -80,6 +82,7 @@ def use_compilation_cache(path: str) -> None:
     path = os.path.expanduser(path)
     try:
       os.makedirs(path, exist_ok=True)
+      tempfile.TemporaryFile(dir=path).close()  # JAX warns per program
     except OSError as e:  # a read-only home: compile every time, as before
       logging.warning('no compilation cache at %s: %s', path, e)
       return
@@ -94,6 +97,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.INFO)
+  # orbax logs each checkpoint's steps at INFO: 30 lines of a lastlayer run.
+  logging.get_absl_logger().addFilter(
+      lambda r: r.levelno >= std_logging.WARNING or '/orbax/' not in r.pathname)
   use_compilation_cache(FLAGS.compilation_cache)
   if FLAGS.distributed or FLAGS.coordinator_address:
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,

@@ -242,6 +242,9 @@ def train_missing(config, workdir, ds, m, have, model, phases=None,
   todo = sum(len(ids) for _, ids in cells)
   target = (StderrTarget(config.target_stderr, workdir, config.num_models)
             if config.target_stderr > 0 else None)
+  if not todo:
+    logging.info('models 0..%d are all stored: nothing to train',
+                 config.num_models - 1)
   if not todo or (target and target.reached()):
     return Trained(0, bool(todo))
   mesh = train.local_mesh()

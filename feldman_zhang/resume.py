@@ -33,11 +33,17 @@ ADDED_FIELDS = {'train.param_storage': 'float32'}
 class IdentityError(store.StoreError):
   """A workdir made by a run with other settings; diffs names the fields."""
 
-  def __init__(self, workdir, diffs):
+  def __init__(self, workdir, diffs, values=None):
+    values = values or {}
+    named = [f'{k} (stored {values[k][0]!r}, given {values[k][1]!r})'
+             if k in values else k for k in diffs]
     super().__init__(f'{workdir} holds a run with other settings: '
-                     f'{", ".join(diffs)} differ; use a new --workdir or the '
+                     f'{", ".join(named)} differ; use a new --workdir or the '
                      'old settings')
     self.diffs = diffs
+
+
+_DTYPES = ('compute_dtype', 'momentum_dtype')
 
 
 def identity(config, ds) -> dict:
@@ -45,11 +51,12 @@ def identity(config, ds) -> dict:
 
   The dtypes and the parameter storage are resolved: 'auto' means bf16 and
   split storage on an accelerator, f32 on the CPU, and a run must not mix
-  the two.
+  the two; 'auto' and what it resolves to are the same run.
   """
   dtypes = {k: jax.numpy.dtype(train.compute_dtype(config.train[k])).name
-            for k in ('compute_dtype', 'momentum_dtype')}
+            for k in _DTYPES}
   fields = config_lib.result_fields(config)
+  fields.update({f'train.{k}': v for k, v in dtypes.items()})
   fields['train.param_storage'] = train.param_storage(config.train)
   return dict(config=fields, dtypes=dtypes,
               data=ds.fingerprint(), trainer_version=TRAINER_VERSION,
@@ -105,6 +112,10 @@ def check_identity(workdir, ident) -> None:
   try:
     old = store.read_json(path)['identity']
     old['config'] = {**ADDED_FIELDS, **old['config']}
+    # Runs before the resolved dtypes recorded them as written ('auto').
+    old['config'].update({f'train.{k}': v
+                          for k, v in old.get('dtypes', {}).items()
+                          if k in _DTYPES})
   except (ValueError, KeyError, TypeError) as e:
     raise store.StoreError(f'{path} is unreadable ({e!r}); it records what '
                            'the stored models depend on, so they cannot be '
@@ -116,9 +127,9 @@ def check_identity(workdir, ident) -> None:
   diffs = [k for k in ('data', 'dtypes', 'trainer_version', 'format_version')
            if old.get(k) != ident[k]]
   keys = sorted(set(old['config']) | set(ident['config']))
-  diffs += [f'config.{k}' for k in keys
-            if old['config'].get(k) != ident['config'].get(k)]
-  raise IdentityError(workdir, diffs)
+  values = {f'config.{k}': (old['config'].get(k), ident['config'].get(k))
+            for k in keys if old['config'].get(k) != ident['config'].get(k)}
+  raise IdentityError(workdir, diffs + list(values), values)
 
 
 def _versions():

@@ -36,7 +36,10 @@ def make_optimizer(config, steps: int) -> optax.GradientTransformation:
   if config.schedule == 'constant':
     lr = config.lr
   elif config.schedule == 'cosine':
-    lr = optax.warmup_cosine_decay_schedule(0.0, config.lr, warmup, total)
+    # Without warm-up, the same values without optax's log line about an
+    # empty warm-up schedule.
+    lr = (optax.warmup_cosine_decay_schedule(0.0, config.lr, warmup, total)
+          if warmup else optax.cosine_decay_schedule(config.lr, total))
   elif config.schedule == 'linear':
     # Up to lr over the warm-up, then down to zero: the fast CIFAR recipes.
     lr = optax.join_schedules(

@@ -307,3 +307,12 @@ def test_compare_runs(planted_run, tmp_path):
   diff = compare_runs.compare(workdir, other)
   assert diff['masks_differ'] == 0 and 'mem_max_abs_diff' not in diff
   assert diff['estimates'].startswith('not compared')
+  assert same['settings_differ'] == diff['settings_differ'] == 'none'
+  # Runs of other settings say so first.
+  run = store.read_json(os.path.join(other, 'run.json'))
+  run['identity']['config']['train.lr'] = 0.5
+  store.write_json(os.path.join(other, 'run.json'), run)
+  lr = store.read_json(os.path.join(workdir, 'run.json'))['identity'][
+      'config']['train.lr']
+  assert compare_runs.compare(workdir, other)['settings_differ'] == [
+      f'train.lr (a: {lr!r}, b: 0.5)']

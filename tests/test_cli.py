@@ -122,3 +122,25 @@ def test_small_job_runs(tmp_path):
   assert 'models 6/6 (100%)' in result.stderr  # progress lines
   assert 'with 6 models these estimates are mostly noise' in result.stdout
   assert os.path.exists(tmp_path / 'run' / 'estimates.npz')
+
+
+def test_an_unwritable_cache_is_one_warning(tmp_path):
+  result = _cli(tmp_path / 'run', '--config.num_models=4',
+                '--config.models_per_device=2', '--config.train.epochs=1',
+                '--compilation_cache=/proc')
+  assert result.returncode == 0, result.stderr
+  assert result.stderr.count('no compilation cache at /proc') == 1
+  assert 'Error writing persistent compilation cache' not in result.stderr
+
+
+def test_the_environment_names_the_cache_and_every_program_goes_in(tmp_path):
+  env = {k: v for k, v in os.environ.items()
+         if k != 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'}
+  env['JAX_COMPILATION_CACHE_DIR'] = str(tmp_path / 'env')
+  result = _cli(tmp_path / 'run', '--config.num_models=4',
+                '--config.models_per_device=2', '--config.train.epochs=1',
+                f'--compilation_cache={tmp_path}/flag', env=env)
+  assert result.returncode == 0, result.stderr
+  assert not os.path.exists(tmp_path / 'flag')
+  # The estimate's programs compile in well under JAX's default 1 s bar.
+  assert [f for f in os.listdir(tmp_path / 'env') if '_memorization' in f]

@@ -1,6 +1,7 @@
 """The two experiments on the planted long-tail data set."""
 
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -131,6 +132,19 @@ def test_last_layer_does_not_memorize_the_plants(planted_run):
   # Resumes: the backbone is restored, the heads are not retrained.
   again = experiments.lastlayer(c, workdir)
   assert again == comparison
+  assert comparison['num_models_full'] == comparison['num_models_last'] == (
+      c.num_models)
+
+
+def test_last_layer_says_when_its_model_count_differs(planted_run, caplog,
+                                                      tmp_path):
+  c, workdir, _, _ = planted_run
+  c = c.copy_and_resolve_references()  # the module's run stays as it is
+  workdir = str(shutil.copytree(workdir, tmp_path / 'run'))
+  c.num_models += 2  # two more heads than the estimate has models
+  comparison = experiments.lastlayer(c, workdir)
+  assert comparison['num_models_last'] == comparison['num_models_full'] + 2
+  assert f'lastlayer trains {c.num_models} heads' in caplog.text
 
 
 def test_heads_train_in_f32_whatever_the_networks_precision(tiny_config):

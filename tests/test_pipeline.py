@@ -106,7 +106,9 @@ def test_changed_config_is_refused_and_results_kept(finished):
   before = os.path.getmtime(store.estimates_path(workdir))
   c.train.lr = 0.2
   c.seed = 3
-  with pytest.raises(store.StoreError, match='config.seed, config.train.lr'):
+  with pytest.raises(store.StoreError, match=(
+      r'config.seed \(stored 0, given 3\), config.train.lr \(stored 0.05, '
+      r'given 0.2\) differ')):
     pipeline.run(c, workdir)
   assert os.path.getmtime(store.estimates_path(workdir)) == before
 

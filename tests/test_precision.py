@@ -238,3 +238,24 @@ def test_auto_resumes_a_float32_run_with_float32(tiny_config, tmp_path):
   tiny_config.train.param_storage = 'split'
   with pytest.raises(resume.IdentityError, match='param_storage'):
     pipeline.run(tiny_config, workdir)
+
+
+def test_auto_dtypes_and_what_they_resolve_to_are_one_run(tmp_path,
+                                                          tiny_config):
+  ds = data.load('digits')
+  workdir = str(tmp_path / 'run')
+  ident = resume.identity(tiny_config, ds)  # compute_dtype auto: f32 here
+  assert ident['config']['train.compute_dtype'] == 'float32'
+  # As runs before resolved dtypes wrote it: the config as written.
+  old = dict(ident, config=dict(ident['config'],
+                                **{'train.compute_dtype': 'auto',
+                                   'train.momentum_dtype': 'auto'}))
+  resume.check_identity(workdir, old)
+  z = np.zeros((1, 4), bool)
+  store.write_chunk(workdir, [0], z, z, z, z, z, np.zeros((1, 1)))
+  tiny_config.train.update(compute_dtype='float32', momentum_dtype='float32')
+  resume.check_identity(workdir, resume.identity(tiny_config, ds))
+  tiny_config.train.compute_dtype = 'bfloat16'
+  with pytest.raises(resume.IdentityError, match=(
+      r"config.train.compute_dtype \(stored 'float32', given 'bfloat16'\)")):
+    resume.check_identity(workdir, resume.identity(tiny_config, ds))
