@@ -75,11 +75,15 @@ def _div_rn(num, den, max_den: int):
   return _long_div(num, den)
 
 
+def _as_fraction(total, count):
+  """(total, count) with an empty group's mean, 1/2, as the fraction 1/2."""
+  empty = count == 0
+  return jnp.where(empty, 1, total), jnp.where(empty, 2, count)
+
+
 def _mean(total, count, t: int):
   """total / count of t models, correctly rounded; an empty group's is 1/2."""
-  empty = count == 0
-  return _div_rn(jnp.where(empty, 1, total), jnp.where(empty, 2, count),
-                 max(t, 2))
+  return _div_rn(*_as_fraction(total, count), max(t, 2))
 
 
 def _var_of_mean(total, count):
@@ -112,10 +116,8 @@ def _diff_of_means(right_in, num_in, right_out, num_out, t: int):
   """
   if t >= _EXACT_T:
     return _mean(right_in, num_in, t) - _mean(right_out, num_out, t)
-  half = lambda right, num: (jnp.where(num == 0, 1, right),
-                             jnp.where(num == 0, 2, num))
-  (right_in, num_in), (right_out, num_out) = (half(right_in, num_in),
-                                              half(right_out, num_out))
+  right_in, num_in = _as_fraction(right_in, num_in)
+  right_out, num_out = _as_fraction(right_out, num_out)
   return _div_rn(right_in * num_out - right_out * num_in, num_in * num_out,
                  max(t * t // 4, 2 * t))
 

@@ -296,8 +296,7 @@ def train_missing(config, workdir, ds, m, have, model, phases=None,
     writing = _start(_write, workdir, runs, progress, target, phases)
   kept.extend(runs)
   preds = {k: np.concatenate([run[k] for run in kept]) for k in kept[0]}
-  return Trained(trained + sum(len(run['model_ids']) for run in runs), False,
-                 preds, writing, ahead)
+  return Trained(trained + _count(runs), False, preds, writing, ahead)
 
 
 def _fetch(start, missing, idx, out, ds, phases) -> list[dict]:
@@ -333,9 +332,12 @@ def _write(workdir, runs, progress, target, phases):
                         run['train_ptrue'], run['test_ptrue'], run['loss'])
       if target:
         target.add(run['masks'], run['train_correct'])
-  count = sum(len(run['model_ids']) for run in runs)
-  progress.update(count)
-  return count
+  progress.update(_count(runs))
+  return _count(runs)
+
+
+def _count(runs) -> int:
+  return sum(len(run['model_ids']) for run in runs)
 
 
 def _load_predictions(config, workdir, stopped) -> dict:
@@ -420,14 +422,14 @@ def run_on(config, workdir, ds, m, model, show=True, phases=None):
           config.target_stderr <= 0)
   # The estimate's programs compile while the device trains, for t =
   # num_models (a run with diverged models compiles its own later).
-  ahead = functools.partial(
+  compile_estimate = functools.partial(
       estimate_lib.compile_ahead, config.num_models, ds.num_train,
       ds.num_test, with_infl=config.estimate.infl,
       with_infl_stderr=config.estimate.infl_stderr)
   use_ahead = distributed.is_leader() and config.target_stderr <= 0
   trained, stopped, preds, writing, ahead = train_missing(
       config, workdir, ds, m, have, model, phases, keep,
-      ahead if use_ahead else None)
+      compile_estimate if use_ahead else None)
   train_s = time.time() - t0
   distributed.barrier('trained')
   if not distributed.is_leader():

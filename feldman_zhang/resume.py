@@ -75,10 +75,9 @@ def keep_recorded_storage(config, workdir):
       not store.list_chunks(workdir)):
     return config
   try:
-    fields = store.read_json(path)['identity']['config']
-  except (OSError, ValueError, KeyError, TypeError):
+    recorded = _read_identity(path)['config']['train.param_storage']
+  except store.StoreError:
     return config  # check_identity says what is wrong with it
-  recorded = {**ADDED_FIELDS, **fields}['train.param_storage']
   bf16 = train.compute_dtype(config.train.compute_dtype) == jax.numpy.bfloat16
   if (recorded == train.param_storage(config.train) or
       recorded not in ('float32', 'split') or (recorded == 'split' and
@@ -109,19 +108,7 @@ def check_identity(workdir, ident) -> None:
     if distributed.is_leader():
       store.write_json(path, dict(identity=ident, versions=_versions()))
     return
-  try:
-    old = store.read_json(path)['identity']
-    old['config'] = {**ADDED_FIELDS, **old['config']}
-    # Runs before the resolved dtypes recorded them as written ('auto').
-    old['config'].update({f'train.{k}': v
-                          for k, v in old.get('dtypes', {}).items()
-                          if k in _DTYPES})
-  except (ValueError, KeyError, TypeError) as e:
-    raise store.StoreError(f'{path} is unreadable ({e!r}); it records what '
-                           'the stored models depend on, so they cannot be '
-                           'resumed: use a new --workdir') from e
-  for k in config_lib.LOCATION_FIELDS:  # recorded by runs before them
-    old['config'].pop(k, None)
+  old = _read_identity(path)
   if old == ident:
     return
   diffs = [k for k in ('data', 'dtypes', 'trainer_version', 'format_version')
@@ -130,6 +117,24 @@ def check_identity(workdir, ident) -> None:
   values = {f'config.{k}': (old['config'].get(k), ident['config'].get(k))
             for k in keys if old['config'].get(k) != ident['config'].get(k)}
   raise IdentityError(workdir, diffs + list(values), values)
+
+
+def _read_identity(path) -> dict:
+  """The identity a run.json records, in the terms identity() now uses."""
+  try:
+    old = store.read_json(path)['identity']
+    old['config'] = {**ADDED_FIELDS, **old['config']}
+    # Runs before the resolved dtypes recorded them as written ('auto').
+    old['config'].update({f'train.{k}': v
+                          for k, v in old.get('dtypes', {}).items()
+                          if k in _DTYPES})
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise store.StoreError(f'{path} is unreadable ({e!r}); it records what '
+                           'the stored models depend on, so they cannot be '
+                           'resumed: use a new --workdir') from e
+  for k in config_lib.LOCATION_FIELDS:  # recorded by runs before them
+    old['config'].pop(k, None)
+  return old
 
 
 def _versions():
