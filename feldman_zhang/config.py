@@ -54,6 +54,10 @@ def base() -> ml_collections.ConfigDict:
   c.model.name = 'mlp'
   c.model.hidden = (512, 256)
   c.model.kernel_init = 'lecun_normal'  # mlp: or glorot_normal (as stax)
+  # Test-time augmentation: none | mirror | mirror_translate (airbench's
+  # levels). The correctness mem and infl count is that of the averaged
+  # prediction, so it is part of the run's identity.
+  c.model.tta = 'none'
 
   c.train = ml_collections.ConfigDict()
   c.train.epochs = 10
@@ -67,6 +71,14 @@ def base() -> ml_collections.ConfigDict:
   c.train.label_smoothing = 0.0
   c.train.augment = 'none'       # none | crop_flip, drawn per model and step.
   c.train.crop_padding = 4
+  # linear schedule: from lr_start x lr up to lr, then down to lr_end x lr.
+  c.train.lr_start = 0.0
+  c.train.lr_end = 0.0
+  # airbench's groups: BatchNorm biases at lr x bias_lr_scale (weight decay
+  # / bias_lr_scale), a whitening bias trained for whiten_bias_epochs only.
+  c.train.bias_lr_scale = 1.0
+  c.train.whiten_bias_epochs = 0
+  c.train.lookahead = False      # airbench's weight averaging
   c.train.compute_dtype = 'auto'  # auto (bf16 on GPU/TPU) | float32 | bfloat16
   # Momentum buffer: bfloat16 halves its share of the parameter traffic that
   # bounds small-model training: 12% faster MNIST MLP steps on an H100 at the
@@ -146,8 +158,15 @@ def validate(c) -> None:
        'train.warmup_epochs must lie in [0, epochs)'),
       (0 <= c.train.label_smoothing < 1,
        'train.label_smoothing must lie in [0, 1)'),
-      (c.train.augment in ('none', 'crop_flip'),
-       'train.augment must be none or crop_flip'),
+      (c.train.augment in ('none', 'crop_flip', 'flip_translate'),
+       'train.augment must be none, crop_flip or flip_translate'),
+      (c.model.tta in ('none', 'mirror', 'mirror_translate'),
+       'model.tta must be none, mirror or mirror_translate'),
+      (0 <= c.train.lr_start and 0 <= c.train.lr_end,
+       'train.lr_start and lr_end must be >= 0'),
+      (c.train.bias_lr_scale > 0, 'train.bias_lr_scale must be > 0'),
+      (0 <= c.train.whiten_bias_epochs <= c.train.epochs,
+       'train.whiten_bias_epochs must lie in [0, epochs]'),
       (c.train.crop_padding >= 0, 'train.crop_padding must be >= 0'),
       (c.train.compute_dtype in ('auto', 'float32', 'bfloat16'),
        'train.compute_dtype must be auto, float32 or bfloat16'),

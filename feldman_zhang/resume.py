@@ -27,7 +27,10 @@ TRAINER_VERSION = 1
 # Result fields added since TRAINER_VERSION 1, with the value that computes
 # what runs recorded before them computed: an older run.json lacking one is
 # read as holding this value, so adding a field does not orphan old runs.
-ADDED_FIELDS = {'train.param_storage': 'float32'}
+ADDED_FIELDS = {'train.param_storage': 'float32', 'model.tta': 'none',
+                'train.lr_start': 0.0, 'train.lr_end': 0.0,
+                'train.bias_lr_scale': 1.0, 'train.whiten_bias_epochs': 0,
+                'train.lookahead': False}
 
 
 class IdentityError(store.StoreError):

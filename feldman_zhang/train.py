@@ -18,6 +18,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from feldman_zhang import augment as augment_lib
+from feldman_zhang import models as models_lib
 from feldman_zhang import precision
 
 
@@ -27,30 +28,72 @@ def steps_per_epoch(m: int, batch_size: int) -> int:
 
 
 def make_optimizer(config, steps: int) -> optax.GradientTransformation:
-  """SGD with momentum (the reference setup) and an optional schedule.
+  """SGD with momentum (the reference setup), an optional schedule, and
+  optionally airbench's parameter groups.
 
-  config: config.train; steps: steps per epoch.
+  config: config.train; steps: steps per epoch. With bias_lr_scale != 1 the
+  BatchNorm biases train at lr x bias_lr_scale with weight decay /
+  bias_lr_scale (the same decay per step: airbench raises their learning
+  rate, not their decay), and a model's `whiten_bias` trains for the first
+  whiten_bias_epochs only; without, one SGD for every parameter.
   """
+  lr = _schedule(config, steps)
+  if config.bias_lr_scale == 1 and not config.whiten_bias_epochs:
+    return _sgd(config, lr, config.weight_decay)
+  if not callable(lr):
+    lr = optax.constant_schedule(lr)
+  scale = config.bias_lr_scale
+  frozen_from = int(config.whiten_bias_epochs * steps)
+  groups = dict(
+      other=_sgd(config, lr, config.weight_decay),
+      norm_bias=_sgd(config, lambda s: lr(s) * scale,
+                     config.weight_decay / scale),
+      whiten_bias=_sgd(config, lambda s: jnp.where(s < frozen_from, lr(s), 0.),
+                       config.weight_decay))
+  return optax.multi_transform(groups, param_groups)
+
+
+def param_groups(params):
+  """'norm_bias' for BatchNorm parameters, 'whiten_bias' for a model's
+  whitening bias, 'other' for the rest: a pytree of labels like params."""
+  def label(path, _):
+    names = [getattr(k, 'key', str(k)) for k in path]
+    if names[-1] == 'whiten_bias':
+      return 'whiten_bias'
+    return ('norm_bias' if any(n.startswith('BatchNorm') for n in names)
+            else 'other')
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def _schedule(config, steps: int):
+  """The learning rate: a float, or an optax schedule of the step."""
   total = config.epochs * steps
   warmup = int(config.warmup_epochs * steps)
   if config.schedule == 'constant':
-    lr = config.lr
-  elif config.schedule == 'cosine':
+    return config.lr
+  if config.schedule == 'cosine':
     # Without warm-up, the same values without optax's log line about an
     # empty warm-up schedule.
-    lr = (optax.warmup_cosine_decay_schedule(0.0, config.lr, warmup, total)
-          if warmup else optax.cosine_decay_schedule(config.lr, total))
-  elif config.schedule == 'linear':
-    # Up to lr over the warm-up, then down to zero: the fast CIFAR recipes.
-    lr = optax.join_schedules(
-        [optax.linear_schedule(0.0, config.lr, warmup),
-         optax.linear_schedule(config.lr, 0.0, total - warmup)], [warmup])
-  else:
-    raise ValueError(f'unknown schedule {config.schedule!r}: expected '
-                     'constant, cosine or linear')
+    return (optax.warmup_cosine_decay_schedule(0.0, config.lr, warmup, total)
+            if warmup else optax.cosine_decay_schedule(config.lr, total))
+  if config.schedule == 'linear':
+    # From lr_start x lr up to lr over the warm-up, then down to lr_end x lr:
+    # the fast CIFAR recipes (Page's ResNet-9: 0 and 0; airbench: 0.2 and
+    # 0.07, peak at 23% of the steps).
+    return optax.join_schedules(
+        [optax.linear_schedule(config.lr_start * config.lr, config.lr, warmup),
+         optax.linear_schedule(config.lr, config.lr_end * config.lr,
+                               total - warmup)], [warmup])
+  raise ValueError(f'unknown schedule {config.schedule!r}: expected '
+                   'constant, cosine or linear')
+
+
+def _sgd(config, lr, weight_decay: float) -> optax.GradientTransformation:
+  """Coupled weight decay (added to the gradient, as PyTorch's SGD), then
+  SGD with momentum in config.momentum_dtype."""
   parts = []
-  if config.weight_decay:
-    parts.append(optax.add_decayed_weights(config.weight_decay))
+  if weight_decay:
+    parts.append(optax.add_decayed_weights(weight_decay))
   parts.append(optax.sgd(lr, momentum=config.momentum or None,
                          nesterov=bool(config.nesterov),
                          accumulator_dtype=compute_dtype(config.momentum_dtype)))
@@ -185,44 +228,125 @@ def epoch_order(key, idx, batch_size: int):
 
 def make_train_one(model, tx, *, m: int, batch_size: int, epochs: int,
                    augment=None, label_smoothing: float = 0.0,
-                   storage: precision.Storage | None = None):
+                   storage: precision.Storage | None = None,
+                   alternating_flip: bool = False, lookahead: bool = False):
   """Returns train_one(key, idx, x, y) -> ((params, state), epoch_losses).
 
   idx: (m,) int32 training indices of this model's subset; x: (N, H, W, C)
   uint8 and y: (N,) int32, the whole training set, shared by all models.
   epoch_losses: (epochs,) mean training loss of each epoch.
+  alternating_flip: mirror each batch by augment.alternating_flips (before
+  `augment`'s own draw); lookahead: airbench's weight averaging (`_lookahead`).
+  A model with a 'whiten' collection has it fit on x[idx] after init.
   """
   steps = steps_per_epoch(m, batch_size)
+  total = epochs * steps
   storage = storage or precision.storage('float32', None)
   step = make_step(model, tx, augment, label_smoothing, storage)
 
   def train_one(key, idx, x, y):
     init_key, order_keys, aug_keys = split_model_key(key, epochs, steps)
     params, state = init(model, init_key, x)
+    if 'whiten' in state:
+      state = {**state, 'whiten': {'kernel': models_lib.fit_whitening(x, idx)}}
     opt_state = tx.init(params)
+    bits = (augment_lib.flip_bits(jax.random.fold_in(key, _FLIP_STREAM),
+                                  x.shape[0]) if alternating_flip else None)
 
     def scan_step(carry, batch):
-      bidx, wb, step_key = batch
-      return step(carry, x[bidx], y[bidx], wb, step_key)
+      bidx, wb, step_key, epoch, i = batch
+      xb = x[bidx]
+      if alternating_flip:
+        xb = augment_lib.flip(xb, augment_lib.alternating_flips(bits, bidx,
+                                                                epoch))
+      carry, ema = carry
+      carry, loss = step(carry, xb, y[bidx], wb, step_key)
+      if lookahead:
+        carry, ema = _lookahead(carry, ema, epoch * steps + i + 1, total,
+                                storage)
+      return (carry, ema), loss
 
     def epoch(carry, keys):
-      order_key, step_keys = keys
+      order_key, step_keys, e = keys
       order, weights = epoch_order(order_key, idx, batch_size)
-      carry, losses = jax.lax.scan(scan_step, carry,
-                                   (order, weights, step_keys))
+      carry, losses = jax.lax.scan(
+          scan_step, carry, (order, weights, step_keys,
+                             jnp.full(steps, e), jnp.arange(steps)))
       return carry, jnp.sum(losses * weights.sum(1)) / m
 
-    (stored, state, _), epoch_losses = jax.lax.scan(
-        epoch, (storage.store(params), state, opt_state),
-        (order_keys, aug_keys))
+    # Parameters and BatchNorm statistics are averaged, as airbench
+    # averages every float entry of its state dict.
+    ema = (params, state) if lookahead else None
+    ((stored, state, _), ema), epoch_losses = jax.lax.scan(
+        epoch, ((storage.store(params), state, opt_state), ema),
+        (order_keys, aug_keys, jnp.arange(epochs)))
+    if lookahead:  # the model is the average, as airbench's last step sets
+      return ema, epoch_losses
     return (storage.master(stored), state), epoch_losses
 
   return train_one
 
 
-def make_evaluate(model, batch_size: int):
+# fold_in streams of a model's key beyond split_model_key's three, so the
+# models of configs without these features keep their keys.
+_FLIP_STREAM = 0x0F11B
+
+
+def _lookahead(carry, ema, s, total: int, storage):
+  """airbench's lookahead: every 5 steps the average moves toward the model
+  by 1 - decay, decay = 0.95^5 (s / total)^3, and the model is reset to it.
+
+  carry: (stored params, state, opt_state) after step s (1-based); ema:
+  (params, state) in f32. Returns both, updated on steps s % 5 == 0.
+  """
+  def update(args):
+    (stored, state, opt_state), ema = args
+    decay = 0.95**5 * (s / total)**3
+    new = jax.tree.map(lambda e, p: e + (1 - decay) * (p - e), ema,
+                       (storage.master(stored), state))
+    return (storage.store(new[0]), new[1], opt_state), new
+
+  return jax.lax.cond(s % 5 == 0, update, lambda args: args, (carry, ema))
+
+
+TTA = ('none', 'mirror', 'mirror_translate')
+
+
+def tta_views(x, tta: str):
+  """The views test-time augmentation averages, and their weights.
+
+  x: (B, H, W, C) -> ((V, B, H, W, C), (V,) weights summing to 1). airbench's
+  levels: 'mirror' is the image and its mirror, 1/2 each;
+  'mirror_translate' gives those 1/4 each and 1/8 to each of the mirrored
+  and plain images shifted one pixel up-left and down-right (reflect
+  padding).
+  """
+  if tta == 'none':
+    return x[None], jnp.ones(1)
+  views = [x, x[:, :, ::-1]]
+  if tta == 'mirror':
+    return jnp.stack(views), jnp.full(2, 0.5)
+  h, w = x.shape[1:3]
+  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode='reflect')
+  for shifted in (padded[:, :h, :w], padded[:, 2:, 2:]):
+    views += [shifted, shifted[:, :, ::-1]]
+  return jnp.stack(views), jnp.array([0.25, 0.25] + [0.125] * 4)
+
+
+def make_evaluate(model, batch_size: int, tta: str = 'none'):
   """Returns evaluate((params, state), x, y) -> (correct (N,) bool,
-  p_true (N,) f32)."""
+  p_true (N,) f32), of the argmax of the logits averaged over `tta`'s
+  views (the classifier whose correctness mem and infl count)."""
+
+  def logits_of(params, state, xb):
+    if tta == 'none':
+      return apply(model, params, state, xb, train=False)[0]
+    views, weights = tta_views(xb, tta)
+    v, b = views.shape[:2]
+    logits, _ = apply(model, params, state, views.reshape(v * b, *xb.shape[1:]),
+                      train=False)
+    logits = logits.astype(jnp.float32).reshape(v, b, -1)
+    return jnp.einsum('v,vbc->bc', weights, logits)
 
   def evaluate(variables, x, y):
     params, state = variables
@@ -234,7 +358,7 @@ def make_evaluate(model, batch_size: int):
 
     def one_batch(batch):
       xb, yb = batch
-      logits, _ = apply(model, params, state, xb, train=False)
+      logits = logits_of(params, state, xb)
       p = jax.nn.softmax(logits.astype(jnp.float32))
       p_true = jnp.take_along_axis(p, yb[:, None], axis=1)[:, 0]
       return jnp.argmax(logits, -1) == yb, p_true
@@ -255,7 +379,9 @@ def make_trainer(model, config, m: int):
                         epochs=c.epochs,
                         augment=augment_lib.make(c.augment, c.crop_padding),
                         label_smoothing=c.label_smoothing,
-                        storage=config_storage(config))
+                        storage=config_storage(config),
+                        alternating_flip=c.augment == 'flip_translate',
+                        lookahead=c.lookahead)
 
 
 def make_chunk_fn(model, config, m: int, mesh=None) -> Callable:
@@ -273,7 +399,7 @@ def make_chunk_fn(model, config, m: int, mesh=None) -> Callable:
   loss (D*K, epochs) f32).
   """
   train_one = make_trainer(model, config, m)
-  evaluate = make_evaluate(model, config.eval_batch_size)
+  evaluate = make_evaluate(model, config.eval_batch_size, config.model.tta)
 
   def one_model(key, idx, x_train, y_train, x_test, y_test):
     variables, losses = train_one(key, idx, x_train, y_train)
