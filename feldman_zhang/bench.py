@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import config_flags
 
+from feldman_zhang import config as config_lib
+from feldman_zhang import models
 from feldman_zhang import pipeline
 from feldman_zhang import subsets
 from feldman_zhang import train
@@ -44,6 +46,12 @@ flags.DEFINE_list('step_variants', [], 'Time only training-step layouts '
                   '(gather, shared, map; see bench_step.py) ...')
 flags.DEFINE_list('step_ks', [], '... at these models per device K.')
 flags.DEFINE_integer('step_steps', 50, '... over this many steps.')
+flags.DEFINE_list('flops', [], 'Config files: print XLA\'s FLOP count of one '
+                  'model\'s whole job for each (training on its subset, '
+                  'evaluation of every image with the config\'s TTA), no '
+                  'timing.')
+flags.DEFINE_string('flops_data', 'random:32x32x3:10:50000:10000', '... on '
+                    'data of this source (FLOPs depend on its shapes only).')
 
 def bytes_per_param_step(config) -> dict:
   """The byte model: bytes moved per parameter in one SGD-momentum step.
@@ -90,12 +98,17 @@ def count(model, config, ds, m) -> dict:
   steps = train.steps_per_epoch(m, config.train.batch_size) * config.train.epochs
   num_params = sum(p.size for p in jax.tree.leaves(params))
   traffic = bytes_per_param_step(config)
+  views = len(train.tta_views(batch, config.model.tta)[1])
+  # Per-model preparation: the whitening fit on the subset, where there is one.
+  prep_flops = (_flops(jax.jit(models.fit_whitening).lower(
+      ds.x_train, jnp.arange(m, dtype=jnp.int32))) if 'whiten' in state else 0.)
   return dict(
       num_params=int(num_params), forward_flops_per_example=fwd_flops,
       steps_per_model=steps, train_examples_per_model=m * config.train.epochs,
       train_flops_per_step=step_flops,
-      train_flops_per_model=step_flops * steps,
-      eval_flops_per_model=fwd_flops * (ds.num_train + ds.num_test),
+      train_flops_per_model=step_flops * steps + prep_flops,
+      tta_views=views,
+      eval_flops_per_model=fwd_flops * views * (ds.num_train + ds.num_test),
       bytes_per_param_step=traffic,
       param_bytes_per_model=traffic['total'] * num_params * steps)
 
@@ -365,8 +378,32 @@ def table(result) -> str:
   return '\n'.join(lines)
 
 
+def flops_table(config_files, source: str) -> list:
+  """One row per config: XLA's FLOP count of one model's job, printed."""
+  rows = []
+  print(f'{"config":36} {"params":>9} {"train PFLOP":>11} {"eval PFLOP":>10} '
+        f'{"TTA views":>9} {"job PFLOP":>9}')
+  for path in config_files:
+    config = config_lib.from_file(path)
+    config.data.source = source
+    ds, m = pipeline.prepare(config)
+    c = count(pipeline.create_model(config, ds), config, ds, m)
+    job = c['train_flops_per_model'] + c['eval_flops_per_model']
+    rows.append(dict(config=path, job_flops_per_model=job, **c))
+    print(f'{path:36} {c["num_params"]:9,d} '
+          f'{c["train_flops_per_model"] / 1e15:11.4f} '
+          f'{c["eval_flops_per_model"] / 1e15:10.4f} {c["tta_views"]:9d} '
+          f'{job / 1e15:9.4f}', flush=True)
+  return rows
+
+
 def main(argv):
   del argv
+  if FLAGS.flops:
+    rows = flops_table(FLAGS.flops, FLAGS.flops_data)
+    with open(FLAGS.out, 'w') as f:
+      json.dump(rows, f, indent=2)
+    return
   if FLAGS.estimate_only:
     t, n, n_test = (int(v) for v in FLAGS.estimate_only)
     result = time_estimate(t, n, n_test)

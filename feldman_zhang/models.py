@@ -277,6 +277,8 @@ class Airbench(nn.Module):
   head_scale: float = 1 / 9
   loop_friendly: bool = False  # see conv_same_loop
   dtype: Any = jnp.float32
+  # The recipe is tuned for CIFAR's images; the whitening for 3 channels.
+  input_shape = (32, 32, 3)
 
   def setup(self):
     c = 3  # RGB: the config check refuses other channel counts
@@ -317,6 +319,7 @@ def fit_whitening(x, idx, eps: float = 5e-4, chunk: int = 1000):
   through its whitening (that would leak B_i into the model and bias mem
   toward zero).
   """
+  x, idx = jnp.asarray(x), jnp.asarray(idx)
   m = idx.shape[0]
   chunk = min(chunk, m)
   pad = -m % chunk

@@ -64,6 +64,11 @@ def prepare(config):
     model = create_model(config, ds)
   except ValueError as e:
     raise config_lib.ConfigError(str(e)) from e
+  need = getattr(model, 'input_shape', None)
+  if need and tuple(ds.x_train.shape[1:]) != need:
+    raise config_lib.ConfigError(
+        f'model.name={config.model.name} takes images of shape {need}, not '
+        f'{ds.name}\'s {tuple(ds.x_train.shape[1:])}')
   def logits(key, x):
     params, state = train.init(model, key, x)
     return train.apply(model, params, state, x, train=False)[0]

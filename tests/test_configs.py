@@ -22,7 +22,8 @@ SHAPES = {'digits': ((8, 8, 1), 10), 'tfds:mnist': ((28, 28, 1), 10),
 def test_all_configs_are_covered():
   names = {os.path.basename(p) for p in CONFIGS}
   assert {'digits_mlp.py', 'mnist_mlp.py', 'mnist_cnn.py', 'cifar10_resnet.py',
-          'cifar100_resnet.py', 'imagenet32_resnet.py'} <= names
+          'cifar100_resnet.py', 'imagenet32_resnet.py', 'cifar10_airbench.py',
+          'cifar100_airbench.py'} <= names
 
 
 @pytest.mark.parametrize('path', CONFIGS, ids=os.path.basename)
@@ -45,20 +46,24 @@ def test_config_builds_and_trains_one_step(path):
   assert np.all(np.isfinite(jax.device_get(out['loss'])))
 
 
-def test_cifar10_config_end_to_end_on_mocked_tfds(tmp_path):
+@pytest.mark.parametrize('name,widths', [
+    ('cifar10_resnet', (4, 8, 8, 16)), ('cifar100_airbench', (4, 8, 8))])
+def test_cifar_config_end_to_end_on_mocked_tfds(tmp_path, name, widths):
   tfds = pytest.importorskip('tensorflow_datasets')
   from feldman_zhang import pipeline
   from feldman_zhang import store
-  c = config_lib.from_file(os.path.join(ROOT, 'configs', 'cifar10_resnet.py'))
+  c = config_lib.from_file(os.path.join(ROOT, 'configs', f'{name}.py'))
   c.num_models = 4
   c.models_per_device = 2
-  c.model.widths = (4, 8, 8, 16)
+  c.model.widths = widths
   c.train.update(epochs=2, batch_size=8, warmup_epochs=1.0)
+  if c.model.name == 'airbench':
+    c.train.whiten_bias_epochs = 1
   c.eval_batch_size = 16
   with tfds.testing.mock_data(num_examples=24):
     summary = pipeline.run(c, str(tmp_path / 'run'))
   est = store.load_estimates(str(tmp_path / 'run'))
   assert est['mem'].shape == (24,) and est['infl'].shape == (24, 24)
-  assert summary['num_models'] == 4 and summary['data'] == 'tfds:cifar10'
+  assert summary['num_models'] == 4 and summary['data'] == c.data.source
   preds = store.load_predictions(str(tmp_path / 'run'))
   assert preds['masks'].sum(1).tolist() == [17] * 4  # round(0.7 * 24)

@@ -1,0 +1,228 @@
+"""The airbench recipe: per-model whitening on the model's own subset only,
+its optimizer groups, alternating flips, lookahead, test-time augmentation,
+and a tiny version that learns real CIFAR-10 images."""
+
+import io
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from feldman_zhang import augment
+from feldman_zhang import config as config_lib
+from feldman_zhang import models
+from feldman_zhang import pipeline
+from feldman_zhang import resume
+from feldman_zhang import subsets
+from feldman_zhang import train
+
+CIFAR_JPEG = os.path.join(ROOT, '..', 'shared', 'datasets', 'cifar10',
+                          'cifar10_jpeg.npz')
+
+
+def tiny_config(epochs=1):
+  """configs/cifar10_airbench.py, narrow and short."""
+  c = config_lib.from_file(os.path.join(ROOT, 'configs',
+                                        'cifar10_airbench.py'))
+  c.model.widths = (4, 8, 8)
+  c.num_models = 2
+  c.models_per_device = 2
+  c.eval_batch_size = 50
+  c.train.update(epochs=epochs, batch_size=32, warmup_epochs=0.5 * epochs,
+                 whiten_bias_epochs=min(epochs, 3))
+  return c
+
+
+def random_data(n=100, n_test=20, seed=0):
+  rng = np.random.default_rng(seed)
+  x = rng.integers(0, 256, (n + n_test, 32, 32, 3), np.uint8)
+  y = rng.integers(0, 10, n + n_test).astype(np.int32)
+  return x[:n], y[:n], x[n:], y[n:]
+
+
+def test_whitening_whitens_the_subset_and_sees_nothing_else():
+  x, _, _, _ = random_data(200)
+  # Correlated channels, so the whitening has something to undo.
+  x = np.clip(x * 0.3 + x[..., :1] * 0.7, 0, 255).astype(np.uint8)
+  idx = jnp.asarray(subsets.indices(0, 200, 140, [0])[0])
+  kernel = models.fit_whitening(x, idx)
+  assert kernel.shape == (2, 2, 3, 24)
+  # The first 12 filters whiten the subset's patches: second moment ~ I
+  # (up to eps, which shrinks the smallest directions a little).
+  h = jax.lax.conv_general_dilated(
+      models.preprocess_cifar(x[np.asarray(idx)]), kernel[..., :12], (1, 1),
+      'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC')).reshape(-1, 12)
+  second = np.asarray(h.T @ h) / len(h)
+  np.testing.assert_allclose(np.diag(second), 1, atol=0.05)
+  np.testing.assert_allclose(second - np.diag(np.diag(second)), 0, atol=1e-3)
+  np.testing.assert_array_equal(kernel[..., 12:], -kernel[..., :12])
+
+  held_out = np.setdiff1d(np.arange(200), np.asarray(idx))
+  x2 = x.copy()
+  x2[held_out] = 255 - x2[held_out]
+  np.testing.assert_array_equal(models.fit_whitening(x2, idx), kernel)
+  x3 = x.copy()
+  x3[np.asarray(idx)[0]] = 0
+  assert not np.array_equal(models.fit_whitening(x3, idx), kernel)
+  other = jnp.asarray(subsets.indices(0, 200, 140, [1])[0])
+  assert not np.array_equal(models.fit_whitening(x, other), kernel)
+
+
+def test_a_model_never_sees_a_held_out_example():
+  """Training on x and on x with every held-out image and label changed
+  gives bit-identical models: whitening, BatchNorm statistics, data order
+  and augmentation all read the subset alone."""
+  c = tiny_config(epochs=2)
+  x, y, _, _ = random_data(100)
+  model = models.create(c.model, 10)
+  m = 70
+  train_one = jax.jit(train.make_trainer(model, c, m))
+  idx = subsets.indices(0, 100, m, [0])[0]
+  key = train.model_keys(0, [0])[0]
+  held_out = np.setdiff1d(np.arange(100), idx)
+  x2, y2 = x.copy(), y.copy()
+  x2[held_out], y2[held_out] = 255 - x2[held_out], (y2[held_out] + 1) % 10
+  (p1, s1), l1 = train_one(key, idx, x, y)
+  (p2, s2), l2 = train_one(key, idx, x2, y2)
+  for a, b in zip(jax.tree.leaves((p1, s1, l1)), jax.tree.leaves((p2, s2, l2))):
+    np.testing.assert_array_equal(a, b)
+  # The model's whitening is its subset's (jitted apart: last-ulp sums).
+  np.testing.assert_allclose(s1['whiten']['kernel'],
+                             models.fit_whitening(x, idx), rtol=1e-5,
+                             atol=1e-6)
+
+
+def test_chunk_is_deterministic_and_tta_changes_the_evaluation():
+  c = tiny_config()
+  x, y, xt, yt = random_data()
+  model = models.create(c.model, 10)
+  fn = train.make_chunk_fn(model, c, 70)
+  idx = subsets.indices(0, 100, 70, [0, 1])
+  keys = train.model_keys(0, [0, 1])
+  a = jax.device_get(fn(keys, idx, x, y, xt, yt))
+  b = jax.device_get(fn(keys, idx, x, y, xt, yt))
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k])
+  c.model.tta = 'none'
+  plain = jax.device_get(train.make_chunk_fn(model, c, 70)(
+      keys, idx, x, y, xt, yt))
+  np.testing.assert_array_equal(plain['loss'], a['loss'])  # same training
+  assert not np.array_equal(plain['train_ptrue'], a['train_ptrue'])
+
+
+def test_tta_views_average_as_airbench():
+  x = np.arange(2 * 4 * 4 * 1, dtype=np.uint8).reshape(2, 4, 4, 1)
+  views, w = train.tta_views(jnp.asarray(x), 'mirror_translate')
+  assert views.shape == (6, 2, 4, 4, 1) and float(w.sum()) == 1
+  np.testing.assert_array_equal(views[1], x[:, :, ::-1])
+  padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode='reflect')
+  np.testing.assert_array_equal(views[2], padded[:, :4, :4])
+  np.testing.assert_array_equal(views[5], padded[:, 2:, 2:][:, :, ::-1])
+  views, w = train.tta_views(jnp.asarray(x), 'mirror')
+  assert views.shape[0] == 2 and list(w) == [0.5, 0.5]
+
+
+def test_alternating_flips_show_each_example_both_ways():
+  bits = augment.flip_bits(jax.random.key(3), 50)
+  idx = jnp.arange(50)
+  e0, e1, e2 = (np.asarray(augment.alternating_flips(bits, idx, e))
+                for e in range(3))
+  np.testing.assert_array_equal(e0, ~e1)
+  np.testing.assert_array_equal(e0, e2)
+  assert 10 < e0.sum() < 40
+
+
+def test_optimizer_groups():
+  c = tiny_config(epochs=2)
+  model = models.create(c.model, 10)
+  x, y, _, _ = random_data()
+  params, state = train.init(model, jax.random.key(0), x)
+  labels = train.param_groups(params)
+  flat = {'/'.join(getattr(k, 'key', str(k)) for k in path): v
+          for path, v in jax.tree_util.tree_leaves_with_path(labels)}
+  assert flat['whiten_bias'] == 'whiten_bias'
+  assert flat['head/kernel'] == 'other'
+  assert {v for k, v in flat.items() if 'BatchNorm' in k} == {'norm_bias'}
+  # Constant lr, no momentum, no decay: the update is -lr x scale x grad.
+  c.train.update(schedule='constant', momentum=0.0, weight_decay=0.0,
+                 whiten_bias_epochs=1)
+  tx = train.make_optimizer(c.train, steps=2)
+  grads = jax.tree.map(jnp.ones_like, params)
+  opt = tx.init(params)
+  for step in range(4):
+    updates, opt = tx.update(grads, opt, params)
+    upd = {'/'.join(getattr(k, 'key', str(k)) for k in path): v
+           for path, v in jax.tree_util.tree_leaves_with_path(updates)}
+    np.testing.assert_allclose(upd['head/kernel'], -c.train.lr)
+    bn = [v for k, v in upd.items() if 'BatchNorm' in k]
+    np.testing.assert_allclose(bn[0], -c.train.lr * c.train.bias_lr_scale)
+    # The whitening bias trains in epoch 0 (steps 0, 1) only.
+    np.testing.assert_allclose(upd['whiten_bias'],
+                               -c.train.lr if step < 2 else 0.0)
+
+
+def test_lookahead_matches_airbench():
+  storage = train.precision.storage('float32', None)
+  params, ema = {'w': jnp.array(2.0)}, ({'w': jnp.array(1.0)}, {})
+  carry = (params, {}, ())
+  same_carry, same_ema = train._lookahead(carry, ema, 4, 10, storage)
+  assert float(same_carry[0]['w']) == 2.0 and float(same_ema[0]['w']) == 1.0
+  new_carry, new_ema = train._lookahead(carry, ema, 5, 10, storage)
+  decay = 0.95**5 * 0.5**3
+  np.testing.assert_allclose(float(new_ema[0]['w']), 1 + (1 - decay), rtol=1e-6)
+  assert float(new_carry[0]['w']) == float(new_ema[0]['w'])
+
+
+def test_wrong_image_shape_is_refused_before_the_workdir(tmp_path):
+  c = tiny_config()
+  c.data.source = 'random:28x28x1:10:100:20'
+  workdir = tmp_path / 'run'
+  with pytest.raises(config_lib.ConfigError, match=r'takes images of shape'):
+    pipeline.run(c, str(workdir))
+  assert not workdir.exists()
+
+
+def test_tta_is_part_of_the_run_identity(tmp_path):
+  c = tiny_config()
+  c.data.source = 'random:32x32x3:10:100:20'
+  workdir = str(tmp_path / 'run')
+  pipeline.run(c, workdir)
+  c.model.tta = 'mirror'
+  with pytest.raises(resume.IdentityError, match='model.tta'):
+    pipeline.run(c, workdir)
+
+
+def _cifar_slice(n_train, n_test):
+  """The first images of each class of the real JPEG copy, decoded."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  pack = np.load(CIFAR_JPEG)
+
+  def decode(split, per_class):
+    labels, off = pack[f'{split}_labels'], pack[f'{split}_offsets']
+    buf = pack[f'{split}_jpeg']
+    idx = np.concatenate([np.flatnonzero(labels == k)[:per_class]
+                          for k in range(10)])
+    x = np.stack([np.asarray(Image.open(io.BytesIO(
+        buf[off[i]:off[i + 1]].tobytes())).convert('RGB')) for i in idx])
+    return x, labels[idx].astype(np.int32)
+
+  return decode('train', n_train // 10) + decode('test', n_test // 10)
+
+
+@pytest.mark.skipif(not os.path.exists(CIFAR_JPEG),
+                    reason='no CIFAR-10 copy beside the checkout')
+def test_tiny_airbench_learns_real_cifar():
+  c = tiny_config(epochs=4)
+  c.model.widths = (16, 32, 32)
+  c.train.batch_size = 64
+  x, y, xt, yt = _cifar_slice(1000, 500)
+  model = models.create(c.model, 10)
+  m = 700
+  fn = train.make_chunk_fn(model, c, m)
+  out = jax.device_get(fn(train.model_keys(0, [0]),
+                          subsets.indices(0, 1000, m, [0]), x, y, xt, yt))
+  acc = out['test_correct'].mean()
+  assert acc > 0.25, acc  # chance is 0.1
