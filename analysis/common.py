@@ -12,6 +12,7 @@ the scripts either save them (`save_png`) or embed them (`png_bytes`).
 
 import dataclasses
 import io
+import json
 import os
 import sys
 
@@ -47,6 +48,15 @@ class Run:
   dataset: data_lib.Dataset
 
 
+def read_json_or_fail(path: str):
+  """A run's JSON file, or StoreError in one line."""
+  try:
+    return store.read_json(path)
+  except (OSError, ValueError) as e:
+    raise store.StoreError(f'{path} is unreadable ({e}); re-run the same '
+                           'estimate command to rewrite it') from e
+
+
 def load_run(workdir: str, need_infl: bool = False) -> Run:
   """Reads a finished run; StoreError with a one-line reason if it is not."""
   config_path = os.path.join(workdir, 'config.json')
@@ -54,19 +64,24 @@ def load_run(workdir: str, need_infl: bool = False) -> Run:
     raise store.StoreError(f'{workdir} has no run.json: not a run '
                            'directory (python -m feldman_zhang.main '
                            f'--workdir={workdir} makes one)')
-  # config.json is written with the estimates.
-  if not (os.path.exists(store.estimates_path(workdir)) and
-          os.path.exists(config_path)):
-    raise store.StoreError(f'{workdir} has no estimates.npz: the run has not '
-                           'finished; run the estimate there first')
-  config = store.read_json(config_path)
+  # config.json is written after the estimates.
+  missing = [os.path.basename(p) for p in (store.estimates_path(workdir),
+                                           config_path)
+             if not os.path.exists(p)]
+  if missing:
+    raise store.StoreError(f'{workdir} has no {" and no ".join(missing)}: the '
+                           'run has not finished; run the estimate there '
+                           'first')
   estimates = store.load_estimates(workdir)
+  # The config the estimates were made with (runs before it: config.json).
+  config = (json.loads(str(estimates.pop('config_json')))
+            if 'config_json' in estimates else read_json_or_fail(config_path))
   if need_infl and not has_influence(estimates):
     raise store.StoreError(
         f'{workdir}/estimates.npz holds no influence estimates (the run had '
         'estimate.infl=False and estimate.infl_topk=0); rerun with either set')
   summary_path = os.path.join(workdir, 'summary.json')
-  summary = (store.read_json(summary_path) if os.path.exists(summary_path)
+  summary = (read_json_or_fail(summary_path) if os.path.exists(summary_path)
              else None)
   dataset = load_dataset(config)
   _check_data(workdir, dataset, estimates)

@@ -34,6 +34,12 @@ DROP_STREAM = 1       # model-key streams (train.model_keys): never the
 BACKBONE_STREAM = 2   # estimate's own models.
 
 
+def _need_estimates(workdir):
+  if not os.path.exists(store.estimates_path(workdir)):
+    raise store.StoreError(f'{workdir} has no estimates.npz: run the estimate '
+                           '(--mode=estimate) there first')
+
+
 def _finished_run(config, workdir):
   """(dataset, m, estimates) of the estimate run in workdir."""
   if jax.process_count() > 1:
@@ -42,9 +48,7 @@ def _finished_run(config, workdir):
                                  'one process: start them without '
                                  '--distributed')
   ds, m = pipeline.prepare(config)
-  if not os.path.exists(store.estimates_path(workdir)):
-    raise store.StoreError(f'{workdir} has no estimates.npz: run the estimate '
-                           '(--mode=estimate) there first')
+  _need_estimates(workdir)
   resume.check_identity(workdir, resume.identity(config, ds))
   return ds, m, store.load_estimates(workdir)
 
@@ -77,7 +81,7 @@ def drop_one(config, ds, model, removed, theta, theta_index) -> dict:
   out = pipeline.train_models(config, model, ds, idx, keys)
   # A diverged model's accuracy is not the recipe's: NaN, left out of the
   # means, as the estimate leaves it out.
-  acc = np.where(np.isfinite(out['loss'][:, -1]), out['test_correct'].mean(1),
+  acc = np.where(np.isfinite(out['loss']).all(1), out['test_correct'].mean(1),
                  np.nan)
   return dict(theta=np.float64(theta), drop_seed=np.int64(config.drop.seed),
               removed=removed,
@@ -94,6 +98,12 @@ def _mean_se(a):
 
 def drop(config, workdir) -> list:
   """The drop experiment; returns the table rows (also drop/drop.csv)."""
+  _need_estimates(workdir)
+  with store.locked(workdir):
+    return _drop(config, workdir)
+
+
+def _drop(config, workdir) -> list:
   ds, _, est = _finished_run(config, workdir)
   model = pipeline.create_model(config, ds)
   out_dir = os.path.join(workdir, 'drop')
@@ -212,7 +222,7 @@ def backbone(config, ds, workdir):
     key = train.model_keys(config.seed, [0], stream=BACKBONE_STREAM)[0]
     (params, state), losses = train_one(
         key, np.arange(ds.num_train, dtype=np.int32), ds.x_train, ds.y_train)
-    if not np.isfinite(float(losses[-1])):
+    if not np.isfinite(np.asarray(losses)).all():
       raise store.StoreError('the backbone diverged; lower train.lr')
     restored = {'params': params, **state}
     checkpointer.save(path, restored)
@@ -251,6 +261,12 @@ def make_head_config(config):
 
 def lastlayer(config, workdir) -> dict:
   """The last-layer experiment; returns the comparison (also JSON, PNG)."""
+  _need_estimates(workdir)
+  with store.locked(workdir):
+    return _lastlayer(config, workdir)
+
+
+def _lastlayer(config, workdir) -> dict:
   ds, m, est = _finished_run(config, workdir)
   if int(est['num_models']) != config.num_models:
     # Same seed, so the first min(t, t') subsets are shared; the two mem

@@ -47,8 +47,21 @@ flags.DEFINE_string('compilation_cache', '~/.cache/feldman_zhang/jax',
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+_HELP = ('--help', '-help', '-h', '-?', '--helpshort', '--helpfull')
+
+
 def parse_flags(argv):
   """absl's parser, with config-override mistakes as one-line errors."""
+  if any(a in _HELP for a in argv[1:]):
+    print(FLAGS.get_help() if '--helpfull' in argv else
+          FLAGS.main_module_help())
+    print('\nAny config field is a flag too: --config.FIELD=VALUE, e.g. '
+          '--config.num_models=64 --config.train.lr=0.05 (the fields and '
+          'their meaning: feldman_zhang/config.py and the README).')
+    sys.exit(0)
+  path = _config_path(argv)
+  if path is not None and not os.path.isfile(path):
+    sys.exit(f'error: --config file {path} does not exist')
   try:
     argv = FLAGS(argv)
   except flags.Error as e:
@@ -62,6 +75,16 @@ def parse_flags(argv):
     # wrong type, with the field in the message.
     message = str(e).replace('\\n', ' ').replace('\\', '').replace("'", '')
     message = ' '.join(message.split())
+    if isinstance(e, (AttributeError, KeyError)):
+      field, _, guess = message.partition(' Did you mean ')
+      field = field.strip()
+      # ml_collections names the last part only: show the whole override.
+      named = [a.split('=')[0] for a in argv if a.startswith('--config.') and
+               a.split('=')[0].split('.')[-1] == field]
+      field = named[0] if named else f'--config.{field}'
+      sys.exit(f'error: unknown config field {field}' +
+               (f'; did you mean {guess.rstrip("?").split()[0]}?' if guess
+                else ''))
     sys.exit(f'error: bad --config override: {message}')
   try:
     # ml_collections defers a config file's failure to the first use.
@@ -71,6 +94,19 @@ def parse_flags(argv):
     message = ' '.join(str(cause).split())
     sys.exit(f'error: cannot load --config: {type(cause).__name__}: {message}')
   return argv
+
+
+def _config_path(argv):
+  """The file --config names (without a ':arg' suffix), or None."""
+  for i, a in enumerate(argv[1:], 1):
+    if a.startswith('--config='):
+      value = a.split('=', 1)[1]
+    elif a == '--config' and i + 1 < len(argv):
+      value = argv[i + 1]
+    else:
+      continue
+    return value.split(':', 1)[0] if value else None
+  return None
 
 
 def use_compilation_cache(path: str) -> None:
@@ -113,6 +149,18 @@ def main(argv):
       experiments.lastlayer(FLAGS.config, FLAGS.workdir)
   except pipeline.USER_ERRORS as e:
     sys.exit(f'error: {e}')
+  except KeyboardInterrupt:
+    # Chunks are written whole or not at all: what was stored stays.
+    print(f'interrupted: the models stored in {FLAGS.workdir} are kept; '
+          're-running the same command resumes', file=sys.stderr)
+    sys.exit(130)
+  except OSError as e:  # a full disk, a read-only or vanished workdir
+    where = f' ({e.filename})' if e.filename else ''
+    sys.exit(f'error: {e.strerror or e}{where}; finished results in '
+             f'{FLAGS.workdir} are kept')
+  except MemoryError:
+    sys.exit('error: out of host memory; lower models_per_device or '
+             'num_models')
 
 
 if __name__ == '__main__':

@@ -8,6 +8,7 @@ raising num_models extends it), then reduces all stored predictions.
 import concurrent.futures
 import contextlib
 import functools
+import json
 import os
 import time
 from typing import NamedTuple
@@ -85,6 +86,13 @@ def prepare(config):
         f'model.name={config.model.name} cannot take {ds.name}\'s inputs '
         f'{ds.x_train.shape[1:]}: {str(e).splitlines()[0]}') from e
   return ds, m
+
+
+def converged(loss):
+  """(t,) bool: models whose every recorded epoch loss (t, epochs) is
+  finite. A loss that was inf once and finite later is a model that blew
+  up and came back as something else: it is not the recipe's model."""
+  return np.isfinite(loss).all(axis=1)
 
 
 def create_model(config, ds):
@@ -327,7 +335,7 @@ def _write(workdir, runs, progress, target, phases):
   """Stores runs of _fetch; returns how many models they hold."""
   with phases('write_chunks'):
     for run in runs:
-      bad = ~np.isfinite(run['loss'][:, -1])
+      bad = ~converged(run['loss'])
       if bad.any():
         logging.warning('models %s diverged (non-finite loss); they are kept '
                         'in the store and excluded from the estimates',
@@ -388,10 +396,21 @@ def _write_estimates(workdir, config, est, chunks_writing=None):
   # Estimates exist only beside the chunks they come from.
   if chunks_writing:
     chunks_writing.result()
-  # config.json goes with the estimates it made (the analysis reads both),
-  # not with an attempt that may fail before them.
-  store.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+  old = store.estimates_path(workdir)
+  if os.path.exists(old):
+    with contextlib.suppress(Exception):  # an unreadable one is replaced too
+      with np.load(old) as f:
+        was = int(f['num_models'])
+      if was != int(est['num_models']):
+        logging.warning('replacing the estimates of %d models in %s with '
+                        'those of %d', was, workdir, int(est['num_models']))
+  # The estimates record the config they were made with, which readers
+  # trust; config.json, its readable copy, follows them: a kill between the
+  # two never pairs estimates with another run's config.
+  est = dict(est, config_json=np.array(json.dumps(config.to_dict(),
+                                                  sort_keys=True)))
   store.write_estimates(workdir, est)
+  store.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
 
 
 def run(config, workdir):
@@ -408,7 +427,14 @@ def run(config, workdir):
 
 
 def run_on(config, workdir, ds, m, model, show=True, phases=None):
-  """The estimate job on a loaded data set and a built model."""
+  """The estimate job on a loaded data set and a built model, holding the
+  workdir's lock (the leader, for every process of a multi-process run)."""
+  with (store.locked(workdir) if distributed.is_leader() else
+        contextlib.nullcontext()):
+    return _run_on(config, workdir, ds, m, model, show, phases)
+
+
+def _run_on(config, workdir, ds, m, model, show, phases):
   phases = phases or Phases()
   with phases('scan_workdir'):
     config = resume.keep_recorded_storage(config, workdir)
@@ -447,9 +473,11 @@ def run_on(config, workdir, ds, m, model, show=True, phases=None):
     if preds is None:
       with phases('load_predictions'):
         preds = _load_predictions(config, workdir, stopped)
-    valid = np.isfinite(preds['loss'][:, -1])
+    valid = converged(preds['loss'])
     if not valid.any():
-      raise store.StoreError('every model diverged; lower train.lr')
+      raise store.StoreError('every model diverged (a non-finite training '
+                             'loss); lower train.lr, in a new --workdir: '
+                             'this one records the settings')
     if ahead:
       with phases('compile_ahead'):  # what is left of it, if anything
         if ahead.exception():

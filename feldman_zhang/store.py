@@ -69,6 +69,50 @@ def atomic_write(path: str, write) -> None:
     raise
 
 
+LOCK_FILE = '.lock'
+
+
+@contextlib.contextmanager
+def locked(workdir: str):
+  """Holds the workdir's exclusive lock for the block.
+
+  An OS lock (flock) on WORKDIR/.lock: it dies with its process, so a
+  SIGKILL never leaves a workdir locked. A second process is refused in one
+  line naming the holder. Inside the lock no other process writes, so the
+  temporary files of killed writes are removed here. In a multi-process
+  (jax.distributed) run the leader holds it for all processes: they write
+  disjoint chunks under its plan.
+  """
+  import fcntl  # pylint: disable=import-outside-toplevel  (POSIX only)
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise StoreError(f'--workdir {workdir} is a file, not a directory')
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    fd = os.open(os.path.join(workdir, LOCK_FILE), os.O_RDWR | os.O_CREAT,
+                 0o666 & ~_UMASK)
+  except OSError as e:
+    raise StoreError(f'cannot use --workdir {workdir}: {e.strerror} '
+                     f'({e.filename})') from e
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.pread(fd, 200, 0).decode(errors='replace').strip()
+      raise StoreError(f'{workdir} is in use by another process '
+                       f'({holder or "unknown"}); wait for it to end, or use '
+                       'another --workdir') from None
+    import socket  # pylint: disable=import-outside-toplevel
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f'pid {os.getpid()} on {socket.gethostname()}\n'.encode(), 0)
+    for tmp in (glob.glob(os.path.join(workdir, '.tmp-*')) +
+                glob.glob(os.path.join(workdir, 'chunks', '.tmp-*'))):
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(tmp)
+    yield
+  finally:
+    os.close(fd)  # releases the lock
+
+
 def write_json(path: str, obj) -> None:
   atomic_write(path, lambda f: f.write(
       json.dumps(obj, indent=2, sort_keys=True).encode()))
@@ -134,6 +178,14 @@ def read_chunk(path: str) -> dict:
   checksum = str(arrays.pop('checksum', ''))
   if checksum != _checksum(arrays):
     raise StoreError(f'chunk {path} fails its checksum')
+  named = _CHUNK_RE.search(os.path.basename(path))
+  ids = arrays['model_ids']
+  if named and (len(ids) != int(named[2]) - int(named[1]) or
+                (len(ids) and int(ids[0]) != int(named[1]))):
+    # A chunk copied over another: sound, but not the models its name says.
+    got = f'{ids[0]}-{ids[-1] + 1}' if len(ids) else 'none'
+    raise StoreError(f'chunk {path} holds models {got}, not the models '
+                     f'{int(named[1])}-{int(named[2])} its name says')
   n, n_test = int(arrays.pop('n')), int(arrays.pop('n_test'))
   for k in _PACKED:
     count = n_test if k == 'test_correct' else n
@@ -177,7 +229,7 @@ def load_predictions(workdir: str, num_models: int = 0) -> dict:
     out = {k: v[order] for k, v in out.items()}
   ids = out['model_ids']
   if np.any(np.diff(ids) == 0):
-    raise StoreError(f'{workdir}/chunks holds model {ids[np.diff(ids) == 0][0]} '
+    raise StoreError(f'{workdir}/chunks holds model {ids[1:][np.diff(ids) == 0][0]} '
                      'twice')
   if num_models:
     keep = ids < num_models
@@ -246,10 +298,19 @@ def new_dense(workdir: str, shape) -> np.memmap:
     if e.errno != errno.ENOSPC:
       raise
     raise StoreError(f'{workdir} has no room for a '
-                     f'{np.prod(shape) * 4 / 1e9:.1f} GB matrix '
+                     f'{human_bytes(np.prod(shape) * 4)} matrix '
                      f'{tuple(shape)}; free space, or set '
                      'estimate.infl=False') from e
   return array
+
+
+def human_bytes(n: float) -> str:
+  """2.6 MB, 2.4 GB: the unit that fits."""
+  for unit in ('B', 'kB', 'MB', 'GB', 'TB'):
+    if n < 1000 or unit == 'TB':
+      return f'{n:.0f} {unit}' if unit == 'B' else f'{n:.1f} {unit}'
+    n /= 1000
+  return ''
 
 
 def _crc32(array) -> int:
@@ -303,16 +364,26 @@ def write_estimates(workdir: str, estimates: dict) -> str:
   return path
 
 
-def load_estimates(workdir: str) -> dict:
+def load_estimates(workdir: str, verify: bool = True) -> dict:
   """The estimates as numpy arrays; infl and infl_stderr (n, n_test) are
   read-only memory maps (or arrays, from runs that kept them in the npz).
+
+  verify: check each dense file against the crc32 in its name (reads it
+  whole once); False maps it unchecked.
 
   A map reads its file as it goes: a rerun of the job in the same workdir
   replaces the file, so copy what you need (np.array(est['infl'][rows]))
   before rerunning while an analysis holds it, above all on NFS.
   """
-  with np.load(estimates_path(workdir), allow_pickle=False) as f:
-    out = {k: f[k] for k in f.files}
+  path = estimates_path(workdir)
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      out = {k: f[k] for k in f.files}
+  except FileNotFoundError:
+    raise
+  except Exception as e:  # zipfile, zlib and numpy raise many types.
+    raise StoreError(f'{path} is unreadable ({type(e).__name__}: {e}); '
+                     're-run the same estimate command to rebuild it') from e
   for name in DENSE:
     if f'{name}_file' in out:
       path = os.path.join(workdir, str(out.pop(f'{name}_file')))
@@ -320,4 +391,16 @@ def load_estimates(workdir: str) -> dict:
         raise StoreError(f'{path}, named in {estimates_path(workdir)}, is '
                          'missing: rerun the job to estimate again')
       out[name] = np.load(path, mmap_mode='r')
+      if verify:
+        _verify_dense(path, out[name])
   return out
+
+
+def _verify_dense(path: str, array) -> None:
+  """The crc32 its name carries, over the whole file's data (about 1 s per
+  GB): a bit flipped anywhere is refused, not read as an estimate."""
+  named = re.search(r'-([0-9a-f]{8})\.npy$', path)
+  if named is None or _crc32(array) != int(named[1], 16):
+    raise StoreError(f'{path} is corrupt (its data does not match the crc32 '
+                     'in its name); re-run the same estimate command to '
+                     'rebuild it from the stored models')

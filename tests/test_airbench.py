@@ -226,3 +226,15 @@ def test_tiny_airbench_learns_real_cifar():
                           subsets.indices(0, 1000, m, [0]), x, y, xt, yt))
   acc = out['test_correct'].mean()
   assert acc > 0.25, acc  # chance is 0.1
+
+
+def test_loop_friendly_conv_has_xla_gradients():
+  x = jax.random.normal(jax.random.key(0), (4, 9, 9, 5))
+  w = jax.random.normal(jax.random.key(1), (3, 3, 5, 7)) * 0.1
+  grads = lambda conv: jax.grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w))),
+                                argnums=(0, 1))(x, w)
+  want, got = grads(models._conv_same), grads(models.conv_same_loop)
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(models.conv_same_loop(x, w),
+                                models._conv_same(x, w))
