@@ -1,0 +1,175 @@
+"""What a fault-injection campaign found: the workdir lock, chunks that are
+not what their name says, corrupt dense files, divergence in any epoch,
+estimates that carry their config, stale temporary files, one-line errors."""
+
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from analysis import common
+from feldman_zhang import pipeline
+from feldman_zhang import store
+
+
+@pytest.fixture
+def finished(tiny_config, tmp_path):
+  workdir = str(tmp_path / 'run')
+  pipeline.run(tiny_config, workdir)
+  return tiny_config, workdir
+
+
+def _files(workdir):
+  return {os.path.relpath(p, workdir): open(p, 'rb').read()
+          for p in glob.glob(os.path.join(workdir, '**', '*'), recursive=True)
+          if os.path.isfile(p) and not p.endswith(store.LOCK_FILE) and
+          'summary.json' not in p}
+
+
+def test_a_second_process_is_refused_and_names_the_holder(finished):
+  c, workdir = finished
+  before = _files(workdir)
+  with store.locked(workdir):
+    with pytest.raises(store.StoreError,
+                       match=rf'in use by another process \(pid {os.getpid()}'):
+      pipeline.run(c, workdir)
+  assert _files(workdir) == before
+  pipeline.run(c, workdir)  # free again
+
+
+def test_a_killed_holder_leaves_no_lock(tmp_path):
+  workdir = str(tmp_path / 'run')
+  holder = subprocess.Popen(
+      [sys.executable, '-c',
+       'import sys, time; from feldman_zhang import store\n'
+       f'with store.locked({workdir!r}):\n'
+       '  print("held", flush=True); time.sleep(60)'],
+      cwd=ROOT, stdout=subprocess.PIPE, text=True)
+  assert holder.stdout.readline().strip() == 'held'
+  with pytest.raises(store.StoreError, match='in use'):
+    with store.locked(workdir):
+      pass
+  holder.send_signal(signal.SIGKILL)
+  holder.wait()
+  with store.locked(workdir):
+    pass
+
+
+def test_stale_temporary_files_are_removed_under_the_lock(tmp_path):
+  workdir = tmp_path / 'run'
+  (workdir / 'chunks').mkdir(parents=True)
+  for p in (workdir / '.tmp-abc', workdir / '.tmp-dense-x.npy',
+            workdir / 'chunks' / '.tmp-y'):
+    p.write_bytes(b'torn')
+  (workdir / 'keep.txt').write_text('mine')
+  with store.locked(str(workdir)):
+    pass
+  assert sorted(p.name for p in workdir.rglob('*')
+                if p.is_file()) == ['.lock', 'keep.txt']
+
+
+def test_a_chunk_copied_over_another_is_set_aside_and_retrained(finished):
+  c, workdir = finished
+  want = store.load_estimates(workdir)
+  chunks = [p for _, _, p in store.list_chunks(workdir)]
+  shutil.copy(chunks[0], chunks[1])  # models 0-5 under the name 5-10
+  with pytest.raises(store.StoreError, match='holds models 0-5, not the '
+                     'models 5-10 its name says'):
+    store.read_chunk(chunks[1])
+  pipeline.run(c, workdir)
+  assert os.path.exists(os.path.join(workdir, 'chunks', 'corrupt',
+                                     os.path.basename(chunks[1])))
+  got = store.load_estimates(workdir)
+  np.testing.assert_array_equal(got['mem'], want['mem'])
+  np.testing.assert_array_equal(got['infl'], want['infl'])
+
+
+def test_a_duplicate_model_is_named(tmp_path):
+  workdir = str(tmp_path)
+  args = dict(masks=np.zeros((2, 8), bool), train_correct=np.zeros((2, 8), bool),
+              test_correct=np.zeros((2, 4), bool),
+              train_ptrue=np.zeros((2, 8)), test_ptrue=np.zeros((2, 4)),
+              loss=np.zeros((2, 1)))
+  store.write_chunk(workdir, [0, 1], **args)
+  store.write_chunk(workdir, [1, 2], **args)
+  with pytest.raises(store.StoreError, match='holds model 1 '):
+    store.load_predictions(workdir)
+
+
+def test_a_corrupt_dense_file_is_refused_and_rebuilt(finished):
+  c, workdir = finished
+  want = np.array(store.load_estimates(workdir)['infl'])
+  (path,) = glob.glob(os.path.join(workdir, 'infl-*.npy'))
+  with open(path, 'r+b') as f:
+    f.seek(os.path.getsize(path) // 2)
+    f.write(b'\xff' * 8)
+  with pytest.raises(store.StoreError, match='is corrupt .* re-run the same'):
+    store.load_estimates(workdir)
+  out = subprocess.run([sys.executable, '-m', 'analysis.export_pairs',
+                        f'--workdir={workdir}', f'--out={workdir}/pairs'],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode != 0
+  assert out.stderr.strip().splitlines()[-1].startswith('error: ')
+  assert 'is corrupt' in out.stderr and 'Traceback' not in out.stderr
+  pipeline.run(c, workdir)  # the same command rebuilds it
+  np.testing.assert_array_equal(store.load_estimates(workdir)['infl'], want)
+
+
+def test_a_model_diverged_in_any_epoch_is_diverged():
+  inf = np.inf
+  loss = np.array([[inf, 1.0, 0.5], [2.0, 1.0, 0.5], [1.0, np.nan, 0.5]])
+  np.testing.assert_array_equal(pipeline.converged(loss),
+                                [False, True, False])
+
+
+def test_readers_trust_the_config_the_estimates_were_made_with(finished):
+  c, workdir = finished
+  config_json = os.path.join(workdir, 'config.json')
+  # A kill after a lower num_models' config.json, before its estimates.
+  other = store.read_json(config_json)
+  other['num_models'] = 3
+  store.write_json(config_json, other)
+  run = common.load_run(workdir)
+  assert run.config['num_models'] == c.num_models
+  assert int(run.estimates['num_models']) == c.num_models
+
+
+def test_bad_workdirs_are_one_line(tiny_config, tmp_path):
+  afile = tmp_path / 'file'
+  afile.write_text('x')
+  with pytest.raises(store.StoreError, match='is a file, not a directory'):
+    pipeline.run(tiny_config, str(afile))
+  with pytest.raises(store.StoreError, match='cannot use --workdir'):
+    pipeline.run(tiny_config, '/proc/feldman_zhang_test/run')
+
+
+def _main(*args):
+  return subprocess.run([sys.executable, '-m', 'feldman_zhang.main', *args],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_help_exits_zero_and_names_config_overrides():
+  for flag in ('--help', '--helpfull'):
+    out = _main(flag)
+    assert out.returncode == 0, out.stderr
+    assert '--config.FIELD=VALUE' in out.stdout
+
+
+def test_a_missing_config_file_is_one_line(tmp_path):
+  out = _main('--config=configs/nope.py', '--config.num_models=3',
+              f'--workdir={tmp_path}/run')
+  assert out.returncode != 0
+  assert out.stderr.strip() == 'error: --config file configs/nope.py does not exist'
+
+
+def test_the_human_size_of_a_matrix():
+  assert store.human_bytes(2.6e6) == '2.6 MB'
+  assert store.human_bytes(2.4e9) == '2.4 GB'
+  assert store.human_bytes(512) == '512 B'
