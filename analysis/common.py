@@ -64,18 +64,19 @@ def load_run(workdir: str, need_infl: bool = False) -> Run:
     raise store.StoreError(f'{workdir} has no run.json: not a run '
                            'directory (python -m feldman_zhang.main '
                            f'--workdir={workdir} makes one)')
-  # config.json is written after the estimates.
-  missing = [os.path.basename(p) for p in (store.estimates_path(workdir),
-                                           config_path)
-             if not os.path.exists(p)]
-  if missing:
-    raise store.StoreError(f'{workdir} has no {" and no ".join(missing)}: the '
-                           'run has not finished; run the estimate there '
-                           'first')
+  if not os.path.exists(store.estimates_path(workdir)):
+    raise store.StoreError(f'{workdir} has no estimates.npz: the run has not '
+                           'finished; run the estimate there first')
   estimates = store.load_estimates(workdir)
-  # The config the estimates were made with (runs before it: config.json).
-  config = (json.loads(str(estimates.pop('config_json')))
-            if 'config_json' in estimates else read_json_or_fail(config_path))
+  # The config the estimates were made with; runs before they recorded it
+  # need config.json.
+  if 'config_json' in estimates:
+    config = json.loads(str(estimates.pop('config_json')))
+  elif os.path.exists(config_path):
+    config = read_json_or_fail(config_path)
+  else:
+    raise store.StoreError(f'{workdir} has no config.json (written after '
+                           'estimates.npz): re-run the same estimate command')
   if need_infl and not has_influence(estimates):
     raise store.StoreError(
         f'{workdir}/estimates.npz holds no influence estimates (the run had '

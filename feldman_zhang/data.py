@@ -17,6 +17,7 @@ import dataclasses
 import gzip
 import hashlib
 import os
+import zipfile
 import zlib
 
 import numpy as np
@@ -69,7 +70,7 @@ def load(source: str, data_dir: str = '', num_classes: int = 0,
   elif kind == 'idx' and arg:
     ds = _idx(arg)
   elif kind == 'npz' and arg:
-    ds = _npz(arg)
+    ds = _npz(arg, num_classes)
   elif kind == 'tfds' and arg:
     ds = _tfds(arg, data_dir, download)
   elif kind == 'random' and arg:
@@ -81,6 +82,9 @@ def load(source: str, data_dir: str = '', num_classes: int = 0,
   if num_classes:
     ds = dataclasses.replace(ds, num_classes=num_classes)
   return _checked(ds)
+
+
+MAX_CLASSES = 1 << 20
 
 
 def _checked(ds: Dataset) -> Dataset:
@@ -96,6 +100,9 @@ def _checked(ds: Dataset) -> Dataset:
                       f'got shape {x.shape}')
     if x.dtype != np.uint8:
       raise DataError(f'{ds.name}: x_{split} must be uint8, got {x.dtype}')
+    if 0 in x.shape[1:]:
+      raise DataError(f'{ds.name}: x_{split} images have an empty side: '
+                      f'shape {x.shape}')
     y = np.asarray(y)
     if y.ndim != 1 or len(y) != len(x):
       raise DataError(f'{ds.name}: y_{split} must be ({len(x)},), '
@@ -112,6 +119,13 @@ def _checked(ds: Dataset) -> Dataset:
           f'{int(np.flatnonzero(bad)[0])}')
     arrays[f'x_{split}'] = np.ascontiguousarray(x)
     arrays[f'y_{split}'] = y.astype(np.int32)
+  if len(np.unique(arrays['y_train'])) < 2:
+    raise DataError(f'{ds.name}: every training label is '
+                    f'{int(arrays["y_train"][0])}: one class leaves nothing '
+                    'to classify')
+  if ds.num_classes > MAX_CLASSES:
+    raise DataError(f'{ds.name}: {ds.num_classes} classes (at most '
+                    f'{MAX_CLASSES:,}: the logits are dense)')
   if arrays['x_train'].shape[1:] != arrays['x_test'].shape[1:]:
     raise DataError(f'{ds.name}: train images {arrays["x_train"].shape[1:]} '
                     f'and test images {arrays["x_test"].shape[1:]} differ')
@@ -216,9 +230,13 @@ def _idx(directory: str) -> Dataset:
 # -- npz ----------------------------------------------------------------------
 
 
-def _npz(path: str) -> Dataset:
+def _npz(path: str, declared: int = 0) -> Dataset:
+  """declared: data.num_classes (0: none), which may allow empty classes."""
   if not os.path.isfile(path):
     raise DataError(f'npz file {path} does not exist')
+  if not zipfile.is_zipfile(path):
+    raise DataError(f'{path} is not an npz file (not a zip archive of .npy '
+                    'arrays)')
   try:
     with np.load(path, allow_pickle=False) as f:
       arrays = {k: f[k] for k in f.files}
@@ -234,8 +252,18 @@ def _npz(path: str) -> Dataset:
   num_classes = int(num_classes)
   arrays = {k: arrays[k] for k in ('x_train', 'y_train', 'x_test', 'y_test')}
   if not num_classes:
-    num_classes = 1 + int(max(np.max(arrays['y_train'], initial=0),
-                              np.max(arrays['y_test'], initial=0)))
+    y = [np.asarray(arrays[k]) for k in ('y_train', 'y_test')]
+    if all(np.issubdtype(a.dtype, np.integer) and a.size for a in y):
+      num_classes = 1 + int(max(a.max() for a in y))
+      seen = np.unique(y[0])
+      if not declared and len(seen) < num_classes and min(seen) >= 0:
+        # A stray label would silently make classes nobody trains on.
+        empty = np.setdiff1d(np.arange(min(num_classes, 1 << 20)), seen)
+        raise DataError(
+            f'{path}: labels up to {num_classes - 1} make {num_classes} '
+            f'classes, but {num_classes - len(seen)} of them (e.g. '
+            f'{int(empty[0])}) have no training example; put num_classes in '
+            'the file or set --config.data.num_classes if that is meant')
   return Dataset(f'npz:{path}', num_classes=num_classes, **arrays)
 
 

@@ -136,17 +136,27 @@ def main(argv):
   # orbax logs each checkpoint's steps at INFO: 30 lines of a lastlayer run.
   logging.get_absl_logger().addFilter(
       lambda r: r.levelno >= std_logging.WARNING or '/orbax/' not in r.pathname)
+  # JAX probes for a TPU on every CPU run, and TFDS warns of folders it
+  # looks for: neither is the user's concern.
+  std_logging.getLogger('jax._src.xla_bridge').setLevel(std_logging.WARNING)
+  std_logging.getLogger('absl').addFilter(
+      lambda r: 'Unable to initialize backend' not in r.getMessage())
   use_compilation_cache(FLAGS.compilation_cache)
   if FLAGS.distributed or FLAGS.coordinator_address:
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                            FLAGS.process_id)
   try:
     if FLAGS.mode == 'estimate':
-      pipeline.run(FLAGS.config, FLAGS.workdir)
+      summary = pipeline.run(FLAGS.config, FLAGS.workdir)
+      where = 'estimates.npz, summary.json, chunks/'
     elif FLAGS.mode == 'drop':
-      experiments.drop(FLAGS.config, FLAGS.workdir)
+      summary = experiments.drop(FLAGS.config, FLAGS.workdir)
+      where = 'drop/ (drop.csv, the figure, one npz per threshold)'
     else:
-      experiments.lastlayer(FLAGS.config, FLAGS.workdir)
+      summary = experiments.lastlayer(FLAGS.config, FLAGS.workdir)
+      where = 'lastlayer/ (its estimates, the comparison JSON, histograms)'
+    if summary is not None and jax.process_index() == 0:
+      print(f'results: {os.path.abspath(FLAGS.workdir)}/ {where}')
   except pipeline.USER_ERRORS as e:
     sys.exit(f'error: {e}')
   except KeyboardInterrupt:

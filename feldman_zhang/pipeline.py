@@ -57,6 +57,15 @@ def prepare(config):
     raise config_lib.ConfigError(
         f'subset_ratio={config.subset_ratio} gives subsets of {m} of '
         f'{ds.num_train} examples; each subset must hold some but not all')
+  need = config.num_models * (2 * ds.num_train + ds.num_test)
+  have = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+  if need > have:
+    # The estimate holds every model's masks and correctness as bytes.
+    raise config_lib.ConfigError(
+        f'num_models={config.num_models:,} needs about '
+        f'{store.human_bytes(need)} of host memory for the predictions of '
+        f'{ds.num_train:,} + {ds.num_test:,} examples; this machine has '
+        f'{store.human_bytes(have)}')
   if config.train.batch_size > m:
     raise config_lib.ConfigError(
         f'train.batch_size={config.train.batch_size} exceeds the subsets\' '

@@ -173,3 +173,54 @@ def test_the_human_size_of_a_matrix():
   assert store.human_bytes(2.6e6) == '2.6 MB'
   assert store.human_bytes(2.4e9) == '2.4 GB'
   assert store.human_bytes(512) == '512 B'
+
+
+def _npz_file(path, y_train, y_test, **extra):
+  rng = np.random.default_rng(0)
+  np.savez(path, x_train=rng.integers(0, 256, (len(y_train), 4, 4), np.uint8),
+           y_train=np.asarray(y_train), x_test=rng.integers(
+               0, 256, (len(y_test), 4, 4), np.uint8),
+           y_test=np.asarray(y_test), **extra)
+  return str(path)
+
+
+def test_bad_npz_inputs_are_named(tmp_path):
+  from feldman_zhang import data
+  junk = tmp_path / 'junk.npz'
+  junk.write_bytes(os.urandom(256))
+  with pytest.raises(data.DataError, match='is not an npz file'):
+    data.load(f'npz:{junk}')
+  stray = _npz_file(tmp_path / 'stray.npz', [0, 1, 17, 0, 1], [0, 1])
+  with pytest.raises(data.DataError, match='have no training example'):
+    data.load(f'npz:{stray}')
+  assert data.load(f'npz:{stray}', num_classes=18).num_classes == 18
+  big = _npz_file(tmp_path / 'big.npz', [0, 1, 2**31 - 1], [0])
+  with pytest.raises(data.DataError, match='no training example'):
+    data.load(f'npz:{big}')
+  one = _npz_file(tmp_path / 'one.npz', [0, 0, 0], [0], num_classes=2)
+  with pytest.raises(data.DataError, match='one class leaves nothing'):
+    data.load(f'npz:{one}')
+  np.savez(tmp_path / 'empty.npz', x_train=np.zeros((3, 0, 0), np.uint8),
+           y_train=np.array([0, 1, 0]), x_test=np.zeros((1, 0, 0), np.uint8),
+           y_test=np.array([0]))
+  with pytest.raises(data.DataError, match='empty side'):
+    data.load(f'npz:{tmp_path / "empty.npz"}')
+
+
+def test_a_request_beyond_host_memory_is_refused_first(tiny_config, tmp_path):
+  from feldman_zhang import config as config_lib
+  tiny_config.num_models = 10**12
+  workdir = tmp_path / 'run'
+  with pytest.raises(config_lib.ConfigError, match=r'needs about .* TB of '
+                     'host memory'):
+    pipeline.run(tiny_config, str(workdir))
+  assert not workdir.exists()
+
+
+def test_the_job_says_where_its_results_went_and_no_tpu_warning(tmp_path):
+  out = _main('--config=configs/digits_mlp.py', f'--workdir={tmp_path}/run',
+              '--config.num_models=4', '--config.models_per_device=4',
+              '--config.train.epochs=1', '--compilation_cache=')
+  assert out.returncode == 0, out.stderr
+  assert f'results: {tmp_path}/run/ estimates.npz' in out.stdout
+  assert "Unable to initialize backend 'tpu'" not in out.stderr
