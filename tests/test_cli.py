@@ -79,7 +79,7 @@ def _tiny_images_npz(path):
     (_tiny_images_npz, ['--config.model.name=cnn'],  # pooled to nothing
      "model.name=cnn cannot take npz:"),
     (lambda path: open(path, 'wb').write(b'not a zip'), [],
-     'cannot read npz file'),
+     'is not an npz file'),
     (lambda path: np.savez(path, x_train=np.zeros((4, 2)), y_train=np.zeros(4),
                            x_test=np.zeros((2, 2)), y_test=np.zeros(2),
                            num_classes=np.array([2, 3])), [],
