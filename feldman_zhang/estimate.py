@@ -342,6 +342,25 @@ def _largest(pairs, p):
   return train[order], test[order], infl[order]
 
 
+def memorizable(heldout_acc, low: float = 0.1, high: float = 0.9):
+  """(n,) bool: the examples whose mem a run is judged by.
+
+  Examples right (or wrong) in nearly every model of both groups have mem
+  near 0 whatever t is, and a standard error that shrinks like 1/t from the
+  empty-group smoothing alone: on easy data they would make the median
+  standard error look small while the examples that matter stay noisy.
+  These are the examples with held-out accuracy in [low, high]; where none
+  are, every example.
+  """
+  keep = (heldout_acc >= low) & (heldout_acc <= high)
+  return keep if keep.any() else np.ones_like(keep)
+
+
+def median_stderr(est) -> float:
+  """The median mem standard error over the memorizable examples."""
+  return float(np.median(est['mem_stderr'][memorizable(est['heldout_acc'])]))
+
+
 def compile_ahead(t: int, n: int, n_test: int, *, with_infl: bool = True,
                   with_infl_stderr: bool = False, block: int = 4096,
                   fractions=(0.25, 0.5)) -> None:

@@ -268,7 +268,10 @@ def lastlayer(config, workdir) -> dict:
 
 def _lastlayer(config, workdir) -> dict:
   ds, m, est = _finished_run(config, workdir)
-  if int(est['num_models']) != config.num_models:
+  # The estimate's models, its diverged ones too: the heads train on the
+  # same subsets, whichever of those models diverged.
+  if int(est['num_models']) + len(est.get('diverged_models', ())) != \
+      config.num_models:
     # Same seed, so the first min(t, t') subsets are shared; the two mem
     # estimates still differ in t, and so in noise.
     logging.warning('lastlayer trains %d heads; the estimate it is compared '

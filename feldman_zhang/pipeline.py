@@ -181,7 +181,8 @@ def train_models(config, model, ds, idx, keys) -> dict:
 
 
 class StderrTarget:
-  """Says when the median standard error of mem falls below a target.
+  """Says when the median standard error of mem over the memorizable
+  examples (estimate.memorizable) falls below a target.
 
   Holds the masks and train correctness of the models stored so far (those
   found at the start and those this process writes) and re-estimates mem
@@ -193,10 +194,13 @@ class StderrTarget:
     if store.list_chunks(workdir):
       preds = store.load_predictions(workdir)
       keep = preds['model_ids'] < num_models
-      self.add(preds['masks'][keep], preds['train_correct'][keep])
+      self.add(preds['masks'][keep], preds['train_correct'][keep],
+               preds['loss'][keep])
 
-  def add(self, masks, train_correct):
-    self.blocks.append((masks, train_correct))
+  def add(self, masks, train_correct, loss):
+    # Decided on the models the estimate will use: diverged ones drop.
+    ok = converged(loss)
+    self.blocks.append((masks[ok], train_correct[ok]))
 
   def reached(self) -> bool:
     if not self.blocks:
@@ -204,9 +208,10 @@ class StderrTarget:
     est = estimate_lib.estimate(
         np.concatenate([b[0] for b in self.blocks]),
         np.concatenate([b[1] for b in self.blocks]), None, with_infl=False)
-    median = float(np.median(est['mem_stderr']))
-    logging.info('median mem stderr %.4f (target %.4f) from %d models', median,
-                 self.target, est['num_models'])
+    median = estimate_lib.median_stderr(est)
+    logging.info('median mem stderr of the memorizable examples %.4f '
+                 '(target %.4f) from %d models', median, self.target,
+                 est['num_models'])
     return median < self.target
 
 
@@ -353,7 +358,7 @@ def _write(workdir, runs, progress, target, phases):
                         run['train_correct'], run['test_correct'],
                         run['train_ptrue'], run['test_ptrue'], run['loss'])
       if target:
-        target.add(run['masks'], run['train_correct'])
+        target.add(run['masks'], run['train_correct'], run['loss'])
   progress.update(_count(runs))
   return _count(runs)
 

@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from feldman_zhang import estimate as estimate_lib
+
 _SHADES = ' .:-=+*#%@'
 
 
@@ -33,6 +35,11 @@ def summarize(config, ds, preds, valid, est) -> dict:
       mem_threshold=threshold,
       num_memorized=int((mem >= threshold).sum()),
       median_mem_stderr=float(np.median(est['mem_stderr'])),
+      # Judged on the examples that can be memorized (estimate.memorizable).
+      median_mem_stderr_memorizable=estimate_lib.median_stderr(est),
+      num_memorizable=int(estimate_lib.memorizable(est['heldout_acc']).sum()),
+      # mem_i <= in_acc_i: a recipe that under-fits its own subset caps mem.
+      model_in_acc_mean=float(np.mean(est['in_acc'])),
       top_memorized=[dict(train=int(i), label=int(ds.y_train[i]),
                           mem=float(mem[i]),
                           heldout_acc=float(est['heldout_acc'][i]))
@@ -105,7 +112,8 @@ def render(s, ds, est) -> str:
       f'{s["num_models"]} models on {s["data"]} (n={s["num_train"]}, '
       f'n_test={s["num_test"]}), {s["diverged_models"]} diverged',
       f'model test accuracy: {s["model_test_acc_mean"]:.4f} '
-      f'(sd {s["model_test_acc_sd"]:.4f} across models)',
+      f'(sd {s["model_test_acc_sd"]:.4f} across models); accuracy on their '
+      f'own subsets: {s["model_in_acc_mean"]:.4f}',
       f'examples with mem >= {s["mem_threshold"]}: {s["num_memorized"]} of '
       f'{s["num_train"]} (median mem stderr {s["median_mem_stderr"]:.3f})',
       'most memorized training examples:']
@@ -140,10 +148,12 @@ def render(s, ds, est) -> str:
     parts = [f'{c["models"]} models: mean |change| {c["mean_abs_diff"]:.4f}, '
              f'corr {_fmt(c["correlation"])}' for c in s['convergence'][:-1]]
     lines.append('convergence of mem against all models: ' + '; '.join(parts))
-  if s['median_mem_stderr'] > 0.1:
+  if s['median_mem_stderr_memorizable'] > 0.1:
     lines.append(f'note: with {s["num_models"]} models these estimates are '
                  f'mostly noise (median mem stderr '
-                 f'{s["median_mem_stderr"]:.2f}); the paper trains thousands')
+                 f'{s["median_mem_stderr_memorizable"]:.2f} over the '
+                 f'{s["num_memorizable"]} examples of held-out accuracy in '
+                 '[0.1, 0.9]); the paper trains thousands')
   if s.get('stopped_at_target_stderr'):
     lines.append(f'stopped early: median mem stderr reached the target with '
                  f'{s["num_models"]} models')

@@ -224,3 +224,23 @@ def test_the_job_says_where_its_results_went_and_no_tpu_warning(tmp_path):
   assert out.returncode == 0, out.stderr
   assert f'results: {tmp_path}/run/ estimates.npz' in out.stdout
   assert "Unable to initialize backend 'tpu'" not in out.stderr
+
+
+def test_the_stderr_target_is_judged_on_memorizable_examples():
+  """The issue's simulation: 95% easy examples, 5% with p_in 0.9 and p_out
+  0.4; the median over all is ~3x below the examples that matter."""
+  from feldman_zhang import estimate as estimate_lib
+  rng = np.random.default_rng(0)
+  t, n = 50, 2000
+  hard = np.arange(n) < 100
+  masks = rng.random((t, n)) < 0.7
+  p = np.where(masks, np.where(hard, 0.9, 1.0), np.where(hard, 0.4, 1.0))
+  correct = rng.random((t, n)) < p
+  est = estimate_lib.estimate(masks, correct, None, with_infl=False)
+  est = {k: np.asarray(v) for k, v in est.items()}
+  overall = float(np.median(est['mem_stderr']))
+  of_hard = float(np.median(est['mem_stderr'][hard]))
+  assert overall < 0.6 * of_hard
+  np.testing.assert_allclose(estimate_lib.median_stderr(est), of_hard,
+                             rtol=0.15)
+  assert estimate_lib.memorizable(est['heldout_acc'])[hard].mean() > 0.9
