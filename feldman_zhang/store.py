@@ -390,7 +390,11 @@ def load_estimates(workdir: str, verify: bool = True) -> dict:
       if not os.path.exists(path):
         raise StoreError(f'{path}, named in {estimates_path(workdir)}, is '
                          'missing: rerun the job to estimate again')
-      out[name] = np.load(path, mmap_mode='r')
+      try:
+        out[name] = np.load(path, mmap_mode='r')
+      except (ValueError, OSError) as e:  # a torn or overwritten header
+        raise StoreError(f'{path} is unreadable ({e}); re-run the same '
+                         'estimate command to rebuild it') from e
       if verify:
         _verify_dense(path, out[name])
   return out

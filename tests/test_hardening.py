@@ -244,3 +244,16 @@ def test_the_stderr_target_is_judged_on_memorizable_examples():
   np.testing.assert_allclose(estimate_lib.median_stderr(est), of_hard,
                              rtol=0.15)
   assert estimate_lib.memorizable(est['heldout_acc'])[hard].mean() > 0.9
+
+
+def test_a_torn_dense_header_is_one_line(finished):
+  _, workdir = finished
+  (path,) = glob.glob(os.path.join(workdir, 'infl-*.npy'))
+  with open(path, 'r+b') as f:
+    f.write(b'garbage!' * 4)
+  with pytest.raises(store.StoreError, match='is unreadable .* re-run'):
+    store.load_estimates(workdir)
+  with open(os.path.join(workdir, 'estimates.npz'), 'r+b') as f:
+    f.write(b'garbage!' * 4)
+  with pytest.raises(store.StoreError, match='estimates.npz is unreadable'):
+    store.load_estimates(workdir)
