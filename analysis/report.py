@@ -12,6 +12,7 @@ mailed, attached to an issue or opened offline.
 import base64
 import html
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -21,6 +22,7 @@ from analysis import common
 from analysis import export_pairs
 from analysis import galleries
 from feldman_zhang import config as config_lib
+from feldman_zhang import estimate as estimate_lib
 from feldman_zhang import store
 
 FLAGS = flags.FLAGS
@@ -76,6 +78,9 @@ def headline(run: common.Run, num_pairs) -> list:
   if 'model_test_acc_mean' in s:
     rows.append(('model test accuracy', f'{s["model_test_acc_mean"]:.4f} '
                  f'(sd {s["model_test_acc_sd"]:.4f} across models)'))
+    # mem_i <= in_acc_i: a recipe that under-fits its subsets caps mem.
+    rows.append(('accuracy on their own subsets',
+                 f'{float(np.mean(est["in_acc"])):.4f}'))
   else:
     rows.append(('model test accuracy', 'unknown (no summary.json)'))
   diverged = est.get('diverged_models')
@@ -85,7 +90,9 @@ def headline(run: common.Run, num_pairs) -> list:
   rows.append((f'examples with mem >= {threshold}',
                f'{int((mem >= threshold).sum())} of {len(mem)}'))
   rows.append(('median mem stderr',
-               f'{float(np.median(est["mem_stderr"])):.4f}'))
+               f'{float(np.median(est["mem_stderr"])):.4f} (all examples), '
+               f'{estimate_lib.median_stderr(est):.4f} (held-out accuracy in '
+               '[0.1, 0.9])'))
   rows.append(('pairs selected', 'no influence estimates in this run'
                if num_pairs is None else str(num_pairs)))
   if 'label_noise' in s:
@@ -117,12 +124,58 @@ def convergence_rows(summary) -> list:
           for c in (summary or {}).get('convergence', [])]
 
 
+def pair_columns(table) -> tuple:
+  """export_pairs' columns, less infl_stderr where the run has none."""
+  return tuple(c for c in export_pairs.COLUMNS if c != 'infl_stderr' or
+               not np.all(np.isnan(table['infl_stderr'])))
+
+
 def pair_rows(table, limit) -> list:
-  return [(int(table['tr_idx'][r]), int(table['tt_idx'][r]),
-           int(table['train_label'][r]), int(table['test_label'][r]),
-           f'{table["infl"][r]:.3f}', f'{table["infl_stderr"][r]:.3f}',
-           f'{table["mem"][r]:.3f}', f'{table["mem_stderr"][r]:.3f}')
+  def cell(c, r):
+    v = table[c][r]
+    return f'{v:.3f}' if np.issubdtype(np.asarray(v).dtype, np.floating) \
+        else int(v)
+  return [tuple(cell(c, r) for c in pair_columns(table))
           for r in range(min(limit, len(table['tr_idx'])))]
+
+
+def experiment_parts(workdir) -> list:
+  """The drop and lastlayer experiments' results, where they exist."""
+  parts = []
+  drop_csv = os.path.join(workdir, 'drop', 'drop.csv')
+  if os.path.exists(drop_csv):
+    with open(drop_csv) as f:
+      lines = [line.strip().split(',') for line in f if line.strip()]
+    parts += ['<h2>Drop experiment</h2>',
+              '<p class="note">Test accuracy of models retrained without the '
+              'examples of mem &ge; theta, and without as many random ones; '
+              '*_se: the standard error of the mean over the models.</p>',
+              _table(lines[0], lines[1:])]
+    png = os.path.join(workdir, 'drop', 'drop.png')
+    if os.path.exists(png):
+      parts.append(_img(open(png, 'rb').read(), 'drop.png'))
+  comparison = os.path.join(workdir, 'lastlayer', 'comparison.json')
+  if os.path.exists(comparison):
+    c = store.read_json(comparison)
+    parts += ['<h2>Last layer only</h2>',
+              _table(None, sorted((k, v if not isinstance(v, float) else
+                                   f'{v:.4f}') for k, v in c.items()), True)]
+    png = os.path.join(workdir, 'lastlayer', 'mem_histograms.png')
+    if os.path.exists(png):
+      parts.append(_img(open(png, 'rb').read(), 'mem_histograms.png'))
+  return parts
+
+
+def resolved_config(run: common.Run) -> dict:
+  """The flat config, with 'auto' fields as run.json resolved them."""
+  flat = config_lib.flatten(run.config)
+  try:
+    recorded = store.read_json(os.path.join(run.workdir, 'run.json'))
+    flat.update({k: v for k, v in recorded['identity']['config'].items()
+                 if flat.get(k) == 'auto'})
+  except (OSError, ValueError, KeyError, TypeError):
+    pass  # the config as written
+  return flat
 
 
 def build(run: common.Run, infl_threshold=0.15, mem_threshold=0.25, grids=8,
@@ -163,17 +216,19 @@ def build(run: common.Run, infl_threshold=0.15, mem_threshold=0.25, grids=8,
     shown = (f' (the first {table_rows} below; all in export_pairs\' '
              'pairs.csv)' if num_pairs > table_rows else '')
     parts.append(f'<p>{num_pairs} pairs with infl &ge; {infl_threshold} and '
-                 f'mem &ge; {mem_threshold}, strongest first{shown}. '
-                 'infl_stderr is NaN unless the run set '
-                 'estimate.infl_stderr=True.</p>')
+                 f'mem &ge; {mem_threshold}, strongest first{shown}.' +
+                 ('' if 'infl_stderr' in pair_columns(table) else
+                  ' No infl_stderr: the run did not set '
+                  'estimate.infl_stderr=True.') + '</p>')
     if caveat:
       parts.append(f'<p class="note">Note: {_e(caveat)}.</p>')
     if num_pairs:
-      parts.append(_table(export_pairs.COLUMNS, pair_rows(table, table_rows)))
+      parts.append(_table(pair_columns(table), pair_rows(table, table_rows)))
       fig = export_pairs.grid_figure(run.dataset, table, grids)
       parts.append(_img(common.png_bytes(fig), 'pairs.png'))
+  parts += experiment_parts(run.workdir)
   parts += ['<h2>Config</h2>',
-            _table(None, sorted(config_lib.flatten(run.config).items()), True),
+            _table(None, sorted(resolved_config(run).items()), True),
             '</body></html>\n']
   return '\n'.join(parts)
 
@@ -205,7 +260,12 @@ def main(argv):
                    else FLAGS.mem_threshold)
   page = build(run, FLAGS.infl_threshold, mem_threshold, FLAGS.grids,
                FLAGS.table_rows)
-  path = write(FLAGS.out or os.path.join(FLAGS.workdir, 'report.html'), page)
+  path = FLAGS.out or os.path.join(FLAGS.workdir, 'report.html')
+  try:
+    write(path, page)
+  except OSError as e:
+    sys.exit(f'error: cannot write {path}: {e.strerror}; name another file '
+             'with --out')
   print(f'wrote {path}')
 
 

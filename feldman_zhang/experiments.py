@@ -163,7 +163,8 @@ def _write_csv(path, rows):
 
 
 def _drop_table(rows):
-  out = ['theta  removed  fraction  acc(high mem removed)  acc(random removed)']
+  out = ['mean test accuracy +- its standard error over the models',
+         'theta  removed  fraction  acc(high mem removed)  acc(random removed)']
   for r in rows:
     out.append(f'{r["theta"]:5.2f}  {r["num_removed"]:7d}  '
                f'{r["fraction_removed"]:8.4f}  '
@@ -298,7 +299,11 @@ def _lastlayer(config, workdir) -> dict:
   head = store.load_estimates(out_dir)
   comparison = compare_mem(est['mem'], head['mem'],
                            config.summary.mem_threshold)
+  full_summary = os.path.join(workdir, 'summary.json')
+  full_acc = (store.read_json(full_summary).get('model_test_acc_mean')
+              if os.path.exists(full_summary) else None)
   comparison.update(head_test_acc_mean=summary['model_test_acc_mean'],
+                    full_test_acc_mean=full_acc,
                     num_models_full=int(est['num_models']),
                     num_models_last=int(head['num_models']))
   store.write_json(os.path.join(out_dir, 'comparison.json'), comparison)
@@ -309,8 +314,9 @@ def _lastlayer(config, workdir) -> dict:
         f'{comparison["memorized_full"]} full, {comparison["memorized_last"]} '
         f'last layer\n  median mem {comparison["median_full"]:.3f} vs '
         f'{comparison["median_last"]:.3f}; correlation of the two mem '
-        f'estimates {comparison["correlation"]:.3f}\n  heads\' mean test '
-        f'accuracy {comparison["head_test_acc_mean"]:.4f}')
+        f'estimates {comparison["correlation"]:.3f}\n  mean test accuracy: '
+        f'heads {comparison["head_test_acc_mean"]:.4f}, full networks '
+        + ('unknown' if full_acc is None else f'{full_acc:.4f}'))
   return comparison
 
 

@@ -316,3 +316,29 @@ def test_compare_runs(planted_run, tmp_path):
       'config']['train.lr']
   assert compare_runs.compare(workdir, other)['settings_differ'] == [
       f'train.lr (a: {lr!r}, b: 0.5)']
+
+
+def test_report_shows_experiments_resolved_dtypes_and_no_empty_column(
+    planted_run, tmp_path):
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(planted_run[0], workdir)
+  os.makedirs(os.path.join(workdir, 'drop'))
+  with open(os.path.join(workdir, 'drop', 'drop.csv'), 'w') as f:
+    f.write('theta,num_removed,acc_high_mem_removed,acc_high_mem_removed_se\n'
+            '0.5,12,0.91,0.004\n')
+  os.makedirs(os.path.join(workdir, 'lastlayer'))
+  store.write_json(os.path.join(workdir, 'lastlayer', 'comparison.json'),
+                   dict(memorized_full=40, memorized_last=2,
+                        head_test_acc_mean=0.87, full_test_acc_mean=0.95))
+  page = report.build(common.load_run(workdir), grids=2)
+  assert '<h2>Drop experiment</h2>' in page and '0.004' in page
+  assert '<h2>Last layer only</h2>' in page and 'full_test_acc_mean' in page
+  assert '<td>auto</td>' not in page  # dtypes as they resolved
+  assert '<th>infl_stderr</th>' not in page  # NaN everywhere: left out
+  assert 'accuracy on their own subsets' in page
+  out = _script('report', f'--workdir={workdir}',
+                '--out=/proc/no_such_dir/report.html')
+  assert out.returncode != 0
+  assert out.stderr.strip().splitlines() == [
+      'error: cannot write /proc/no_such_dir/report.html: No such file or '
+      'directory; name another file with --out']
