@@ -184,15 +184,18 @@ def grid_figure(ds, pairs, num_tests=8, per_test=3, random_per_test=3,
   if not tests:
     return None
   rng = np.random.default_rng(seed)
+  chosen = [np.flatnonzero(pairs['tt_idx'] == j)[:per_test] for j in tests]
+  # As many influential columns as the fullest row has: no empty band
+  # between them and the random ones when tests have fewer pairs.
+  per_test = max(len(c) for c in chosen)
   cols = 1 + per_test + random_per_test
   fig = common.new_figure(1.25 * cols, 1.75 * len(tests))
   axes = fig.subplots(len(tests), cols, squeeze=False)
-  for row, j in zip(axes, tests):
+  for row, j, mine in zip(axes, tests, chosen):
     for ax in row:
       ax.set_axis_off()
     label = int(ds.y_test[j])
     _draw(row[0], ds.x_test[j], f'test {j}\nlabel {label}', 'tab:blue')
-    mine = np.flatnonzero(pairs['tt_idx'] == j)[:per_test]
     for ax, p in zip(row[1:], mine):
       i = int(pairs['tr_idx'][p])
       _draw(ax, ds.x_train[i],

@@ -337,7 +337,10 @@ def _plot_histograms(path, full, last, name):
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, ax = plt.subplots(figsize=(5, 3.5))
-  bins = np.linspace(-1, 1, 41)
+  # mem lies in [-1, 1] but is rarely much below 0: the axis starts where
+  # the data does, so the right half is not squeezed against an empty left.
+  lo = min(-0.05, np.floor(20 * min(np.min(full), np.min(last))) / 20)
+  bins = np.linspace(lo, 1, 41)
   ax.hist(full, bins, alpha=0.6, label='full network')
   ax.hist(last, bins, alpha=0.6, label='last layer only')
   ax.set_yscale('log')

@@ -342,3 +342,13 @@ def test_report_shows_experiments_resolved_dtypes_and_no_empty_column(
   assert out.stderr.strip().splitlines() == [
       'error: cannot write /proc/no_such_dir/report.html: No such file or '
       'directory; name another file with --out']
+
+
+def test_pair_grid_has_no_empty_band_between_influential_and_random():
+  from feldman_zhang import data
+  ds = data.load('digits')
+  pairs = dict(tt_idx=np.array([0, 1]), tr_idx=np.array([5, 6]),
+               infl=np.array([0.5, 0.4]), mem=np.array([0.9, 0.8]))
+  fig = export_pairs.grid_figure(ds, pairs, num_tests=2, per_test=3,
+                                 random_per_test=3)
+  assert len(fig.axes) == 2 * (1 + 1 + 3)  # one influential column, not 3
