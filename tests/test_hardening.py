@@ -257,3 +257,24 @@ def test_a_torn_dense_header_is_one_line(finished):
     f.write(b'garbage!' * 4)
   with pytest.raises(store.StoreError, match='estimates.npz is unreadable'):
     store.load_estimates(workdir)
+
+
+def test_ctrl_c_is_one_line_and_the_rerun_resumes(tmp_path):
+  workdir = tmp_path / 'run'
+  proc = subprocess.Popen(
+      [sys.executable, '-m', 'feldman_zhang.main',
+       '--config=configs/digits_mlp.py', f'--workdir={workdir}',
+       '--config.num_models=4000', '--config.models_per_device=20',
+       '--compilation_cache='],
+      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 120
+  while not glob.glob(str(workdir / 'chunks' / 'models_*.npz')):
+    assert time.time() < deadline and proc.poll() is None
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 130, err
+  assert err.strip().splitlines()[-1] == (
+      f'interrupted: the models stored in {workdir} are kept; re-running the '
+      'same command resumes')
+  assert 'Traceback' not in err
