@@ -9,6 +9,7 @@ import concurrent.futures
 import contextlib
 import functools
 import json
+import math
 import os
 import time
 from typing import NamedTuple
@@ -94,7 +95,33 @@ def prepare(config):
     raise config_lib.ConfigError(
         f'model.name={config.model.name} cannot take {ds.name}\'s inputs '
         f'{ds.x_train.shape[1:]}: {str(e).splitlines()[0]}') from e
+  _check_device_memory(config, ds, model)
   return ds, m
+
+
+def _check_device_memory(config, ds, model):
+  """Refuses a call of models_per_device models that cannot fit a device.
+
+  A floor, not an estimate: each model holds at least its f32 parameters,
+  momentum, gradient and update (16 bytes a parameter) and its chunk's
+  outputs (5 bytes an example), besides the data set once; activations
+  come on top.
+  """
+  shapes = jax.eval_shape(lambda k: train.init(model, k, ds.x_train[:1])[0],
+                          jax.random.key(0))
+  params = sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
+  k = min(config.models_per_device, config.num_models)
+  need = (k * (16 * params + 5 * (ds.num_train + ds.num_test)) +
+          ds.x_train.nbytes + ds.x_test.nbytes)
+  device = jax.local_devices()[0]
+  limit = (device.memory_stats() or {}).get('bytes_limit') if hasattr(
+      device, 'memory_stats') else None
+  limit = limit or os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+  if need > limit:
+    raise config_lib.ConfigError(
+        f'models_per_device={k:,} needs at least {store.human_bytes(need)} '
+        f'on a device ({params:,} parameters a model); {device.platform} '
+        f'device 0 has {store.human_bytes(limit)}: lower models_per_device')
 
 
 def converged(loss):

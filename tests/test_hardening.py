@@ -278,3 +278,14 @@ def test_ctrl_c_is_one_line_and_the_rerun_resumes(tmp_path):
       f'interrupted: the models stored in {workdir} are kept; re-running the '
       'same command resumes')
   assert 'Traceback' not in err
+
+
+def test_a_call_beyond_device_memory_is_refused_first(tiny_config, tmp_path):
+  from feldman_zhang import config as config_lib
+  tiny_config.num_models = tiny_config.models_per_device = 10**6
+  tiny_config.model.hidden = (2048, 2048)
+  workdir = tmp_path / 'run'
+  with pytest.raises(config_lib.ConfigError, match=r'models_per_device=1,000,000'
+                     r' needs at least .* TB on a device'):
+    pipeline.run(tiny_config, str(workdir))
+  assert not workdir.exists()
