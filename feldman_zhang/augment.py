@@ -31,8 +31,7 @@ def crop_flip(key, x, padding: int = 4):
   """
   offset_key, flip_key = jax.random.split(key)
   crops = _shift(offset_key, x, padding, 'constant')
-  flips = jax.random.bernoulli(flip_key, 0.5, (x.shape[0],))
-  return jnp.where(flips[:, None, None, None], crops[:, :, ::-1], crops)
+  return flip(crops, jax.random.bernoulli(flip_key, 0.5, (x.shape[0],)))
 
 
 def translate(key, x, padding: int = 2):
