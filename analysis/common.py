@@ -21,7 +21,6 @@ from absl import app
 from matplotlib import figure as mpl_figure
 
 from feldman_zhang import data as data_lib
-from feldman_zhang import pipeline
 from feldman_zhang import store
 
 # What a user can get wrong (a workdir, a data set that moved): main() shows
@@ -59,12 +58,13 @@ def read_json_or_fail(path: str):
 
 def load_run(workdir: str, need_infl: bool = False) -> Run:
   """Reads a finished run; StoreError with a one-line reason if it is not."""
-  config_path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(os.path.join(workdir, 'run.json')):
+  w = store.Workdir(workdir)
+  config_path = w.config_json
+  if not os.path.exists(w.run_json):
     raise store.StoreError(f'{workdir} has no run.json: not a run '
                            'directory (python -m feldman_zhang.main '
                            f'--workdir={workdir} makes one)')
-  if not os.path.exists(store.estimates_path(workdir)):
+  if not os.path.exists(w.estimates):
     raise store.StoreError(f'{workdir} has no estimates.npz: the run has not '
                            'finished; run the estimate there first')
   estimates = store.load_estimates(workdir)
@@ -81,7 +81,7 @@ def load_run(workdir: str, need_infl: bool = False) -> Run:
     raise store.StoreError(
         f'{workdir}/estimates.npz holds no influence estimates (the run had '
         'estimate.infl=False and estimate.infl_topk=0); rerun with either set')
-  summary_path = os.path.join(workdir, 'summary.json')
+  summary_path = w.summary_json
   summary = (read_json_or_fail(summary_path) if os.path.exists(summary_path)
              else None)
   dataset = load_dataset(config)
@@ -100,13 +100,13 @@ def load_run_or_exit(argv, workdir: str, need_infl: bool = False) -> Run:
 
 
 def load_dataset(config: dict) -> data_lib.Dataset:
-  """The data set as the pipeline builds it for training."""
-  return pipeline.load_data(config)
+  """The data set as the job builds it for training."""
+  return data_lib.from_config(config)
 
 
 def _check_data(workdir, ds, estimates):
   """Refuses a data set other than the trained one: its indices would lie."""
-  run_path = os.path.join(workdir, 'run.json')
+  run_path = store.Workdir(workdir).run_json
   if os.path.exists(run_path):
     trained = store.read_json(run_path)['identity']['data']
     if trained != ds.fingerprint():

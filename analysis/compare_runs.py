@@ -6,13 +6,13 @@ Reports how many correctness entries differ (models trained with another
 models-per-device K may reorder float sums) and the largest estimate change.
 """
 
-import os
 import sys
 
 from absl import app
 from absl import flags
 import numpy as np
 
+from feldman_zhang import resume
 from feldman_zhang import store
 
 _A = flags.DEFINE_string('a', None, 'First workdir.', required=True)
@@ -21,15 +21,13 @@ _B = flags.DEFINE_string('b', None, 'Second workdir.', required=True)
 
 def settings_differ(a: str, b: str) -> list:
   """The recorded settings (run.json) in which runs a and b differ, as
-  'field (a: X, b: Y)'; models_per_device and other scheduling fields are
-  not recorded, since they do not change what a run computes."""
-  ia, ib = (store.read_json(os.path.join(w, 'run.json'))['identity']
-            for w in (a, b))
-  fa, fb = ia.pop('config'), ib.pop('config')
-  fa.update({f'identity.{k}': v for k, v in ia.items()})
-  fb.update({f'identity.{k}': v for k, v in ib.items()})
-  return [f'{k} (a: {fa.get(k)!r}, b: {fb.get(k)!r})'
-          for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
+  'field (a: X, b: Y)' (resume.differences); models_per_device and other
+  scheduling fields are not recorded, since they do not change what a run
+  computes."""
+  diffs = resume.differences(resume.read_identity(a), resume.read_identity(b))
+  name = lambda k: (k[len('config.'):] if k.startswith('config.') else
+                    f'identity.{k}')
+  return [f'{name(k)} (a: {va!r}, b: {vb!r})' for k, (va, vb) in diffs.items()]
 
 
 def compare(a: str, b: str) -> dict:

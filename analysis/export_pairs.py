@@ -33,73 +33,15 @@ import numpy as np
 
 from analysis import common
 from feldman_zhang import store
-from feldman_zhang import summary
+from feldman_zhang import pairs
 
 FLAGS = flags.FLAGS
 
+# The paper's selection; here for the scripts that build on this one.
+select_pairs = pairs.select_pairs
+
 COLUMNS = ('tr_idx', 'tt_idx', 'train_label', 'test_label', 'infl',
            'infl_stderr', 'mem', 'mem_stderr')
-
-
-def select_pairs(estimates, infl_threshold=0.15, mem_threshold=0.25,
-                 max_pairs=0) -> dict:
-  """The pairs with infl >= infl_threshold and mem of the train example >=
-  mem_threshold, by infl descending (ties: by train, then test index).
-
-  Args:
-    estimates: a run's estimates.npz, with dense `infl` (n, n_test) or the
-      top-k form (infl_top_infl, infl_top_train (k, n_test); infl_pair_*).
-    max_pairs: keep at most this many; 0 keeps all.
-  Returns:
-    dict of (P,) arrays: tr_idx, tt_idx int64; infl, infl_stderr, mem,
-    mem_stderr float32 (infl_stderr NaN where not estimated).
-  """
-  mem = estimates['mem']
-  # Few examples pass the mem bar: only their rows of infl are looked at.
-  rows = np.flatnonzero(mem >= mem_threshold)
-  if 'infl' in estimates:
-    tr, tt, infl, infl_se = _dense_candidates(estimates, rows, infl_threshold)
-  elif 'infl_top_infl' in estimates:
-    tr, tt, infl = _topk_candidates(estimates, infl_threshold)
-    keep = mem[tr] >= mem_threshold
-    tr, tt, infl = tr[keep], tt[keep], infl[keep]
-    infl_se = np.full(len(tr), np.nan, np.float32)
-  else:
-    raise store.StoreError('the estimates hold no influence (estimate.infl '
-                           'and estimate.infl_topk were off)')
-  order = np.lexsort((tt, tr, -infl))
-  if max_pairs:
-    order = order[:max_pairs]
-  tr, tt = tr[order], tt[order]
-  return dict(tr_idx=tr.astype(np.int64), tt_idx=tt.astype(np.int64),
-              infl=infl[order].astype(np.float32),
-              infl_stderr=infl_se[order].astype(np.float32),
-              mem=mem[tr].astype(np.float32),
-              mem_stderr=estimates['mem_stderr'][tr].astype(np.float32))
-
-
-def _dense_candidates(estimates, rows, infl_threshold):
-  """(train, test, infl, infl_stderr) of entries >= threshold in `rows`."""
-  infl = estimates['infl']
-  i, j = np.nonzero(infl[rows] >= infl_threshold)
-  i = rows[i]
-  if 'infl_stderr' in estimates:
-    se = estimates['infl_stderr'][i, j]
-  else:
-    se = np.full(len(i), np.nan, np.float32)
-  return i, j, infl[i, j], se
-
-
-def _topk_candidates(estimates, infl_threshold):
-  """(train, test, infl) >= threshold from the top-k lists and the pair list.
-
-  A pair in both is kept once (summary.topk_candidates).
-  """
-  tr, tt, infl = summary.topk_candidates(
-      estimates['infl_top_infl'], estimates['infl_top_train'],
-      tuple(estimates[f'infl_pair_{k}'] for k in ('train', 'test', 'infl')))
-  keep = infl >= infl_threshold
-  return tr[keep], tt[keep], infl[keep]
 
 
 def topk_caveat(run: common.Run, infl_threshold: float,

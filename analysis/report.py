@@ -19,6 +19,7 @@ from absl import flags
 import numpy as np
 
 from analysis import common
+from analysis import experiment_figures
 from analysis import export_pairs
 from analysis import galleries
 from feldman_zhang import config as config_lib
@@ -139,8 +140,10 @@ def pair_rows(table, limit) -> list:
           for r in range(min(limit, len(table['tr_idx'])))]
 
 
-def experiment_parts(workdir) -> list:
-  """The drop and lastlayer experiments' results, where they exist."""
+def experiment_parts(workdir, name: str = '', mem=None) -> list:
+  """The drop and lastlayer experiments' results, where they exist, with
+  their figures (analysis.experiment_figures); mem: the run's, for the
+  lastlayer histograms."""
   parts = []
   drop_csv = os.path.join(workdir, 'drop', 'drop.csv')
   if os.path.exists(drop_csv):
@@ -151,28 +154,30 @@ def experiment_parts(workdir) -> list:
               'examples of mem &ge; theta, and without as many random ones; '
               '*_se: the standard error of the mean over the models.</p>',
               _table(lines[0], lines[1:])]
-    png = os.path.join(workdir, 'drop', 'drop.png')
-    if os.path.exists(png):
-      parts.append(_img(open(png, 'rb').read(), 'drop.png'))
+    parts.append(_img(common.png_bytes(experiment_figures.drop_figure(
+        experiment_figures.read_drop(workdir), name)), 'drop.png'))
   comparison = os.path.join(workdir, 'lastlayer', 'comparison.json')
   if os.path.exists(comparison):
     c = store.read_json(comparison)
     parts += ['<h2>Last layer only</h2>',
               _table(None, sorted((k, v if not isinstance(v, float) else
                                    f'{v:.4f}') for k, v in c.items()), True)]
-    png = os.path.join(workdir, 'lastlayer', 'mem_histograms.png')
-    if os.path.exists(png):
-      parts.append(_img(open(png, 'rb').read(), 'mem_histograms.png'))
+    heads = store.Workdir(workdir).sub('lastlayer')
+    if os.path.exists(heads.estimates) and mem is not None:
+      last = store.load_estimates(heads.root, verify=False)['mem']
+      parts.append(_img(common.png_bytes(experiment_figures.lastlayer_figure(
+          mem, last, name)), 'mem_histograms.png'))
   return parts
 
 
 def resolved_config(run: common.Run) -> dict:
-  """The flat config, with 'auto' fields as run.json resolved them."""
+  """The flat config, with the fields config.resolve made concrete as
+  run.json recorded them."""
   flat = config_lib.flatten(run.config)
   try:
-    recorded = store.read_json(os.path.join(run.workdir, 'run.json'))
+    recorded = store.read_json(store.Workdir(run.workdir).run_json)
     flat.update({k: v for k, v in recorded['identity']['config'].items()
-                 if flat.get(k) == 'auto'})
+                 if flat.get(k) == config_lib.AUTO})
   except (OSError, ValueError, KeyError, TypeError):
     pass  # the config as written
   return flat
@@ -226,7 +231,8 @@ def build(run: common.Run, infl_threshold=0.15, mem_threshold=0.25, grids=8,
       parts.append(_table(pair_columns(table), pair_rows(table, table_rows)))
       fig = export_pairs.grid_figure(run.dataset, table, grids)
       parts.append(_img(common.png_bytes(fig), 'pairs.png'))
-  parts += experiment_parts(run.workdir)
+  parts += experiment_parts(run.workdir, run.dataset.name,
+                            run.estimates['mem'])
   parts += ['<h2>Config</h2>',
             _table(None, sorted(resolved_config(run).items()), True),
             '</body></html>\n']

@@ -38,6 +38,5 @@ def get_config():
                  nesterov=True, weight_decay=0.0153 / 11.5, schedule='linear',
                  warmup_epochs=2.3, lr_start=0.2, lr_end=0.07,
                  label_smoothing=0.2, augment='flip_translate', crop_padding=2,
-                 bias_lr_scale=64.0, whiten_bias_epochs=3, lookahead=True,
-                 compute_dtype='auto')
+                 bias_lr_scale=64.0, whiten_bias_epochs=3, lookahead=True)
   return c

@@ -17,8 +17,8 @@ def get_config():
   c.data.source = 'tfds:cifar10'
   c.num_models = 4000
   c.models_per_device = 8
-  # lax.map over the 8 models: plain convolutions ran 1.6x faster than the
-  # grouped ones vmap makes (4.3 vs 7.0 ms per model-step, H100, BENCHMARKS.md).
+  # lax.map over the 8 models: plain convolutions ran faster than the
+  # grouped ones vmap makes (per model-step, H100, BENCHMARKS.md).
   c.vectorize = 'map'
   c.eval_batch_size = 1000
   c.model.name = 'resnet9'
@@ -26,5 +26,5 @@ def get_config():
   c.train.update(epochs=24, batch_size=512, lr=0.4, momentum=0.9,
                  nesterov=True, weight_decay=5e-4, schedule='linear',
                  warmup_epochs=5.0, label_smoothing=0.1, augment='crop_flip',
-                 crop_padding=4, compute_dtype='auto')
+                 crop_padding=4)
   return c

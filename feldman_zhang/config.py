@@ -9,10 +9,18 @@ import os
 
 import jax
 import ml_collections
+from absl import logging
 
 
 class ConfigError(ValueError):
   """A config that cannot run; the message names the field."""
+
+
+# The one value resolved per backend. `resolve` is the only place that reads
+# it: everything downstream of the job's entry sees concrete names.
+AUTO = 'auto'
+DTYPES = ('float32', 'bfloat16')
+STORAGES = ('float32', 'split')
 
 
 # Fields that may differ when a run is resumed: they change how much is done
@@ -35,8 +43,8 @@ def base() -> ml_collections.ConfigDict:
   c.models_per_device = 100    # K, models trained by one jitted call.
   # How a call runs its K models: vmap (one batched program; dense layers
   # become batched matmuls) or map (lax.map, one model after another inside
-  # the call; convolutions stay plain rather than grouped, 1.6x faster for
-  # ResNet-9 on an H100, BENCHMARKS.md).
+  # the call; convolutions stay plain rather than grouped, faster for
+  # ResNet-9 on GPUs, BENCHMARKS.md).
   c.vectorize = 'vmap'
   c.eval_batch_size = 1024
   # > 0: stop training once the median standard error of mem falls below it
@@ -79,18 +87,18 @@ def base() -> ml_collections.ConfigDict:
   c.train.bias_lr_scale = 1.0
   c.train.whiten_bias_epochs = 0
   c.train.lookahead = False      # airbench's weight averaging
-  c.train.compute_dtype = 'auto'  # auto (bf16 on GPU/TPU) | float32 | bfloat16
+  c.train.compute_dtype = AUTO  # auto (bf16 on GPU/TPU) | float32 | bfloat16
   # Momentum buffer: bfloat16 halves its share of the parameter traffic that
-  # bounds small-model training: 12% faster MNIST MLP steps on an H100 at the
-  # same accuracy (BENCHMARKS.md). auto: bf16 on GPU/TPU, f32 on the CPU.
-  c.train.momentum_dtype = 'auto'
+  # bounds small-model training: faster MNIST MLP steps at the same accuracy
+  # (BENCHMARKS.md). auto: bf16 on GPU/TPU, f32 on the CPU.
+  c.train.momentum_dtype = AUTO
   # auto | float32 | split: with bf16 compute, 'split' holds each f32
   # parameter as a bf16 half the model computes with and an int16 rest
   # (precision.py), dropping the per-step cast pass: 26 -> 20 bytes per
-  # parameter and step for the MNIST MLP, training 39.0 -> 31.2 s on an H100
-  # at the same test accuracy (BENCHMARKS.md). Same master weights. auto:
+  # parameter and step for the MNIST MLP, and faster training at the same
+  # test accuracy (BENCHMARKS.md). Same master weights. auto:
   # split where the compute is bf16, float32 where it is f32.
-  c.train.param_storage = 'auto'
+  c.train.param_storage = AUTO
 
   c.estimate = ml_collections.ConfigDict()
   c.estimate.infl = True
@@ -168,18 +176,12 @@ def validate(c) -> None:
       (0 <= c.train.whiten_bias_epochs <= c.train.epochs,
        'train.whiten_bias_epochs must lie in [0, epochs]'),
       (c.train.crop_padding >= 0, 'train.crop_padding must be >= 0'),
-      (c.train.compute_dtype in ('auto', 'float32', 'bfloat16'),
+      (c.train.compute_dtype in (AUTO, *DTYPES),
        'train.compute_dtype must be auto, float32 or bfloat16'),
-      (c.train.momentum_dtype in ('auto', 'float32', 'bfloat16'),
+      (c.train.momentum_dtype in (AUTO, *DTYPES),
        'train.momentum_dtype must be auto, float32 or bfloat16'),
-      (c.train.param_storage in ('auto', 'float32', 'split'),
+      (c.train.param_storage in (AUTO, *STORAGES),
        'train.param_storage must be auto, float32 or split'),
-      (c.train.param_storage in ('auto', 'float32') or
-       c.train.compute_dtype == 'bfloat16' or
-       (c.train.compute_dtype == 'auto' and
-        jax.default_backend() != 'cpu'),
-       'train.compute_dtype must be bfloat16 for train.param_storage=split '
-       '(auto is float32 on the CPU)'),
       (0 <= c.data.label_noise < 1, 'data.label_noise must lie in [0, 1)'),
       (c.data.num_classes >= 0, 'data.num_classes must be >= 0'),
       # jax.random.key keeps 32 bits: seeds 2**32 apart would share models.
@@ -223,3 +225,41 @@ def result_fields(c) -> dict:
   return {k: v for k, v in flatten(c.to_dict()).items()
           if k.split('.')[0] not in SCHEDULING_FIELDS and
           k not in LOCATION_FIELDS}
+
+
+def resolve(c, backend: str | None = None, recorded: dict | None = None):
+  """A copy of config c, validated, with every 'auto' made concrete; c is
+  not changed. ConfigError on the first field that cannot work.
+
+  backend: jax's platform name ('cpu', 'gpu', 'tpu'; default: jax's own).
+  compute_dtype and momentum_dtype: bfloat16 on accelerators, float32 on
+  the CPU, which has no fast bf16 matrix unit. param_storage: 'split' where
+  the compute is bf16 (no per-step cast pass, precision.py), 'float32'
+  where it is f32 -- unless `recorded`, the identity config a workdir's
+  stored models were trained with (resume.recorded_config), names a storage
+  this run can use: 'auto' once meant float32 everywhere, and a run stored
+  then on a GPU resumes with its own storage instead of being refused for
+  one it never chose.
+  """
+  validate(c)
+  backend = backend or jax.default_backend()
+  accelerated = 'bfloat16' if backend != 'cpu' else 'float32'
+  out = c.copy_and_resolve_references()
+  t = out.train
+  for k in ('compute_dtype', 'momentum_dtype'):
+    if t[k] == AUTO:
+      t[k] = accelerated
+  if t.param_storage == AUTO:
+    default = 'split' if t.compute_dtype == 'bfloat16' else 'float32'
+    kept = (recorded or {}).get('train.param_storage', default)
+    if kept != default and (kept == 'float32' or
+                            (kept == 'split' and t.compute_dtype == 'bfloat16')):
+      logging.info('train.param_storage=auto keeps %s, the storage the '
+                   'stored models were trained with', kept)
+      default = kept
+    t.param_storage = default
+  if t.param_storage == 'split' and t.compute_dtype != 'bfloat16':
+    raise ConfigError('train.compute_dtype must be bfloat16 for '
+                      'train.param_storage=split (auto is float32 on the CPU; '
+                      f'got {c.train.compute_dtype})')
+  return out

@@ -16,6 +16,7 @@ Every loader returns a `Dataset`: uint8 images (N, H, W, C) and int32 labels
 import dataclasses
 import gzip
 import hashlib
+import logging as std_logging
 import os
 import zipfile
 import zlib
@@ -130,6 +131,22 @@ def _checked(ds: Dataset) -> Dataset:
     raise DataError(f'{ds.name}: train images {arrays["x_train"].shape[1:]} '
                     f'and test images {arrays["x_test"].shape[1:]} differ')
   return dataclasses.replace(ds, **arrays)
+
+
+def from_config(config) -> Dataset:
+  """The data set a run trains on, label noise included.
+
+  config: a ConfigDict or the plain dict of a run's config.json.
+  """
+  d, seed = config['data'], config['seed']
+  ds = load(d['source'], d.get('data_dir', ''), d.get('num_classes', 0),
+            d.get('download', False))
+  if d.get('label_noise'):
+    if ds.num_classes < 2:
+      raise DataError(f'data.label_noise needs 2 or more classes; '
+                      f'{ds.name} has {ds.num_classes}')
+    ds = with_label_noise(ds, d['label_noise'], seed)
+  return ds
 
 
 def with_label_noise(ds: Dataset, fraction: float, seed: int) -> Dataset:
@@ -302,6 +319,7 @@ def _tfds(name: str, data_dir: str, download: bool) -> Dataset:
                     'tensorflow-datasets') from e
   # The shell leaves ~ in --config.data.data_dir=~/x as it is.
   data_dir = os.path.expanduser(data_dir)
+  _quiet_tfds_probes()
   try:
     builder = tfds.builder(name, data_dir=data_dir or None)
   except Exception as e:  # TFDS raises several types for unknown names.
@@ -340,6 +358,20 @@ def _tfds(name: str, data_dir: str, download: bool) -> Dataset:
       arrays.update(_tfds_through_tensorflow(builder, split, tfds_split, e))
   num_classes = builder.info.features['label'].num_classes
   return Dataset(f'tfds:{name}', num_classes=num_classes, **arrays)
+
+
+def _drop_tfds_probe(record) -> bool:
+  """False for TFDS's word on a folder it probed for a data set ("Variant
+  folder ... has no dataset_info.json"): where the data is missing,
+  DataError says so and where, in one line."""
+  return not ('tensorflow_datasets' in record.pathname and
+              'dataset_info.json' in record.getMessage())
+
+
+def _quiet_tfds_probes():
+  logger = std_logging.getLogger('absl')
+  if _drop_tfds_probe not in logger.filters:
+    logger.addFilter(_drop_tfds_probe)
 
 
 def _tfds_through_tensorflow(builder, split, tfds_split, cause):

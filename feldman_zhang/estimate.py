@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from feldman_zhang import pairs as pairs_lib
+
 EMPTY_MEAN = 0.5
 
 
@@ -307,11 +309,11 @@ def top_influence(masks, test_correct, k: int, threshold: float = 1.0,
                     np.asarray(vals)[:count]))
       num_pairs += count
       if sum(len(p[0]) for p in pairs) > 2 * max_pairs:
-        pairs = [_largest(pairs, max_pairs)]  # host memory stays bounded
+        pairs = [pairs_lib.largest(pairs, max_pairs)]  # host memory stays bounded
   if num_pairs > max_pairs:
     logging.warning('%d pairs have infl >= %g; keeping the %d largest',
                     num_pairs, threshold, max_pairs)
-  pair_train, pair_test, pair_infl = _largest(pairs, max_pairs)
+  pair_train, pair_test, pair_infl = pairs_lib.largest(pairs, max_pairs)
   return dict(top_infl=np.asarray(top_vals), top_train=np.asarray(top_idx),
               pair_train=pair_train, pair_test=pair_test, pair_infl=pair_infl,
               pairs_dropped=np.int64(num_pairs - len(pair_infl)))
@@ -332,14 +334,12 @@ def topk_estimates(masks, test_correct, mem, k: int, pair_threshold: float,
   return {f'infl_{key}': v for key, v in top.items()}
 
 
-def _largest(pairs, p):
-  """The p largest of [(train, test, infl)] parts, ties by position."""
-  pairs = pairs or [(np.zeros(0, int), np.zeros(0, int), np.zeros(0))]
-  train = np.concatenate([q[0] for q in pairs]).astype(np.int32)
-  test = np.concatenate([q[1] for q in pairs]).astype(np.int32)
-  infl = np.concatenate([q[2] for q in pairs]).astype(np.float32)
-  order = np.lexsort((test, train, -infl))[:p]
-  return train[order], test[order], infl[order]
+def converged(loss):
+  """(t,) bool: models whose every recorded epoch loss (t, epochs) is
+  finite; the others are left out of every estimate. A loss that was inf
+  once and finite later is a model that blew up and came back as something
+  else: it is not the recipe's model."""
+  return np.isfinite(loss).all(axis=1)
 
 
 def memorizable(heldout_acc, low: float = 0.1, high: float = 0.9):
@@ -366,8 +366,8 @@ def compile_ahead(t: int, n: int, n_test: int, *, with_infl: bool = True,
                   fractions=(0.25, 0.5)) -> None:
   """Compiles the programs that estimate() and convergence() run for t
   models, n training and n_test test examples, without running them: on a
-  thread while the device trains, they are ready when the models are (about
-  3 s of compiling at MNIST's size on an H100). jit keeps them; a call of
+  thread while the device trains, they are ready when the models are
+  (seconds of compiling saved: BENCHMARKS.md). jit keeps them; a call of
   other shapes compiles its own as before."""
   spec = jax.ShapeDtypeStruct
   for k in _convergence_counts(t, fractions):

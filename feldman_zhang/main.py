@@ -41,7 +41,7 @@ flags.DEFINE_integer('num_processes', 1, 'With --coordinator_address.')
 flags.DEFINE_integer('process_id', 0, 'With --coordinator_address.')
 flags.DEFINE_string('compilation_cache', '~/.cache/feldman_zhang/jax',
                     "JAX's persistent compilation cache: a rerun, resume or "
-                    'experiment skips compiling (MNIST on an H100: 7 -> 2 s). '
+                    'experiment skips compiling (what it saves: BENCHMARKS.md). '
                     "'' turns it off; JAX_COMPILATION_CACHE_DIR, if set, "
                     'wins.')
 flags.mark_flags_as_required(['config', 'workdir'])
@@ -124,8 +124,8 @@ def use_compilation_cache(path: str) -> None:
       return
     jax.config.update('jax_compilation_cache_dir', path)
   if 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS' not in os.environ:
-    # The estimate's and summary's programs take under JAX's default 1 s
-    # each, and about 3 s together on an H100.
+    # The estimate's and summary's programs each compile in under JAX's
+    # default 1 s, but they are many (BENCHMARKS.md).
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 
 
@@ -151,10 +151,14 @@ def main(argv):
       where = 'estimates.npz, summary.json, chunks/'
     elif FLAGS.mode == 'drop':
       summary = experiments.drop(FLAGS.config, FLAGS.workdir)
-      where = 'drop/ (drop.csv, the figure, one npz per threshold)'
+      where = ('drop/ (drop.csv, one npz per threshold; the figure: python '
+               f'-m analysis.experiment_figures --workdir={FLAGS.workdir})')
     else:
-      summary = experiments.lastlayer(FLAGS.config, FLAGS.workdir)
-      where = 'lastlayer/ (its estimates, the comparison JSON, histograms)'
+      summary = experiments.lastlayer(FLAGS.config, FLAGS.workdir,
+                                      job=pipeline.run_on)
+      where = ('lastlayer/ (its estimates, comparison.json; the histograms: '
+               'python -m analysis.experiment_figures '
+               f'--workdir={FLAGS.workdir})')
     if summary is not None and jax.process_index() == 0:
       print(f'results: {os.path.abspath(FLAGS.workdir)}/ {where}')
   except pipeline.USER_ERRORS as e:

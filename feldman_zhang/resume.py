@@ -18,7 +18,6 @@ from absl import logging
 from feldman_zhang import config as config_lib
 from feldman_zhang import distributed
 from feldman_zhang import store
-from feldman_zhang import train
 
 # Bumped whenever a change to the trainer or the store changes what a stored
 # chunk means; a workdir written under another version is not resumed.
@@ -52,45 +51,39 @@ _DTYPES = ('compute_dtype', 'momentum_dtype')
 def identity(config, ds) -> dict:
   """What the stored predictions depend on; a resume must match it exactly.
 
-  The dtypes and the parameter storage are resolved: 'auto' means bf16 and
-  split storage on an accelerator, f32 on the CPU, and a run must not mix
-  the two; 'auto' and what it resolves to are the same run.
+  config: resolved (config.resolve): its dtypes and parameter storage are
+  what the models computed with, so auto and what it resolved to are the
+  same run, and a run must not mix bf16 and f32 models.
   """
-  dtypes = {k: jax.numpy.dtype(train.compute_dtype(config.train[k])).name
-            for k in _DTYPES}
-  fields = config_lib.result_fields(config)
-  fields.update({f'train.{k}': v for k, v in dtypes.items()})
-  fields['train.param_storage'] = train.param_storage(config.train)
-  return dict(config=fields, dtypes=dtypes,
+  dtypes = {k: config.train[k] for k in _DTYPES}
+  return dict(config=config_lib.result_fields(config), dtypes=dtypes,
               data=ds.fingerprint(), trainer_version=TRAINER_VERSION,
               format_version=store.FORMAT_VERSION)
 
 
-def keep_recorded_storage(config, workdir):
-  """config, or a copy whose train.param_storage 'auto' is the storage the
-  workdir's stored models were trained with.
-
-  auto once meant float32 everywhere: a run stored then on a GPU resumes
-  with its own storage instead of being refused for one it never chose.
-  """
-  path = os.path.join(workdir, 'run.json')
-  if (config.train.param_storage != 'auto' or not os.path.exists(path) or
-      not store.list_chunks(workdir)):
-    return config
+def recorded_config(workdir) -> dict | None:
+  """The identity config of the models a workdir stores (what
+  config.resolve keeps an auto param_storage to), or None where it stores
+  none or its run.json is unreadable (check_identity says why)."""
+  w = store.Workdir(workdir)
+  if not os.path.exists(w.run_json) or not store.list_chunks(workdir):
+    return None
   try:
-    recorded = _read_identity(path)['config']['train.param_storage']
+    return read_identity(workdir)['config']
   except store.StoreError:
-    return config  # check_identity says what is wrong with it
-  bf16 = train.compute_dtype(config.train.compute_dtype) == jax.numpy.bfloat16
-  if (recorded == train.param_storage(config.train) or
-      recorded not in ('float32', 'split') or (recorded == 'split' and
-                                               not bf16)):
-    return config  # the same, or check_identity refuses the run anyway
-  logging.info('train.param_storage=auto keeps %s, the storage the models '
-               'in %s were trained with', recorded, workdir)
-  config = config.copy_and_resolve_references()
-  config.train.param_storage = recorded
-  return config
+    return None
+
+
+def differences(old: dict, new: dict) -> dict:
+  """{name: (old value, new value)} of two identities: the top-level keys
+  (data, dtypes, versions) by name, config fields as 'config.FIELD'."""
+  out = {k: (old.get(k), new.get(k))
+         for k in ('data', 'dtypes', 'trainer_version', 'format_version')
+         if old.get(k) != new.get(k)}
+  fa, fb = old.get('config', {}), new.get('config', {})
+  out.update({f'config.{k}': (fa.get(k), fb.get(k))
+              for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)})
+  return out
 
 
 def check_identity(workdir, ident) -> None:
@@ -102,32 +95,29 @@ def check_identity(workdir, ident) -> None:
   """
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise store.StoreError(f'--workdir {workdir} is a file, not a directory')
-  path = os.path.join(workdir, 'run.json')
-  results = (store.list_chunks(workdir) or
-             os.path.exists(store.estimates_path(workdir)))
-  if not os.path.exists(path) or not results:
+  w = store.Workdir(workdir)
+  results = store.list_chunks(workdir) or os.path.exists(w.estimates)
+  if not os.path.exists(w.run_json) or not results:
     if results:
       raise store.StoreError(f'{workdir} holds results but no run.json')
     if distributed.is_leader():
-      store.write_json(path, dict(identity=ident, versions=_versions()))
+      store.write_json(w.run_json, dict(identity=ident, versions=_versions()))
     return
-  old = _read_identity(path)
-  if old == ident:
-    return
-  diffs = [k for k in ('data', 'dtypes', 'trainer_version', 'format_version')
-           if old.get(k) != ident[k]]
-  keys = sorted(set(old['config']) | set(ident['config']))
-  values = {f'config.{k}': (old['config'].get(k), ident['config'].get(k))
-            for k in keys if old['config'].get(k) != ident['config'].get(k)}
-  raise IdentityError(workdir, diffs + list(values), values)
+  diffs = differences(read_identity(workdir), ident)
+  if diffs:
+    raise IdentityError(workdir, list(diffs),
+                        {k: v for k, v in diffs.items()
+                         if k.startswith('config.')})
 
 
-def _read_identity(path) -> dict:
-  """The identity a run.json records, in the terms identity() now uses."""
+def read_identity(workdir) -> dict:
+  """The identity the workdir's run.json records, in the terms identity()
+  now uses (fields added since, at the values older runs computed with)."""
+  path = store.Workdir(workdir).run_json
   try:
     old = store.read_json(path)['identity']
     old['config'] = {**ADDED_FIELDS, **old['config']}
-    # Runs before the resolved dtypes recorded them as written ('auto').
+    # Runs before the resolved dtypes recorded them as written (auto).
     old['config'].update({f'train.{k}': v
                           for k, v in old.get('dtypes', {}).items()
                           if k in _DTYPES})
@@ -157,7 +147,8 @@ def stored_models(workdir, num_models, quarantine):
   if quarantine:
     # A killed write's temporary files (the leader scans while no process
     # writes).
-    for tmp in glob.glob(os.path.join(workdir, 'chunks', '.tmp-*')):
+    for tmp in glob.glob(os.path.join(store.Workdir(workdir).chunks,
+                                      '.tmp-*')):
       os.remove(tmp)
   for start, stop, path in store.list_chunks(workdir):
     try:
@@ -165,9 +156,9 @@ def stored_models(workdir, num_models, quarantine):
     except store.StoreError as e:
       if quarantine:
         logging.warning('%s; moving it to chunks/corrupt and retraining', e)
-        os.makedirs(os.path.join(workdir, 'chunks', 'corrupt'), exist_ok=True)
-        os.replace(path, os.path.join(workdir, 'chunks', 'corrupt',
-                                      os.path.basename(path)))
+        corrupt = store.Workdir(workdir).corrupt
+        os.makedirs(corrupt, exist_ok=True)
+        os.replace(path, os.path.join(corrupt, os.path.basename(path)))
       continue
     have[start:min(stop, num_models)] = True
   return have

@@ -1,11 +1,13 @@
 """The run's files: its identity, per-chunk predictions, and the estimates.
 
-WORKDIR/
+WORKDIR/                    (every path: `Workdir`)
   run.json                  config, data fingerprint, format version
   chunks/models_A-B.npz     models A..B-1: subset masks and predictions
-  estimates.npz             mem, mem_stderr, heldout_acc, ...
+  estimates.npz             mem, mem_stderr, heldout_acc, ..., its config
   infl-CRC.npy              the (n, n_test) float32 matrices, named in
   infl_stderr-CRC.npy       estimates.npz
+  config.json               the config, readable (written after the estimates)
+  summary.json              what the job printed, and its timing
 
 Every file is written to a temporary name and renamed into place, so a kill
 leaves either the old file or the new one, never a torn one. Chunks carry a
@@ -13,6 +15,7 @@ sha256 of their arrays, checked on every read.
 """
 
 import contextlib
+import dataclasses
 import errno
 import glob
 import hashlib
@@ -33,6 +36,59 @@ _PACKED = ('masks', 'train_correct', 'test_correct')
 
 class StoreError(ValueError):
   """A workdir whose contents cannot be used; the message names the file."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Workdir:
+  """Every path of a run directory: the one place its layout is written."""
+  root: str
+
+  def _join(self, *parts) -> str:
+    return os.path.join(self.root, *parts)
+
+  @property
+  def run_json(self) -> str:
+    return self._join('run.json')
+
+  @property
+  def config_json(self) -> str:
+    return self._join('config.json')
+
+  @property
+  def summary_json(self) -> str:
+    return self._join('summary.json')
+
+  @property
+  def estimates(self) -> str:
+    return self._join('estimates.npz')
+
+  @property
+  def chunks(self) -> str:
+    return self._join('chunks')
+
+  @property
+  def corrupt(self) -> str:
+    """Where unreadable chunks are set aside (their models retrain)."""
+    return self._join('chunks', 'corrupt')
+
+  @property
+  def lock(self) -> str:
+    return self._join('.lock')
+
+  def chunk(self, start: int, stop: int) -> str:
+    return self._join('chunks', f'models_{start:07d}-{stop:07d}.npz')
+
+  def temp_files(self) -> list[str]:
+    """Temporary files of writes a kill interrupted (root and chunks)."""
+    return (glob.glob(self._join('.tmp-*')) +
+            glob.glob(self._join('chunks', '.tmp-*')))
+
+  def dense(self, filename: str) -> str:
+    return self._join(filename)
+
+  def sub(self, name: str) -> 'Workdir':
+    """An experiment's own run directory inside this one."""
+    return Workdir(self._join(name))
 
 
 def _read_umask() -> int:
@@ -69,9 +125,6 @@ def atomic_write(path: str, write) -> None:
     raise
 
 
-LOCK_FILE = '.lock'
-
-
 @contextlib.contextmanager
 def locked(workdir: str):
   """Holds the workdir's exclusive lock for the block.
@@ -88,7 +141,7 @@ def locked(workdir: str):
     raise StoreError(f'--workdir {workdir} is a file, not a directory')
   try:
     os.makedirs(workdir, exist_ok=True)
-    fd = os.open(os.path.join(workdir, LOCK_FILE), os.O_RDWR | os.O_CREAT,
+    fd = os.open(Workdir(workdir).lock, os.O_RDWR | os.O_CREAT,
                  0o666 & ~_UMASK)
   except OSError as e:
     raise StoreError(f'cannot use --workdir {workdir}: {e.strerror} '
@@ -104,8 +157,7 @@ def locked(workdir: str):
     import socket  # pylint: disable=import-outside-toplevel
     os.ftruncate(fd, 0)
     os.pwrite(fd, f'pid {os.getpid()} on {socket.gethostname()}\n'.encode(), 0)
-    for tmp in (glob.glob(os.path.join(workdir, '.tmp-*')) +
-                glob.glob(os.path.join(workdir, 'chunks', '.tmp-*'))):
+    for tmp in Workdir(workdir).temp_files():
       with contextlib.suppress(FileNotFoundError):
         os.remove(tmp)
     yield
@@ -127,7 +179,7 @@ def read_json(path: str):
 
 
 def chunk_path(workdir: str, start: int, stop: int) -> str:
-  return os.path.join(workdir, 'chunks', f'models_{start:07d}-{stop:07d}.npz')
+  return Workdir(workdir).chunk(start, stop)
 
 
 def _checksum(arrays) -> str:
@@ -197,7 +249,7 @@ def read_chunk(path: str) -> dict:
 def list_chunks(workdir: str):
   """[(start, stop, path)] of the chunk files, by start."""
   out = []
-  for path in glob.glob(os.path.join(workdir, 'chunks', 'models_*.npz')):
+  for path in glob.glob(os.path.join(Workdir(workdir).chunks, 'models_*.npz')):
     match = _CHUNK_RE.search(os.path.basename(path))
     if match:
       out.append((int(match.group(1)), int(match.group(2)), path))
@@ -248,8 +300,8 @@ def load_predictions(workdir: str, num_models: int = 0) -> dict:
 # The (n, n_test) matrices (2.4 GB each at MNIST's size) are plain .npy files
 # beside estimates.npz rather than members of it: they are filled tile by tile
 # as the device computes them (store.new_dense), and read back memory-mapped,
-# so an analysis that needs a few rows does not read them whole (MNIST's infl:
-# 5.8 s to load from an npz on a 2-core CPU, 2 ms to map). Each file is named
+# so an analysis that needs a few rows does not read them whole (MNIST's infl
+# loads from an npz in seconds, maps in milliseconds). Each file is named
 # by the crc32 of its data (the array, not the .npy header) and estimates.npz
 # names the file it goes with, so a kill between the writes leaves the old
 # estimates.npz with the old file.
@@ -258,7 +310,7 @@ _DENSE_TMP = '.tmp-dense-'
 
 
 def estimates_path(workdir: str) -> str:
-  return os.path.join(workdir, 'estimates.npz')
+  return Workdir(workdir).estimates
 
 
 @contextlib.contextmanager
@@ -386,7 +438,7 @@ def load_estimates(workdir: str, verify: bool = True) -> dict:
                      're-run the same estimate command to rebuild it') from e
   for name in DENSE:
     if f'{name}_file' in out:
-      path = os.path.join(workdir, str(out.pop(f'{name}_file')))
+      path = Workdir(workdir).dense(str(out.pop(f'{name}_file')))
       if not os.path.exists(path):
         raise StoreError(f'{path}, named in {estimates_path(workdir)}, is '
                          'missing: rerun the job to estimate again')

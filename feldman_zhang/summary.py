@@ -3,22 +3,9 @@
 import numpy as np
 
 from feldman_zhang import estimate as estimate_lib
+from feldman_zhang import pairs as pairs_lib
 
 _SHADES = ' .:-=+*#%@'
-
-
-def top_pairs(infl, k):
-  """The k largest entries of infl (n, n_test): [(train i, test j)], ties by
-  position. They lie in the k rows of largest maximum, so only those rows
-  are sorted: one pass over the matrix (0.1 s at MNIST's 60,000 x 10,000,
-  against 17 s for an argpartition of all of it, 2-core CPU)."""
-  n_test = infl.shape[1]
-  k = min(k, infl.size)
-  rows = np.argsort(-infl.max(1), kind='stable')[:k]
-  values = infl[rows].reshape(-1)
-  flat = (rows[:, None] * n_test + np.arange(n_test)).reshape(-1)
-  best = np.lexsort((flat, -values))[:k]
-  return [(int(f // n_test), int(f % n_test)) for f in flat[best]]
 
 
 def summarize(config, ds, preds, valid, est) -> dict:
@@ -54,9 +41,9 @@ def summarize(config, ds, preds, valid, est) -> dict:
         memorized_clean=int((mem[~bad] >= threshold).sum()))
   p = config.summary.top_pairs
   if 'infl' in est:
-    pairs = [(i, j, est['infl'][i, j]) for i, j in top_pairs(est['infl'], p)]
+    pairs = [(i, j, est['infl'][i, j]) for i, j in pairs_lib.top_pairs(est['infl'], p)]
   elif 'infl_top_infl' in est:
-    pairs = top_pairs_of_topk(
+    pairs = pairs_lib.top_pairs_of_topk(
         est['infl_top_infl'], est['infl_top_train'], p,
         tuple(est[f'infl_pair_{k}'] for k in ('train', 'test', 'infl'))
         if 'infl_pair_train' in est else None)
@@ -68,32 +55,6 @@ def summarize(config, ds, preds, valid, est) -> dict:
              test_label=int(ds.y_test[j]), infl=float(v), mem=float(mem[i]))
         for i, j, v in pairs]
   return out
-
-
-def topk_candidates(top_infl, top_train, pairs=None):
-  """Every pair the top-k form knows: (train, test) int64 and infl (P,),
-  from the top-k lists (top_infl, top_train: (k, n_test)) and the pair list
-  (pairs: (train, test, infl) arrays, or None)."""
-  test = np.broadcast_to(np.arange(top_infl.shape[1]), top_infl.shape)
-  train, test, vals = (a.reshape(-1) for a in (top_train, test, top_infl))
-  if pairs is not None:
-    # The same tiles made both: a pair in both has one value, kept once.
-    train, test, vals = (np.concatenate([a, b]) for a, b in
-                         zip((train, test, vals), pairs))
-    _, first = np.unique(train.astype(np.int64) * top_infl.shape[1] + test,
-                         return_index=True)
-    train, test, vals = train[first], test[first], vals[first]
-  return train.astype(np.int64), test.astype(np.int64), vals
-
-
-def top_pairs_of_topk(top_infl, top_train, p, pairs=None):
-  """The p largest pairs [(train i, test j, infl)] of the top-k form (see
-  topk_candidates); they are the p largest of all of infl whenever k >= p.
-  Ties by position, as top_pairs."""
-  train, test, vals = topk_candidates(top_infl, top_train, pairs)
-  order = np.lexsort((test, train, -vals))[:p]
-  order = order[np.isfinite(vals[order])]
-  return [(int(train[o]), int(test[o]), float(vals[o])) for o in order]
 
 
 def ascii_image(x):

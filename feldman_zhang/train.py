@@ -101,11 +101,8 @@ def _sgd(config, lr, weight_decay: float) -> optax.GradientTransformation:
 
 
 def compute_dtype(name: str):
-  """'auto' is bf16 on accelerators and f32 on the CPU, which has no fast
-  bf16 matrix unit. Used for matrix math and for the momentum buffer;
-  parameters always stay f32."""
-  if name == 'auto':
-    name = 'float32' if jax.default_backend() == 'cpu' else 'bfloat16'
+  """The jnp dtype of a resolved dtype field (config.resolve), used for
+  matrix math and for the momentum buffer; parameters always stay f32."""
   return {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[name]
 
 
@@ -182,19 +179,10 @@ def make_step(model, tx, augment=None, label_smoothing: float = 0.0,
   return step
 
 
-def param_storage(c) -> str:
-  """config.train's parameter storage with 'auto' resolved: split where the
-  compute is bf16 (no per-step cast pass), float32 where it is f32."""
-  if c.param_storage != 'auto':
-    return c.param_storage
-  return ('split' if compute_dtype(c.compute_dtype) == jnp.bfloat16 else
-          'float32')
-
-
 def config_storage(config) -> precision.Storage:
-  """The parameter storage of config.train."""
+  """The parameter storage of a resolved config.train."""
   c = config.train
-  return precision.storage(param_storage(c), compute_dtype(c.compute_dtype))
+  return precision.storage(c.param_storage, compute_dtype(c.compute_dtype))
 
 
 def make_config_step(model, config, m: int):

@@ -19,6 +19,12 @@ def make_tiny_config():
   c.train.batch_size = 64
   c.train.lr = 0.05
   c.summary.top_pairs = 3
+  # Concrete dtypes, as config.resolve makes them on the CPU: tests build
+  # trainers from this config directly, and the trainer takes resolved
+  # configs only. auto is tested where it is meant (test_precision, and
+  # every run of a config file).
+  c.train.update(compute_dtype='float32', momentum_dtype='float32',
+                 param_storage='float32')
   return c
 
 

@@ -33,7 +33,7 @@ def tiny_config(epochs=1):
   c.eval_batch_size = 50
   c.train.update(epochs=epochs, batch_size=32, warmup_epochs=0.5 * epochs,
                  whiten_bias_epochs=min(epochs, 3))
-  return c
+  return config_lib.resolve(c)  # the trainer takes resolved configs
 
 
 def random_data(n=100, n_test=20, seed=0):

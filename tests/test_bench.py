@@ -6,7 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from feldman_zhang import bench
+from feldman_zhang import config as config_lib
+from feldman_zhang.bench import harness as bench
 from feldman_zhang import data
 from feldman_zhang import models
 from feldman_zhang import subsets
@@ -39,23 +40,27 @@ def test_counts_of_the_reference_mlp(tiny_config):
       passes * per_step + 10 * counts['num_params'])
 
 
+def _bytes(config):
+  return bench.bytes_per_param_step(config_lib.resolve(config))
+
+
 def test_byte_model_follows_the_dtypes(tiny_config):
   t = tiny_config.train
   t.compute_dtype, t.momentum_dtype = 'float32', 'float32'
-  assert bench.bytes_per_param_step(tiny_config)['total'] == 32
+  assert _bytes(tiny_config)['total'] == 32
   t.compute_dtype, t.param_storage = 'bfloat16', 'float32'
   # + cast pass (6), bf16 reads and gradient
-  assert bench.bytes_per_param_step(tiny_config) == dict(
+  assert _bytes(tiny_config) == dict(
       cast=6, forward=2, backward=2, gradient=4, momentum=8, params=8,
       total=30)
   t.momentum_dtype = 'bfloat16'
-  assert bench.bytes_per_param_step(tiny_config)['total'] == 26
+  assert _bytes(tiny_config)['total'] == 26
   t.param_storage = 'split'  # no cast pass
-  assert bench.bytes_per_param_step(tiny_config)['total'] == 20
-  t.param_storage = 'auto'  # split, with bf16 compute
-  assert bench.bytes_per_param_step(tiny_config)['total'] == 20
+  assert _bytes(tiny_config)['total'] == 20
+  t.param_storage = config_lib.AUTO  # split, with bf16 compute
+  assert _bytes(tiny_config)['total'] == 20
   t.momentum = 0.0
-  assert bench.bytes_per_param_step(tiny_config)['total'] == 16
+  assert _bytes(tiny_config)['total'] == 16
 
 
 def test_steploop_trains_the_same_model(tiny_config):
@@ -96,7 +101,7 @@ def test_run_reports_consistent_figures(tiny_config):
 
 
 def test_step_layouts_train_the_same_models(tiny_config):
-  from feldman_zhang import bench_step
+  from feldman_zhang.bench import steps as bench_step
   c = tiny_config
   ds = data.load('digits')
   m = subsets.subset_size(ds.num_train, c.subset_ratio)

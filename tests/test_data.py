@@ -1,4 +1,5 @@
 import gzip
+import logging
 import os
 
 import numpy as np
@@ -139,6 +140,17 @@ def test_tfds_not_prepared_names_data_dir(tmp_path):
   pytest.importorskip('tensorflow_datasets')
   with pytest.raises(data.DataError, match=f'not prepared.*data_dir={tmp_path}'):
     data.load('tfds:mnist', data_dir=str(tmp_path))
+
+
+def test_tfds_probe_warnings_stay_quiet(tmp_path, caplog):
+  # A version folder without its dataset_info.json (an unfinished prepare):
+  # TFDS warns of it; the one-line DataError already says what is missing.
+  pytest.importorskip('tensorflow_datasets')
+  (tmp_path / 'mnist' / '3.0.1').mkdir(parents=True)
+  with caplog.at_level(logging.INFO):
+    with pytest.raises(data.DataError, match='not prepared'):
+      data.load('tfds:mnist', data_dir=str(tmp_path))
+  assert 'dataset_info.json' not in caplog.text
 
 
 def test_tfds_unknown_name_is_one_line_with_tfds_guess(tmp_path):

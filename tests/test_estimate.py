@@ -139,40 +139,40 @@ def test_stderr_covers_the_truth():
 
 
 def test_summary_top_pairs_equal_a_full_sort_with_ties():
-  from feldman_zhang import summary
+  from feldman_zhang import pairs
   rng = np.random.default_rng(3)
   for shape, k in [((40, 30), 7), ((5, 3), 15), ((1, 9), 4), ((50, 1), 6)]:
     infl = rng.integers(-3, 4, shape).astype(np.float32) / 4  # many ties
     flat = np.arange(infl.size)
     order = np.lexsort((flat, -infl.reshape(-1)))[:k]
     want = [divmod(int(f), shape[1]) for f in order]
-    assert summary.top_pairs(infl, k) == want
+    assert pairs.top_pairs(infl, k) == want
 
 
 def test_summary_top_pairs_from_the_topk_form_equal_dense():
-  from feldman_zhang import summary
+  from feldman_zhang import pairs as pairs_lib
   rng = np.random.default_rng(4)
   t, n, n_test = 40, 30, 12
   masks = rng.random((t, n)) < 0.7
   test_correct = rng.random((t, n_test)) < 0.6
   dense = estimate.estimate(masks, masks, test_correct)['infl']
   top = estimate.top_influence(masks, test_correct, k=5, block=7)
-  want = summary.top_pairs(dense, 5)
-  got = summary.top_pairs_of_topk(top['top_infl'], top['top_train'], 5)
+  want = pairs_lib.top_pairs(dense, 5)
+  got = pairs_lib.top_pairs_of_topk(top['top_infl'], top['top_train'], 5)
   assert [(i, j) for i, j, _ in got] == want
   np.testing.assert_allclose([v for _, _, v in got],
                              [dense[i, j] for i, j in want], atol=1e-6)
   # k = 1, 20 pairs wanted from 12 test columns: the top-k lists alone hold
   # 12; the pair list over the threshold fills in the rest.
-  want = summary.top_pairs(dense, 20)
+  want = pairs_lib.top_pairs(dense, 20)
   bar = min(dense[i, j] for i, j in want)
   top = estimate.top_influence(masks, test_correct, k=1, threshold=bar,
                                block=7)
   pairs = (top['pair_train'], top['pair_test'], top['pair_infl'])
-  got = summary.top_pairs_of_topk(top['top_infl'], top['top_train'], 20,
+  got = pairs_lib.top_pairs_of_topk(top['top_infl'], top['top_train'], 20,
                                   pairs)
   assert [(i, j) for i, j, _ in got] == want
-  assert len(summary.top_pairs_of_topk(top['top_infl'], top['top_train'],
+  assert len(pairs_lib.top_pairs_of_topk(top['top_infl'], top['top_train'],
                                        20)) == 12
 
 

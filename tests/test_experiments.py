@@ -9,7 +9,9 @@ import pytest
 
 import planted
 from feldman_zhang import experiments
+from feldman_zhang.experiments import drop as drop_lib
 from feldman_zhang import pipeline
+from feldman_zhang import prepare
 from feldman_zhang import store
 
 
@@ -41,7 +43,11 @@ def test_dropping_memorized_costs_more_than_random(planted_run):
   assert rows[0]['acc_high_mem_removed'] < rows[0]['acc_random_removed']
   csv = open(os.path.join(workdir, 'drop', 'drop.csv')).read().splitlines()
   assert csv[0].startswith('theta,num_removed,fraction_removed') and len(csv) == 2
-  assert os.path.getsize(os.path.join(workdir, 'drop', 'drop.png')) > 1000
+  # Numbers only; the figure is the analysis scripts'.
+  assert not os.path.exists(os.path.join(workdir, 'drop', 'drop.png'))
+  from analysis import common, experiment_figures  # pylint: disable=g-import-not-at-top
+  made = experiment_figures.figures(common.load_run(workdir))
+  assert len(common.png_bytes(made[os.path.join('drop', 'drop.png')])) > 1000
   # A rerun reads the finished threshold back instead of retraining.
   mtime = os.path.getmtime(os.path.join(workdir, 'drop', 'theta_0.6000.npz'))
   assert experiments.drop(c, workdir) == rows
@@ -70,8 +76,8 @@ def test_drop_keeps_exactly_the_complement(planted_run, monkeypatch):
     return dict(test_correct=np.ones((k, ds.num_test), bool),
                 loss=np.zeros((k, 1)))
 
-  monkeypatch.setattr(pipeline, 'train_models', fake_train)
-  ds, _ = pipeline.prepare(c)
+  monkeypatch.setattr(drop_lib, 'train_rows', fake_train)
+  ds = prepare.prepare(c).ds
   mem = store.load_estimates(workdir)['mem']
   result = experiments.drop_one(c, ds, None, np.flatnonzero(mem >= 0.5), 0.5,
                                 3)
@@ -98,7 +104,7 @@ def test_drop_retrains_on_other_settings_and_leaves_diverged_out(
     correct[0], loss[0] = True, np.nan         # but the first one diverged
     return dict(test_correct=correct, loss=loss)
 
-  monkeypatch.setattr(pipeline, 'train_models', fake_train)
+  monkeypatch.setattr(drop_lib, 'train_rows', fake_train)
   rows = experiments.drop(c, workdir)
   n_test = np.load(os.path.join(workdir, 'drop', 'theta_0.5500.npz'))[
       'test_correct'].shape[1]
@@ -118,7 +124,7 @@ def test_drop_retrains_on_other_settings_and_leaves_diverged_out(
 
 def test_last_layer_does_not_memorize_the_plants(planted_run):
   c, workdir, train_ids, _ = planted_run
-  comparison = experiments.lastlayer(c, workdir)
+  comparison = experiments.lastlayer(c, workdir, pipeline.run_on)
   full = store.load_estimates(workdir)['mem']
   last = store.load_estimates(os.path.join(workdir, 'lastlayer'))['mem']
   assert np.median(full[train_ids]) > 0.8
@@ -130,7 +136,7 @@ def test_last_layer_does_not_memorize_the_plants(planted_run):
   np.testing.assert_array_equal(a, b)
   assert os.path.exists(os.path.join(workdir, 'lastlayer', 'backbone'))
   # Resumes: the backbone is restored, the heads are not retrained.
-  again = experiments.lastlayer(c, workdir)
+  again = experiments.lastlayer(c, workdir, pipeline.run_on)
   assert again == comparison
   assert comparison['num_models_full'] == comparison['num_models_last'] == (
       c.num_models)
@@ -142,7 +148,7 @@ def test_last_layer_says_when_its_model_count_differs(planted_run, caplog,
   c = c.copy_and_resolve_references()  # the module's run stays as it is
   workdir = str(shutil.copytree(workdir, tmp_path / 'run'))
   c.num_models += 2  # two more heads than the estimate has models
-  comparison = experiments.lastlayer(c, workdir)
+  comparison = experiments.lastlayer(c, workdir, pipeline.run_on)
   assert comparison['num_models_last'] == comparison['num_models_full'] + 2
   assert f'lastlayer trains {c.num_models} heads' in caplog.text
 
@@ -162,7 +168,7 @@ def test_a_damaged_backbone_checkpoint_is_trained_again(tiny_config,
                                                         tmp_path):
   c = tiny_config
   c.train.epochs = 2
-  ds = pipeline.prepare(c)[0]
+  ds = prepare.prepare(c).ds
   workdir = str(tmp_path)
   _, params, _ = experiments.backbone(c, ds, workdir)
   path = os.path.join(workdir, 'lastlayer', 'backbone')

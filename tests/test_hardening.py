@@ -15,6 +15,7 @@ import pytest
 
 from conftest import ROOT
 from analysis import common
+from feldman_zhang import estimate
 from feldman_zhang import pipeline
 from feldman_zhang import store
 
@@ -125,7 +126,7 @@ def test_a_corrupt_dense_file_is_refused_and_rebuilt(finished):
 def test_a_model_diverged_in_any_epoch_is_diverged():
   inf = np.inf
   loss = np.array([[inf, 1.0, 0.5], [2.0, 1.0, 0.5], [1.0, np.nan, 0.5]])
-  np.testing.assert_array_equal(pipeline.converged(loss),
+  np.testing.assert_array_equal(estimate.converged(loss),
                                 [False, True, False])
 
 

@@ -23,7 +23,7 @@ def _config(name):
   c.model = ml_collections.ConfigDict({**MODELS[name], 'tta': 'none'})
   c.train.update(epochs=2, batch_size=16, lr=0.05, augment='crop_flip')
   c.eval_batch_size = 32
-  return c
+  return config_lib.resolve(c, 'cpu')
 
 
 def _data():

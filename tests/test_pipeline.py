@@ -9,6 +9,7 @@ import pytest
 import reference
 from feldman_zhang import config as config_lib
 from feldman_zhang import pipeline
+from feldman_zhang import prepare
 from feldman_zhang import resume
 from feldman_zhang import store
 from feldman_zhang import subsets
@@ -210,7 +211,7 @@ def test_identity_of_a_workdir_without_results_is_replaced(tiny_config,
   # A first attempt that failed before storing a model must not lock the
   # workdir to its settings.
   workdir, c = str(tmp_path / 'run'), tiny_config
-  ds, _ = pipeline.prepare(c)
+  ds = prepare.prepare(c).ds
   resume.check_identity(workdir, resume.identity(c, ds))
   c.train.lr = 0.2
   resume.check_identity(workdir, resume.identity(c, ds))
@@ -226,7 +227,7 @@ def test_identity_of_a_workdir_without_results_is_replaced(tiny_config,
 def test_where_the_data_lies_is_not_part_of_the_identity(tiny_config,
                                                          tmp_path):
   workdir, c = str(tmp_path / 'run'), tiny_config
-  ds, _ = pipeline.prepare(c)
+  ds = prepare.prepare(c).ds
   ident = resume.identity(c, ds)
   assert not set(config_lib.LOCATION_FIELDS) & set(ident['config'])
   # Runs recorded before kept the data's path: they resume from elsewhere.

@@ -5,7 +5,7 @@ import numpy as np
 import planted
 from feldman_zhang import pipeline
 from feldman_zhang import store
-from feldman_zhang import summary
+from feldman_zhang import pairs
 
 
 def test_planted_pairs_top_infl_and_planted_mem_high(tmp_path):
@@ -15,7 +15,7 @@ def test_planted_pairs_top_infl_and_planted_mem_high(tmp_path):
   est = store.load_estimates(str(tmp_path / 'run'))
 
   planted_pairs = set(zip(train_ids.tolist(), test_ids.tolist()))
-  top = summary.top_pairs(est['infl'], len(planted_pairs))
+  top = pairs.top_pairs(est['infl'], len(planted_pairs))
   # A plant whose arbitrary label is what models predict for noise anyway
   # is not memorized (seed 0 has one such): allow two misses of twelve.
   assert len(planted_pairs & set(top)) >= len(planted_pairs) - 2, top

@@ -127,6 +127,7 @@ def test_split_storage_carries_half_words_and_no_cast():
   c = config_lib.base()
   c.model.hidden = (16,)
   c.train.update(compute_dtype='bfloat16', param_storage='split')
+  c = config_lib.resolve(c)
   model = models.create(c.model, 3, jnp.bfloat16)
   step, tx, storage = train.make_config_step(model, c, 32)
   x = np.zeros((4, 2, 2, 1), np.uint8)
@@ -158,9 +159,13 @@ def test_split_storage_needs_bf16_compute():
   c.train.param_storage = 'split'
   c.train.compute_dtype = 'float32'
   with pytest.raises(config_lib.ConfigError, match='param_storage=split'):
-    config_lib.validate(c)
+    config_lib.resolve(c)
+  c.train.compute_dtype = config_lib.AUTO  # float32 on the CPU
+  with pytest.raises(config_lib.ConfigError, match='auto is float32'):
+    config_lib.resolve(c, 'cpu')
+  assert config_lib.resolve(c, 'gpu').train.compute_dtype == 'bfloat16'
   c.train.compute_dtype = 'bfloat16'
-  config_lib.validate(c)
+  config_lib.resolve(c)
   with pytest.raises(ValueError, match='needs bf16'):
     precision.storage('split', jnp.float32)
 
@@ -168,7 +173,7 @@ def test_split_storage_needs_bf16_compute():
 def test_runs_recorded_before_param_storage_still_resume(tmp_path,
                                                          tiny_config):
   ds = data.load('digits')
-  ident = resume.identity(tiny_config, ds)
+  ident = resume.identity(config_lib.resolve(tiny_config), ds)
   old = dict(ident, config={k: v for k, v in ident['config'].items()
                             if k != 'train.param_storage'})
   workdir = str(tmp_path / 'run')
@@ -179,20 +184,24 @@ def test_runs_recorded_before_param_storage_still_resume(tmp_path,
   tiny_config.train.compute_dtype = 'bfloat16'
   tiny_config.train.param_storage = 'split'
   with pytest.raises(store.StoreError, match='param_storage'):
-    resume.check_identity(workdir, resume.identity(tiny_config, ds))
+    resume.check_identity(workdir, resume.identity(
+        config_lib.resolve(tiny_config), ds))
 
 
 def test_auto_storage_is_split_exactly_where_the_compute_is_bf16(tiny_config):
   c = tiny_config
-  assert c.train.param_storage == 'auto'
+  c.train.param_storage = config_lib.AUTO
   for dtype, want in (('float32', 'float32'), ('bfloat16', 'split')):
     c.train.compute_dtype = dtype
-    assert train.param_storage(c.train) == want
-    config_lib.validate(c)
-  # compute_dtype auto is f32 on this CPU: auto storage is float32 here.
-  c.train.compute_dtype = 'auto'
-  assert train.param_storage(c.train) == 'float32'
-  assert train.config_storage(c).view is not None
+    assert config_lib.resolve(c).train.param_storage == want
+  # compute_dtype auto is f32 on a CPU, bf16 elsewhere: so is the storage.
+  c.train.compute_dtype = config_lib.AUTO
+  assert config_lib.resolve(c, 'cpu').train.param_storage == 'float32'
+  assert config_lib.resolve(c, 'tpu').train.param_storage == 'split'
+  assert c.train.param_storage == config_lib.AUTO  # a copy, not changed
+  assert train.config_storage(config_lib.resolve(c)).view is not None
+  with pytest.raises(KeyError):  # the trainer takes resolved configs only
+    train.compute_dtype(config_lib.AUTO)
 
 
 def test_identity_holds_the_resolved_storage(tmp_path, tiny_config):
@@ -201,26 +210,28 @@ def test_identity_holds_the_resolved_storage(tmp_path, tiny_config):
   ds = data.load('digits')
   workdir = str(tmp_path / 'run')
   tiny_config.train.update(compute_dtype='bfloat16', param_storage='float32')
-  resume.check_identity(workdir, resume.identity(tiny_config, ds))
+  ident = lambda c, **kw: resume.identity(config_lib.resolve(c, **kw), ds)
+  resume.check_identity(workdir, ident(tiny_config))
   z = np.zeros((1, 4), bool)
   store.write_chunk(workdir, [0], z, z, z, z, z, np.zeros((1, 1)))
-  tiny_config.train.param_storage = 'auto'
+  tiny_config.train.param_storage = config_lib.AUTO
   with pytest.raises(resume.IdentityError, match='param_storage'):
-    resume.check_identity(workdir, resume.identity(tiny_config, ds))
+    resume.check_identity(workdir, ident(tiny_config))
   tiny_config.train.param_storage = 'split'
   with pytest.raises(resume.IdentityError, match='param_storage'):
-    resume.check_identity(workdir, resume.identity(tiny_config, ds))
+    resume.check_identity(workdir, ident(tiny_config))
   tiny_config.train.param_storage = 'float32'
-  resume.check_identity(workdir, resume.identity(tiny_config, ds))
+  resume.check_identity(workdir, ident(tiny_config))
   # The job itself: auto keeps the workdir's storage (auto once meant
   # float32 everywhere), an explicit other storage is still refused.
-  tiny_config.train.param_storage = 'auto'
-  kept = resume.keep_recorded_storage(tiny_config, workdir)
+  tiny_config.train.param_storage = config_lib.AUTO
+  recorded = resume.recorded_config(workdir)
+  kept = config_lib.resolve(tiny_config, recorded=recorded)
   assert kept.train.param_storage == 'float32'
-  assert tiny_config.train.param_storage == 'auto'  # a copy, not changed
-  resume.check_identity(workdir, resume.identity(kept, ds))
-  assert resume.keep_recorded_storage(tiny_config, str(tmp_path / 'new')) is (
-      tiny_config)
+  assert tiny_config.train.param_storage == config_lib.AUTO  # not changed
+  resume.check_identity(workdir, ident(tiny_config, recorded=recorded))
+  assert resume.recorded_config(str(tmp_path / 'new')) is None
+  assert config_lib.resolve(tiny_config).train.param_storage == 'split'
 
 
 def test_auto_resumes_a_float32_run_with_float32(tiny_config, tmp_path):
@@ -229,12 +240,15 @@ def test_auto_resumes_a_float32_run_with_float32(tiny_config, tmp_path):
   tiny_config.num_models = 5
   workdir = str(tmp_path / 'run')
   pipeline.run(tiny_config, workdir)
-  tiny_config.train.param_storage = 'auto'
+  tiny_config.train.param_storage = config_lib.AUTO
   tiny_config.num_models = 7
   summary = pipeline.run(tiny_config, workdir)
   assert summary['timing']['models_trained'] == 2
+  # config.json records the config as given; run.json what it resolved to.
   assert store.read_json(os.path.join(workdir, 'config.json'))['train'][
-      'param_storage'] == 'float32'
+      'param_storage'] == config_lib.AUTO
+  assert resume.read_identity(workdir)['config'][
+      'train.param_storage'] == 'float32'
   tiny_config.train.param_storage = 'split'
   with pytest.raises(resume.IdentityError, match='param_storage'):
     pipeline.run(tiny_config, workdir)
@@ -244,18 +258,21 @@ def test_auto_dtypes_and_what_they_resolve_to_are_one_run(tmp_path,
                                                           tiny_config):
   ds = data.load('digits')
   workdir = str(tmp_path / 'run')
-  ident = resume.identity(tiny_config, ds)  # compute_dtype auto: f32 here
+  # compute_dtype auto: f32 here
+  ident = resume.identity(config_lib.resolve(tiny_config), ds)
   assert ident['config']['train.compute_dtype'] == 'float32'
   # As runs before resolved dtypes wrote it: the config as written.
   old = dict(ident, config=dict(ident['config'],
-                                **{'train.compute_dtype': 'auto',
-                                   'train.momentum_dtype': 'auto'}))
+                                **{'train.compute_dtype': config_lib.AUTO,
+                                   'train.momentum_dtype': config_lib.AUTO}))
   resume.check_identity(workdir, old)
   z = np.zeros((1, 4), bool)
   store.write_chunk(workdir, [0], z, z, z, z, z, np.zeros((1, 1)))
   tiny_config.train.update(compute_dtype='float32', momentum_dtype='float32')
-  resume.check_identity(workdir, resume.identity(tiny_config, ds))
+  resume.check_identity(workdir, resume.identity(
+      config_lib.resolve(tiny_config), ds))
   tiny_config.train.compute_dtype = 'bfloat16'
   with pytest.raises(resume.IdentityError, match=(
       r"config.train.compute_dtype \(stored 'float32', given 'bfloat16'\)")):
-    resume.check_identity(workdir, resume.identity(tiny_config, ds))
+    resume.check_identity(workdir, resume.identity(
+        config_lib.resolve(tiny_config), ds))

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
+from feldman_zhang import runner
 from feldman_zhang import store
 
 TINY = ['--config=configs/digits_mlp.py', '--config.model.hidden=(32,)',
@@ -102,6 +103,6 @@ def test_processes_with_other_device_counts_are_refused(monkeypatch,
   monkeypatch.setattr(jax, 'devices', lambda: [fake(0), fake(0), fake(1)])
   with pytest.raises(config_lib.ConfigError,
                      match=r'different numbers of devices \({0: 2, 1: 1}'):
-    pipeline.models_per_call(tiny_config)
+    runner.models_per_call(tiny_config)
   monkeypatch.setattr(jax, 'devices', lambda: [fake(0), fake(1)])
-  assert pipeline.models_per_call(tiny_config) == (5, jax.local_device_count())
+  assert runner.models_per_call(tiny_config) == (5, jax.local_device_count())

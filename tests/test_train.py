@@ -66,7 +66,7 @@ def test_partial_last_batch_counts_once():
   # m = 10, batch 4: steps of 4, 4, 2 real examples; the padded slots must
   # weigh nothing, so a model trained with batch 4 on 10 examples whose
   # lr is 0 reports the true mean loss of its 10 examples.
-  c = config_lib.base()
+  c = config_lib.resolve(config_lib.base(), 'cpu')
   c.model.hidden = (8,)
   c.train.update(epochs=1, batch_size=4, lr=1e-30, momentum=0.0)
   model = models.create(c.model, 3)

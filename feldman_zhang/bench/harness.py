@@ -14,44 +14,19 @@ FLOP/s and parameter traffic come from counted models of the network (see
 `count`), set against the device's measured matmul and copy peaks.
 """
 
-import json
 import math
-import sys
 import time
 
-from absl import app
-from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
-from ml_collections import config_flags
 
 from feldman_zhang import config as config_lib
 from feldman_zhang import models
-from feldman_zhang import pipeline
+from feldman_zhang import prepare as prepare_lib
+from feldman_zhang import runner
 from feldman_zhang import subsets
 from feldman_zhang import train
-
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Experiment config file.')
-flags.DEFINE_integer('num_models', 0, 'Models the figures are for; 0: one '
-                     'call of models_per_device on every device.')
-flags.DEFINE_integer('sample_models', 2, 'Models timed in the single arm.')
-flags.DEFINE_integer('sample_steps', 50, 'Steps timed in the steploop arm.')
-flags.DEFINE_list('arms', ['vmap', 'single', 'steploop'], 'Arms to run.')
-flags.DEFINE_string('out', 'bench.json', 'Where the JSON goes.')
-flags.DEFINE_list('estimate_only', [], 'T,N,N_TEST: time only the estimate '
-                  'step on random predictions of that size (no --config).')
-flags.DEFINE_list('step_variants', [], 'Time only training-step layouts '
-                  '(gather, shared, map; see bench_step.py) ...')
-flags.DEFINE_list('step_ks', [], '... at these models per device K.')
-flags.DEFINE_integer('step_steps', 50, '... over this many steps.')
-flags.DEFINE_list('flops', [], 'Config files: print XLA\'s FLOP count of one '
-                  'model\'s whole job for each (training on its subset, '
-                  'evaluation of every image with the config\'s TTA), no '
-                  'timing.')
-flags.DEFINE_string('flops_data', 'random:32x32x3:10:50000:10000', '... on '
-                    'data of this source (FLOPs depend on its shapes only).')
 
 def bytes_per_param_step(config) -> dict:
   """The byte model: bytes moved per parameter in one SGD-momentum step.
@@ -67,7 +42,7 @@ def bytes_per_param_step(config) -> dict:
   c = config.train
   w = np.dtype(train.compute_dtype(c.compute_dtype)).itemsize
   mom = np.dtype(train.compute_dtype(c.momentum_dtype)).itemsize
-  split = train.param_storage(c) == 'split'
+  split = c.param_storage == 'split'
   terms = dict(cast=0 if split or w == 4 else 4 + w, forward=w, backward=w,
                gradient=2 * w, momentum=2 * mom if c.momentum else 0,
                params=8)
@@ -81,8 +56,8 @@ def count(model, config, ds, m) -> dict:
   FLOPs come from XLA's cost analysis of one evaluation batch and of one
   whole training step (forward, backward, optimizer), taken before
   compilation: on GPUs the compiled module hands convolutions to cuDNN,
-  whose FLOPs it does not count (ResNet-9 read 2.2 instead of 658 MFLOP per
-  image on an H100). A step is not 3 forward passes: the backward pass skips
+  whose FLOPs it does not count (ResNet-9 read 300x too few on an H100,
+  BENCHMARKS.md). A step is not 3 forward passes: the backward pass skips
   the input gradient of the first layer, the MLP's largest (2.25 forward
   passes for the MNIST MLP).
   """
@@ -162,39 +137,25 @@ def _inputs(config, ds, m, ids):
 
 
 def time_chunks(config, model, ds, m, num_models, per_device) -> dict:
-  """The vmap (per_device = K) or single (per_device = 1) arm."""
-  mesh = train.local_mesh() if per_device > 1 else None
-  size = per_device * (jax.local_device_count() if mesh else 1)
-  fn = train.make_chunk_fn(model, config, m, mesh)
-  data = (ds.x_train, ds.y_train, ds.x_test, ds.y_test)
-  if mesh:
-    data = train.put_replicated(mesh, *data)
-  else:
-    data = [jax.device_put(a) for a in data]
-  args = _inputs(config, ds, m, np.arange(size))
-  if mesh:
-    args = train.put_models(mesh, *args)
-  start = time.perf_counter()
-  compiled = fn.lower(*args, *data).compile()
-  compile_s = time.perf_counter() - start
-  memory = compiled.memory_analysis()
+  """The vmap (per_device = K) or single (per_device = 1) arm: the job's
+  runner (runner.run) over whole calls, their outputs fetched and dropped."""
+  program = runner.Program(model, config, ds, m, per_device,
+                           sharded=per_device > 1)
+  size = program.size
   calls = math.ceil(num_models / size)
-  start = time.perf_counter()
-  for c in range(calls):
-    args = _inputs(config, ds, m, np.arange(c * size, (c + 1) * size))
-    if mesh:
-      args = train.put_models(mesh, *args)
-    out = compiled(*args, *data)
-  jax.block_until_ready(out)
-  secs = time.perf_counter() - start
+  phases = runner.Phases()
+  compiled, _, _ = runner.run(
+      program, ((c,) + _inputs(config, ds, m, np.arange(c * size,
+                                                       (c + 1) * size))
+                for c in range(calls)), lambda *_: False, phases)
+  secs = phases.seconds['train']
   out = dict(models_timed=calls * size, seconds=secs * num_models / (calls * size),
-             compile_s=compile_s, models_per_call=size,
+             compile_s=phases.seconds['compile'], models_per_call=size,
              devices=size // per_device, evaluates=True)
-  if memory is not None:
+  per_model = runner.device_bytes(compiled, per_device)
+  if per_model is not None:
     # XLA's figures are per device, which holds per_device models.
-    total = (memory.temp_size_in_bytes + memory.argument_size_in_bytes +
-             memory.output_size_in_bytes)
-    out['device_bytes_per_model'] = total / per_device
+    out['device_bytes_per_model'] = per_model
   return out
 
 
@@ -302,8 +263,8 @@ def figures(arm: dict, counts: dict, peaks: dict, num_models: int) -> dict:
 
 def run(config, num_models=0, arms=('vmap', 'single', 'steploop'),
         sample_models=2, sample_steps=50) -> dict:
-  ds, m = pipeline.prepare(config)
-  model = pipeline.create_model(config, ds)
+  config = config_lib.resolve(config)
+  ds, m, model = prepare_lib.prepare(config)
   k = config.models_per_device
   num_models = num_models or k * jax.local_device_count()
   counts = count(model, config, ds, m)
@@ -330,9 +291,9 @@ def run(config, num_models=0, arms=('vmap', 'single', 'steploop'),
 
 def step_variants(config, variants, ks, steps) -> list:
   """Per-step time of each layout at each K; prints a table as it goes."""
-  from feldman_zhang import bench_step  # pylint: disable=g-import-not-at-top
-  ds, m = pipeline.prepare(config)
-  model = pipeline.create_model(config, ds)
+  from feldman_zhang.bench import steps as steps_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.resolve(config)
+  ds, m, model = prepare_lib.prepare(config)
   traffic = bytes_per_param_step(config)
   counted = traffic['total']
   print(f'byte model: {counted} B per parameter and step ({traffic})')
@@ -341,7 +302,7 @@ def step_variants(config, variants, ks, steps) -> list:
   rows = []
   for k in ks:
     for v in variants:
-      r = bench_step.time_variant(v, model, config, ds, m, k, steps)
+      r = steps_lib.time_variant(v, model, config, ds, m, k, steps)
       rows.append(r)
       print(f'{v:8} {k:6d} {1e3 * r["step_s"]:9.3f} '
             f'{1e6 * r["step_s_per_model"]:14.2f} {r["compile_s"]:9.1f} '
@@ -386,8 +347,9 @@ def flops_table(config_files, source: str) -> list:
   for path in config_files:
     config = config_lib.from_file(path)
     config.data.source = source
-    ds, m = pipeline.prepare(config)
-    c = count(pipeline.create_model(config, ds), config, ds, m)
+    config = config_lib.resolve(config)
+    ds, m, model = prepare_lib.prepare(config)
+    c = count(model, config, ds, m)
     job = c['train_flops_per_model'] + c['eval_flops_per_model']
     rows.append(dict(config=path, job_flops_per_model=job, **c))
     print(f'{path:36} {c["num_params"]:9,d} '
@@ -395,39 +357,3 @@ def flops_table(config_files, source: str) -> list:
           f'{c["eval_flops_per_model"] / 1e15:10.4f} {c["tta_views"]:9d} '
           f'{job / 1e15:9.4f}', flush=True)
   return rows
-
-
-def main(argv):
-  del argv
-  if FLAGS.flops:
-    rows = flops_table(FLAGS.flops, FLAGS.flops_data)
-    with open(FLAGS.out, 'w') as f:
-      json.dump(rows, f, indent=2)
-    return
-  if FLAGS.estimate_only:
-    t, n, n_test = (int(v) for v in FLAGS.estimate_only)
-    result = time_estimate(t, n, n_test)
-    print(f'estimate step, t={t} n={n} n_test={n_test} on {result["device"]}: '
-          f'{result["seconds"]:.2f} s (first call {result["first_call_s"]:.2f} '
-          's, with compilation)')
-    with open(FLAGS.out, 'w') as f:
-      json.dump(result, f, indent=2)
-    return
-  if FLAGS.config is None:
-    sys.exit('error: --config is required (or --estimate_only=T,N,N_TEST)')
-  if FLAGS.step_variants:
-    rows = step_variants(FLAGS.config, FLAGS.step_variants,
-                         [int(k) for k in FLAGS.step_ks] or
-                         [FLAGS.config.models_per_device], FLAGS.step_steps)
-    with open(FLAGS.out, 'w') as f:
-      json.dump(rows, f, indent=2)
-    return
-  result = run(FLAGS.config, FLAGS.num_models, FLAGS.arms, FLAGS.sample_models,
-               FLAGS.sample_steps)
-  print(table(result))
-  with open(FLAGS.out, 'w') as f:
-    json.dump(result, f, indent=2, default=str)
-
-
-if __name__ == '__main__':
-  app.run(main)

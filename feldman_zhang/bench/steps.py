@@ -101,6 +101,6 @@ def time_variant(variant, model, config, ds, m, k, steps=50, reps=3) -> dict:
               step_s=best / steps, step_s_per_model=best / steps / k,
               num_params=num_params,
               xla_bytes_per_param_step=xla_bytes / k / num_params,
-              param_storage=train.param_storage(config.train),
+              param_storage=config.train.param_storage,
               final_loss=float(loss[-1].mean()),
               finite=bool(np.isfinite(loss).all()))

@@ -1,0 +1,142 @@
+"""The drop experiment: retrain without the examples of highest mem, and
+without as many random ones (Feldman & Zhang's marginal utility).
+
+Numbers only: WORKDIR/drop/theta_*.npz (each threshold's models) and
+drop.csv; analysis.experiment_figures draws them.
+"""
+
+import os
+import time
+
+import numpy as np
+from absl import logging
+
+from feldman_zhang import runner
+from feldman_zhang import store
+from feldman_zhang import train
+from feldman_zhang.experiments import common
+
+
+def train_rows(config, model, ds, idx, keys) -> dict:
+  """The outputs of one model per row of idx (R, m), keys (R,), trained by
+  the job's runner on this host's devices."""
+  program = runner.Program(model, config, ds, idx.shape[1],
+                           min(config.models_per_device, len(idx)))
+  return runner.train_rows(program, keys, idx)
+
+
+def random_removal(seed: int, theta_index: int, model: int, n: int, r: int):
+  """(r,) sorted indices removed for one random-arm model."""
+  rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(
+      [seed, theta_index, model, 0xD809])))
+  return np.sort(rng.choice(n, r, replace=False))
+
+
+def drop_one(config, ds, model, removed, theta, theta_index) -> dict:
+  """Both arms at one threshold: arrays for drop/theta_*.npz.
+
+  removed: (r,) the training examples of mem >= theta.
+  """
+  n, num = ds.num_train, config.drop.num_models
+  r = len(removed)
+  if r >= n:
+    raise store.StoreError(f'mem >= {theta} removes every training example')
+  random_removed = np.stack([random_removal(config.drop.seed, theta_index, j,
+                                            n, r) for j in range(num)])
+  keep = lambda gone: np.setdiff1d(np.arange(n), gone).astype(np.int32)
+  idx = np.stack([keep(removed)] * num + [keep(g) for g in random_removed])
+  keys = train.model_keys(config.seed, theta_index * 2**20 + np.arange(2 * num),
+                          stream=common.DROP_STREAM)
+  out = train_rows(config, model, ds, idx, keys)
+  # A diverged model's accuracy is not the recipe's: NaN, left out of the
+  # means, as the estimate leaves it out.
+  acc = np.where(np.isfinite(out['loss']).all(1), out['test_correct'].mean(1),
+                 np.nan)
+  return dict(theta=np.float64(theta), drop_seed=np.int64(config.drop.seed),
+              removed=removed,
+              random_removed=random_removed.reshape(num, r),
+              test_correct=out['test_correct'], loss=out['loss'],
+              acc_high=acc[:num], acc_random=acc[num:])
+
+
+def _mean_se(a):
+  a = a[np.isfinite(a)]
+  se = a.std(ddof=1) / np.sqrt(len(a)) if len(a) > 1 else float('nan')
+  return float(a.mean()), float(se)
+
+
+def drop(config, workdir) -> list:
+  """The drop experiment; returns the table rows (also drop/drop.csv)."""
+  common.need_estimates(workdir)
+  with store.locked(workdir):
+    return _drop(common.resolve(config, workdir), workdir)
+
+
+def _drop(config, workdir) -> list:
+  (ds, _, model), est = common.finished_run(config, workdir)
+  out_dir = os.path.join(workdir, 'drop')
+  rows, start = [], time.time()
+  thresholds = list(config.drop.thresholds)
+  for i, theta in enumerate(thresholds):
+    path = os.path.join(out_dir, f'theta_{theta:.4f}.npz')
+    removed = np.flatnonzero(est['mem'] >= theta)
+    result = _read_npz(path)
+    if result is not None and not _same_drop(result, removed, config):
+      logging.info('%s was made with other drop settings or estimates; '
+                   'training it again', path)
+      result = None
+    if result is None:
+      result = drop_one(config, ds, model, removed, theta, i)
+      store.atomic_write(path, lambda f, r=result: np.savez(f, **r))
+    high, high_se = _mean_se(result['acc_high'])
+    rand, rand_se = _mean_se(result['acc_random'])
+    rows.append(dict(theta=float(theta), num_removed=len(result['removed']),
+                     fraction_removed=len(result['removed']) / ds.num_train,
+                     acc_high_mem_removed=high, acc_high_mem_removed_se=high_se,
+                     acc_random_removed=rand, acc_random_removed_se=rand_se))
+    logging.info('drop %d/%d: mem >= %.2f removes %d; test acc %.4f +- %.4f '
+                 'vs random %.4f +- %.4f (%.0fs)', i + 1, len(thresholds),
+                 theta, rows[-1]['num_removed'], high, high_se, rand, rand_se,
+                 time.time() - start)
+  _write_csv(os.path.join(out_dir, 'drop.csv'), rows)
+  print(_drop_table(rows))
+  return rows
+
+
+def _same_drop(result, removed, config) -> bool:
+  """Whether a stored threshold's result is the one these settings make."""
+  return ('drop_seed' in result and
+          int(result['drop_seed']) == config.drop.seed and
+          len(result['acc_high']) == config.drop.num_models and
+          np.array_equal(result['removed'], removed))
+
+
+def _read_npz(path):
+  if not os.path.exists(path):
+    return None
+  try:
+    with np.load(path) as f:
+      return {k: f[k] for k in f.files}
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning('%s is unreadable (%s); recomputing it', path, e)
+    return None
+
+
+def _write_csv(path, rows):
+  lines = [','.join(rows[0])]
+  lines += [','.join(f'{v:.6g}' if isinstance(v, float) else str(v)
+                     for v in r.values()) for r in rows]
+  store.atomic_write(path, lambda f: f.write(('\n'.join(lines) + '\n').encode()))
+
+
+def _drop_table(rows):
+  out = ['mean test accuracy +- its standard error over the models',
+         'theta  removed  fraction  acc(high mem removed)  acc(random removed)']
+  for r in rows:
+    out.append(f'{r["theta"]:5.2f}  {r["num_removed"]:7d}  '
+               f'{r["fraction_removed"]:8.4f}  '
+               f'{r["acc_high_mem_removed"]:.4f} +- '
+               f'{r["acc_high_mem_removed_se"]:.4f}      '
+               f'{r["acc_random_removed"]:.4f} +- '
+               f'{r["acc_random_removed_se"]:.4f}')
+  return '\n'.join(out)

@@ -1,0 +1,163 @@
+"""The last-layer experiment: the estimate again, training only a linear
+head on the frozen features of a backbone trained on the whole training set.
+
+Numbers only: WORKDIR/lastlayer/ holds the backbone checkpoint, the heads'
+run (chunks, estimates.npz) and comparison.json; analysis.
+experiment_figures draws the histograms.
+"""
+
+import dataclasses
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+from feldman_zhang import config as config_lib
+from feldman_zhang import models
+from feldman_zhang import prepare as prepare_lib
+from feldman_zhang import resume
+from feldman_zhang import store
+from feldman_zhang import train
+from feldman_zhang.experiments import common
+
+
+def backbone(config, ds, workdir):
+  """(params, state) of one model trained on the whole training set, saved
+  with orbax under workdir/lastlayer/backbone and restored on a rerun."""
+  path = os.path.abspath(os.path.join(store.Workdir(workdir).sub(
+      'lastlayer').root, 'backbone'))
+  model = prepare_lib.create_model(config, ds.num_classes)
+  params, state = train.init(model, jax.random.key(0), ds.x_train)
+  target = {'params': params, **state}
+  checkpointer = ocp.StandardCheckpointer()
+  restored = None
+  if os.path.exists(path):
+    try:
+      restored = checkpointer.restore(path, target)
+      logging.info('restored the backbone from %s', path)
+    except Exception as e:  # pylint: disable=broad-except
+      # Orbax and TensorStore raise many types for a damaged checkpoint; the
+      # backbone is deterministic, so training it again gives it back.
+      logging.warning('the backbone checkpoint %s is unreadable (%s); '
+                      'training it again', path, str(e).splitlines()[0])
+      (shutil.rmtree if os.path.isdir(path) else os.remove)(path)
+  if restored is None:
+    logging.info('training the backbone on all %d examples', ds.num_train)
+    train_one = jax.jit(train.make_trainer(model, config, ds.num_train))
+    key = train.model_keys(config.seed, [0], stream=common.BACKBONE_STREAM)[0]
+    (params, state), losses = train_one(
+        key, np.arange(ds.num_train, dtype=np.int32), ds.x_train, ds.y_train)
+    if not np.isfinite(np.asarray(losses)).all():
+      raise store.StoreError('the backbone diverged; lower train.lr')
+    restored = {'params': params, **state}
+    checkpointer.save(path, restored)
+    checkpointer.wait_until_finished()
+  params = restored.pop('params')
+  return model, params, restored
+
+
+def features(model, params, state, x, batch_size=1024):
+  """(N, d) float32 features of the frozen backbone."""
+  fn = jax.jit(lambda xb: model.apply({'params': params, **state}, xb,
+                                      method='features').astype(jnp.float32))
+  return np.concatenate([np.asarray(fn(x[i:i + batch_size]))
+                         for i in range(0, len(x), batch_size)])
+
+
+def make_head_config(config):
+  """The estimate config of the last-layer heads: config.lastlayer's epochs,
+  batch size and lr; f32 linear heads with f32 momentum on the features
+  (whatever the full network's precision); the network's schedule shape
+  without its warm-up, which was sized in the network's epochs; the same
+  seed and subsets."""
+  head_config = config.copy_and_resolve_references()
+  with head_config.unlocked():
+    head_config.models_per_device = config.lastlayer.models_per_device
+    head_config.train.update(epochs=config.lastlayer.epochs,
+                             batch_size=config.lastlayer.batch_size,
+                             lr=config.lastlayer.lr, augment='none',
+                             compute_dtype='float32', momentum_dtype='float32',
+                             param_storage='float32', weight_decay=0.0,
+                             warmup_epochs=0.0)
+    head_config.model.name = 'linear'
+  config_lib.validate(head_config)
+  return head_config
+
+
+def lastlayer(config, workdir, job) -> dict:
+  """The last-layer experiment; returns the comparison (also
+  lastlayer/comparison.json).
+
+  job: the estimate job, pipeline.run_on, which trains the heads: they are
+  an estimate run of their own, in WORKDIR/lastlayer.
+  """
+  common.need_estimates(workdir)
+  with store.locked(workdir):
+    return _lastlayer(common.resolve(config, workdir), workdir, job)
+
+
+def _lastlayer(config, workdir, job) -> dict:
+  (ds, m, _), est = common.finished_run(config, workdir)
+  # The estimate's models, its diverged ones too: the heads train on the
+  # same subsets, whichever of those models diverged.
+  if int(est['num_models']) + len(est.get('diverged_models', ())) != \
+      config.num_models:
+    # Same seed, so the first min(t, t') subsets are shared; the two mem
+    # estimates still differ in t, and so in noise.
+    logging.warning('lastlayer trains %d heads; the estimate it is compared '
+                    'with has %d models: --config.num_models=%d matches it',
+                    config.num_models, int(est['num_models']),
+                    int(est['num_models']))
+  out_dir = store.Workdir(workdir).sub('lastlayer').root
+  model, params, state = backbone(config, ds, workdir)
+  feats = dataclasses.replace(
+      ds, name=f'{ds.name} (frozen features)',
+      x_train=features(model, params, state, ds.x_train),
+      x_test=features(model, params, state, ds.x_test))
+  head_config = make_head_config(config)
+  # The same seed, n and m: every head trains on its full model's subset.
+  try:
+    summary = job(head_config, config_lib.resolve(head_config), out_dir,
+                  feats, m, models.Linear(ds.num_classes), show=False)
+  except resume.IdentityError as e:
+    raise store.StoreError(
+        f'{out_dir} holds heads made with other settings ('
+        f'{", ".join(e.diffs)} differ: lastlayer.* changed, or an older '
+        f'version made them); remove {out_dir} to train them again (the '
+        'estimate run is kept)') from e
+  head = store.load_estimates(out_dir)
+  comparison = compare_mem(est['mem'], head['mem'],
+                           config.summary.mem_threshold)
+  full_summary = store.Workdir(workdir).summary_json
+  full_acc = (store.read_json(full_summary).get('model_test_acc_mean')
+              if os.path.exists(full_summary) else None)
+  comparison.update(head_test_acc_mean=summary['model_test_acc_mean'],
+                    full_test_acc_mean=full_acc,
+                    num_models_full=int(est['num_models']),
+                    num_models_last=int(head['num_models']))
+  store.write_json(os.path.join(out_dir, 'comparison.json'), comparison)
+  print(f'memorization, full network vs last layer alone ({ds.name}):\n'
+        f'  examples with mem >= {comparison["threshold"]}: '
+        f'{comparison["memorized_full"]} full, {comparison["memorized_last"]} '
+        f'last layer\n  median mem {comparison["median_full"]:.3f} vs '
+        f'{comparison["median_last"]:.3f}; correlation of the two mem '
+        f'estimates {comparison["correlation"]:.3f}\n  mean test accuracy: '
+        f'heads {comparison["head_test_acc_mean"]:.4f}, full networks '
+        + ('unknown' if full_acc is None else f'{full_acc:.4f}'))
+  return comparison
+
+
+def compare_mem(full, last, threshold) -> dict:
+  corr = (float(np.corrcoef(full, last)[0, 1])
+          if full.std() > 0 and last.std() > 0 else float('nan'))
+  return dict(threshold=threshold,
+              memorized_full=int((full >= threshold).sum()),
+              memorized_last=int((last >= threshold).sum()),
+              median_full=float(np.median(full)),
+              median_last=float(np.median(last)),
+              mean_full=float(full.mean()), mean_last=float(last.mean()),
+              correlation=corr)

@@ -1,0 +1,115 @@
+"""What a job checks before it touches a workdir: the data, m, the model.
+
+`prepare(config)` loads the data and builds the model of a resolved config
+(config.resolve) and refuses, in one line, what cannot run: subsets that
+hold none or all of the data, batches larger than a subset, a model that
+cannot take the data's shape, and requests that cannot fit host or device
+memory.
+"""
+
+import math
+import os
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+
+from feldman_zhang import config as config_lib
+from feldman_zhang import data as data_lib
+from feldman_zhang import models
+from feldman_zhang import store
+from feldman_zhang import subsets
+from feldman_zhang import train
+
+
+class Prepared(NamedTuple):
+  ds: data_lib.Dataset
+  m: int            # subset size
+  model: nn.Module
+
+
+def create_model(config, num_classes: int) -> nn.Module:
+  """The model of a resolved config, computing in train.compute_dtype."""
+  try:
+    return models.create(config.model, num_classes,
+                         train.compute_dtype(config.train.compute_dtype))
+  except ValueError as e:
+    raise config_lib.ConfigError(str(e)) from e
+
+
+def prepare(config) -> Prepared:
+  """Loads the data and builds the model; ConfigError or DataError in one
+  line for what cannot run."""
+  ds = data_lib.from_config(config)
+  m = subsets.subset_size(ds.num_train, config.subset_ratio)
+  if not 0 < m < ds.num_train:
+    raise config_lib.ConfigError(
+        f'subset_ratio={config.subset_ratio} gives subsets of {m} of '
+        f'{ds.num_train} examples; each subset must hold some but not all')
+  need = config.num_models * (2 * ds.num_train + ds.num_test)
+  have = _host_bytes()
+  if need > have:
+    # The estimate holds every model's masks and correctness as bytes.
+    raise config_lib.ConfigError(
+        f'num_models={config.num_models:,} needs about '
+        f'{store.human_bytes(need)} of host memory for the predictions of '
+        f'{ds.num_train:,} + {ds.num_test:,} examples; this machine has '
+        f'{store.human_bytes(have)}')
+  if config.train.batch_size > m:
+    raise config_lib.ConfigError(
+        f'train.batch_size={config.train.batch_size} exceeds the subsets\' '
+        f'm={m} examples')
+  model = create_model(config, ds.num_classes)
+  shape = getattr(model, 'input_shape', None)
+  if shape and tuple(ds.x_train.shape[1:]) != shape:
+    raise config_lib.ConfigError(
+        f'model.name={config.model.name} takes images of shape {shape}, not '
+        f'{ds.name}\'s {tuple(ds.x_train.shape[1:])}')
+  _check_device_memory(config, ds, _param_count(config, ds, model))
+  return Prepared(ds, m, model)
+
+
+def _param_count(config, ds, model) -> int:
+  """Traces the model on one example (not run): a model that cannot take
+  this data's shape, or gives logits of another shape, fails here, before
+  the workdir is touched. Returns its number of parameters."""
+  def logits(key, x):
+    params, state = train.init(model, key, x)
+    return train.apply(model, params, state, x, train=False)[0], params
+  want = (1, ds.num_classes)
+  try:
+    out, params = jax.eval_shape(logits, jax.random.key(0), ds.x_train[:1])
+    if out.shape != want:
+      raise ValueError(f'logits of shape {out.shape}, not {want}')
+  except Exception as e:  # pylint: disable=broad-except
+    # Flax and XLA raise many types for a shape they cannot take.
+    raise config_lib.ConfigError(
+        f'model.name={config.model.name} cannot take {ds.name}\'s inputs '
+        f'{ds.x_train.shape[1:]}: {str(e).splitlines()[0]}') from e
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(params))
+
+
+def _check_device_memory(config, ds, params: int):
+  """Refuses a call of models_per_device models that cannot fit a device.
+
+  A floor, not an estimate: each model holds at least its f32 parameters,
+  momentum, gradient and update (16 bytes a parameter) and its chunk's
+  outputs (5 bytes an example), besides the data set once; activations
+  come on top.
+  """
+  k = min(config.models_per_device, config.num_models)
+  need = (k * (16 * params + 5 * (ds.num_train + ds.num_test)) +
+          ds.x_train.nbytes + ds.x_test.nbytes)
+  device = jax.local_devices()[0]
+  limit = (device.memory_stats() or {}).get('bytes_limit') if hasattr(
+      device, 'memory_stats') else None
+  limit = limit or _host_bytes()
+  if need > limit:
+    raise config_lib.ConfigError(
+        f'models_per_device={k:,} needs at least {store.human_bytes(need)} '
+        f'on a device ({params:,} parameters a model); {device.platform} '
+        f'device 0 has {store.human_bytes(limit)}: lower models_per_device')
+
+
+def _host_bytes() -> int:
+  return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')

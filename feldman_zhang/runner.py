@@ -1,0 +1,326 @@
+"""The one loop that trains subset models on this host's devices.
+
+Every path that trains models -- the estimate job, the experiments, the
+benchmark -- builds a `Program` (the chunk program of train.make_chunk_fn
+with the data resident on the devices) and hands `run` its calls: the
+program compiles on a thread while the host draws the first subsets, each
+call is dispatched while the previous one's outputs are fetched, and a sink
+takes them in order (the job's `StoreSink` writes chunks, the experiments
+keep them in memory, the benchmark drops them).
+"""
+
+import concurrent.futures
+import contextlib
+import time
+from typing import Callable, Iterable
+
+import jax
+import numpy as np
+from absl import logging
+
+from feldman_zhang import config as config_lib
+from feldman_zhang import distributed
+from feldman_zhang import estimate as estimate_lib
+from feldman_zhang import resume
+from feldman_zhang import store
+from feldman_zhang import subsets
+from feldman_zhang import train
+
+
+class Phases:
+  """Wall seconds of a job's phases, for the log and summary.json.
+
+  with phases('estimate'): ...  adds the block's time to 'estimate'.
+  """
+
+  def __init__(self):
+    self.seconds = {}
+
+  @contextlib.contextmanager
+  def __call__(self, name):
+    begin = time.perf_counter()
+    try:
+      yield
+    finally:
+      self.seconds[name] = (self.seconds.get(name, 0.0) +
+                            time.perf_counter() - begin)
+
+
+class Progress:
+  """Logs models done, models/s and ETA."""
+
+  def __init__(self, total):
+    self.total, self.done = total, 0
+    self.restart()
+
+  def restart(self):
+    """Rates count from now (run() restarts it once compiled)."""
+    self.begin = time.time()
+
+  def update(self, count):
+    self.done += count
+    rate = self.done / max(time.time() - self.begin, 1e-9)
+    eta = (self.total - self.done) / rate if rate > 0 else float('inf')
+    logging.info('models %d/%d (%.0f%%), %.1f models/s, ETA %s', self.done,
+                 self.total, 100 * self.done / self.total, rate,
+                 _duration(eta))
+
+
+def _duration(s):
+  if s == float('inf'):
+    return '?'
+  return f'{s:.0f}s' if s < 120 else f'{s / 60:.1f}min'
+
+
+def start(fn, *args) -> concurrent.futures.Future:
+  """fn(*args) on a thread of its own; result() waits and re-raises."""
+  pool = concurrent.futures.ThreadPoolExecutor(1)
+  future = pool.submit(fn, *args)
+  pool.shutdown(wait=False)
+  return future
+
+
+def models_per_call(config) -> tuple[int, int]:
+  """(K, D): models per device and local devices. K never exceeds t."""
+  try:
+    d = distributed.devices_per_process()
+  except ValueError as e:
+    raise config_lib.ConfigError(str(e)) from e
+  return min(config.models_per_device, config.num_models), d
+
+
+class Program:
+  """The chunk program of `size` models a call, and the data on the devices.
+
+  per_device: models per device and call. sharded: split the models over a
+  mesh of this process's devices (train.make_chunk_fn); False runs one
+  device's program unsharded (the benchmark's one-model-at-a-time arm).
+  """
+
+  def __init__(self, model, config, ds, m: int, per_device: int,
+               sharded: bool = True):
+    self.mesh = train.local_mesh() if sharded else None
+    self.size = per_device * (self.mesh.devices.size if sharded else 1)
+    self.m = m
+    self._fn = train.make_chunk_fn(model, config, m, self.mesh)
+    data = (ds.x_train, ds.y_train, ds.x_test, ds.y_test)
+    self.data = (train.put_replicated(self.mesh, *data) if sharded else
+                 [jax.device_put(a) for a in data])
+
+  def compile_async(self) -> concurrent.futures.Future:
+    """Compiles for (size,) models on abstract inputs, on a thread: XLA
+    works (and releases the GIL) while the host draws the first subsets."""
+    sharding = train.models_sharding(self.mesh) if self.mesh else None
+    keys = jax.eval_shape(lambda: train.model_keys(0, np.arange(self.size)))
+    lowered = self._fn.lower(
+        jax.ShapeDtypeStruct(keys.shape, keys.dtype, sharding=sharding),
+        jax.ShapeDtypeStruct((self.size, self.m), np.int32, sharding=sharding),
+        *self.data)
+    return start(lowered.compile)
+
+  def dispatch(self, compiled, keys, idx):
+    """Starts one call (asynchronously); returns its outputs on the device,
+    their copy to the host already queued."""
+    args = train.put_models(self.mesh, keys, idx) if self.mesh else (keys, idx)
+    out = compiled(*args, *self.data)
+    # Queued now: queued after the next call's training, the copy waited for
+    # it (seen on an H100: the first of two calls reported only when both
+    # were done).
+    for leaf in jax.tree.leaves(out):
+      leaf.copy_to_host_async()
+    return out
+
+
+Sink = Callable[[object, np.ndarray, dict], bool]
+
+
+def run(program: Program, calls: Iterable, sink: Sink, phases: Phases,
+        after_compile: Callable | None = None,
+        progress: Progress | None = None):
+  """Trains every call, handing each one's outputs to sink in order.
+
+  calls: iterable of (tag, keys (size,), idx (size, m) int32); the first is
+  drawn while the program compiles, each next one while the device trains.
+  sink(tag, idx, out) -> stop: takes one call's outputs on the host (numpy,
+  as train.make_chunk_fn returns them) while the next call trains; True
+  ends the run after it (the last call's answer is not asked for).
+  after_compile: started on a thread once the program has compiled (the
+  job compiles its estimate while the device trains). progress: restarted
+  once compiled, so its rates are of training alone.
+  Returns (compiled, future of after_compile or None, stopped).
+  """
+  calls = iter(calls)
+  with phases('compile'):
+    compiling = program.compile_async()
+    first = next(calls, None)
+    compiled = compiling.result()
+  logging.info('compiled the %d-model program in %.1f s', program.size,
+               phases.seconds['compile'])
+  ahead = start(after_compile) if after_compile else None
+  if progress:
+    progress.restart()
+  pending = None
+  with phases('train'):
+    call = first
+    while call is not None:
+      tag, keys, idx = call
+      out = program.dispatch(compiled, keys, idx)
+      if pending and _hand(pending, sink, phases):
+        return compiled, ahead, True
+      pending = (tag, idx, out)
+      call = next(calls, None)
+    if pending:
+      _hand(pending, sink, phases)  # the last: nothing is left to stop
+  return compiled, ahead, False
+
+
+def _hand(pending, sink, phases) -> bool:
+  tag, idx, out = pending
+  with phases('wait_for_device'):
+    out = jax.device_get(out)
+  return bool(sink(tag, idx, out))
+
+
+def train_rows(program: Program, keys, idx, phases: Phases | None = None):
+  """One model per row: idx (R, m) int32, keys (R,). Calls are whole,
+  padded with copies of the last model, whose outputs drop. Returns the
+  outputs of the R models (numpy, train.make_chunk_fn's), in order."""
+  r, size = len(idx), program.size
+  rows = np.minimum(np.arange(-(-r // size) * size), r - 1)
+  calls = ((i, keys[rows[i:i + size]], idx[rows[i:i + size]])
+           for i in range(0, len(rows), size))
+  outs = []
+  run(program, calls, lambda tag, idx, out: outs.append(out), phases or Phases())
+  return {k: np.concatenate([o[k] for o in outs])[:r] for k in outs[0]}
+
+
+# -- the estimate job's sinks -------------------------------------------------
+
+
+class StderrTarget:
+  """Says when the median standard error of mem over the memorizable
+  examples (estimate.memorizable) falls below a target.
+
+  Holds the masks and train correctness of the models stored so far (those
+  found at the start and those this process writes) and re-estimates mem
+  after each call.
+  """
+
+  def __init__(self, target, workdir, num_models):
+    self.target, self.blocks = target, []
+    if store.list_chunks(workdir):
+      preds = store.load_predictions(workdir)
+      keep = preds['model_ids'] < num_models
+      self.add(preds['masks'][keep], preds['train_correct'][keep],
+               preds['loss'][keep])
+
+  def add(self, masks, train_correct, loss):
+    # Decided on the models the estimate will use: diverged ones drop.
+    ok = estimate_lib.converged(loss)
+    self.blocks.append((masks[ok], train_correct[ok]))
+
+  def reached(self) -> bool:
+    if not self.blocks:
+      return False
+    est = estimate_lib.estimate(
+        np.concatenate([b[0] for b in self.blocks]),
+        np.concatenate([b[1] for b in self.blocks]), None, with_infl=False)
+    median = estimate_lib.median_stderr(est)
+    logging.info('median mem stderr of the memorizable examples %.4f '
+                 '(target %.4f) from %d models', median, self.target,
+                 est['num_models'])
+    return median < self.target
+
+
+class StoreSink:
+  """The job's sink: writes the missing models of each cell as chunks.
+
+  cells: resume.plan_cells' [(start, missing ids)], in the order trained.
+  keep: also hold the predictions (`preds`), so a run trained whole in one
+  process is estimated without reading them back, and write the last cell
+  on a thread (`writing`) while the estimate runs. target: a StderrTarget
+  that ends the run once reached, or None.
+  """
+
+  def __init__(self, workdir, num_train, cells, phases, keep=False,
+               target=None):
+    self.workdir, self.num_train, self.phases = workdir, num_train, phases
+    self.missing = dict(cells)
+    self.last = cells[-1][0]
+    self.keep, self.target = keep, target
+    self.progress = Progress(sum(len(ids) for _, ids in cells))  # run()'s
+    self.count, self.kept, self.writing = 0, [], None
+
+  def __call__(self, start_id, idx, out) -> bool:
+    runs = self._runs(start_id, idx, out)
+    if self.keep:
+      self.kept.extend(runs)
+      if start_id == self.last:
+        self.writing = start(self._write, runs)
+        return False
+    self._write(runs)
+    return bool(self.target and start_id != self.last and
+                self.target.reached())
+
+  @property
+  def preds(self) -> dict | None:
+    """With keep, the predictions trained, as store.load_predictions gives
+    them; else None."""
+    if not self.keep or not self.kept:
+      return None
+    return {k: np.concatenate([run[k] for run in self.kept])
+            for k in self.kept[0]}
+
+  def _runs(self, start_id, idx, out) -> list[dict]:
+    """The missing models of one trained cell: a dict per run of
+    consecutive ids, with the fields and dtypes of store.load_predictions."""
+    runs = []
+    for ids in resume.consecutive_runs(self.missing[start_id]):
+      rows = ids - start_id
+      runs.append(dict(
+          model_ids=ids.astype(np.int64),
+          masks=subsets.to_masks(idx[rows], self.num_train),
+          train_correct=out['train_correct'][rows].astype(bool),
+          test_correct=out['test_correct'][rows].astype(bool),
+          train_ptrue=out['train_ptrue'][rows].astype(np.float16),
+          test_ptrue=out['test_ptrue'][rows].astype(np.float16),
+          loss=out['loss'][rows].astype(np.float32)))
+    return runs
+
+  def _write(self, runs):
+    with self.phases('write_chunks'):
+      for run in runs:
+        bad = ~estimate_lib.converged(run['loss'])
+        if bad.any():
+          logging.warning('models %s diverged (non-finite loss); they are '
+                          'kept in the store and excluded from the estimates',
+                          run['model_ids'][bad].tolist())
+        store.write_chunk(self.workdir, run['model_ids'], run['masks'],
+                          run['train_correct'], run['test_correct'],
+                          run['train_ptrue'], run['test_ptrue'], run['loss'])
+        if self.target:
+          self.target.add(run['masks'], run['train_correct'], run['loss'])
+    done = sum(len(run['model_ids']) for run in runs)
+    self.count += done
+    self.progress.update(done)
+
+
+def cell_calls(config, num_train: int, m: int, cells, size: int):
+  """The job's calls: each cell of the grid whole (the padding past
+  num_models too, so every call has one shape and compiles once), its
+  subsets drawn from (seed, model id)."""
+  for begin, _ in cells:
+    ids = np.arange(begin, begin + size)
+    yield (begin, train.model_keys(config.seed, ids),
+           subsets.indices(config.seed, num_train, m, ids))
+
+
+def device_bytes(compiled, per_device: int) -> float | None:
+  """XLA's device memory per model of a compiled program, or None."""
+  memory = compiled.memory_analysis()
+  if memory is None:
+    return None
+  total = (memory.temp_size_in_bytes + memory.argument_size_in_bytes +
+           memory.output_size_in_bytes)
+  return total / per_device
+

@@ -1,0 +1,89 @@
+"""The bits a refactor must keep: sha256 of what five reference runs write.
+
+  python tests/golden.py OUT_DIR  ->  prints {run/file: sha256} as JSON
+
+The runs: the README's default job (digits), the tests' planted config, a
+2-process run, and `--mode=drop` and `--mode=lastlayer` on a small digits
+run. Compare the JSON before and after a change (same machine, same jax):
+every hash must be equal. Not a test: the figures are hardware- and
+version-specific, and the runs take minutes on 2 cores.
+"""
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = ['--config=configs/digits_mlp.py', '--config.model.hidden=(32,)',
+         '--config.train.epochs=4', '--config.models_per_device=4',
+         '--config.num_models=16', '--compilation_cache=']
+
+
+def _main(*flags):
+  return [sys.executable, '-m', 'feldman_zhang.main', *flags]
+
+
+def _check(cmd):
+  subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
+
+
+def _sha(path):
+  with open(path, 'rb') as f:
+    return hashlib.sha256(f.read()).hexdigest()
+
+
+def _planted(out):
+  code = ('import sys; sys.path.insert(0, "tests"); import planted; '
+          'from feldman_zhang import config, pipeline; '
+          f'planted.make("{out}/planted.npz"); '
+          f'c = planted.config("{out}/planted.npz"); '
+          # The base's dtype fields, whatever the tests' config sets.
+          'c.train.update({k: config.base().train[k] for k in '
+          '("compute_dtype", "momentum_dtype", "param_storage")}); '
+          f'pipeline.run(c, "{out}/planted")')
+  _check([sys.executable, '-c', code])
+
+
+def _two_processes(out):
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+  procs = [subprocess.Popen(
+      _main(f'--workdir={out}/two', *SMALL,
+            f'--coordinator_address=localhost:{port}', '--num_processes=2',
+            f'--process_id={i}'), cwd=ROOT, stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL) for i in range(2)]
+  assert [p.wait(timeout=900) for p in procs] == [0, 0]
+
+
+def main(out):
+  out = os.path.abspath(out)
+  os.makedirs(out, exist_ok=True)
+  _check(_main('--config=configs/digits_mlp.py', f'--workdir={out}/digits',
+               '--compilation_cache='))
+  _planted(out)
+  _two_processes(out)
+  _check(_main(f'--workdir={out}/small', *SMALL))
+  _check(_main(f'--workdir={out}/small', *SMALL, '--mode=drop',
+               '--config.drop.num_models=2', '--config.drop.thresholds=(0.5,0.2)'))
+  _check(_main(f'--workdir={out}/small', *SMALL, '--mode=lastlayer',
+               '--config.lastlayer.epochs=2'))
+  hashes = {}
+  for run in ('digits', 'planted', 'two', 'small'):
+    for top, _, files in sorted(os.walk(os.path.join(out, run))):
+      for f in sorted(files):
+        path = os.path.join(top, f)
+        rel = os.path.relpath(path, out)
+        keep = (f == 'estimates.npz' or f.startswith('infl') or
+                f.endswith('.csv') or f.startswith('theta_') or
+                f == 'comparison.json')
+        if keep and '/chunks/' not in path:
+          hashes[rel] = _sha(path)
+  print(json.dumps(hashes, indent=1, sort_keys=True))
+
+
+if __name__ == '__main__':
+  main(sys.argv[1])
