@@ -146,8 +146,12 @@ def _matmul_dtype():
 
 
 @functools.partial(jax.jit, static_argnames=('with_stderr',))
-def _influence_block(masks_block, test_correct, num_in, with_stderr):
-  """masks_block: (t, b) bool; test_correct: (t, n_test) bool -> (b, n_test)."""
+def influence_block(masks_block, test_correct, num_in, with_stderr):
+  """masks_block: (t, b) bool; test_correct: (t, n_test) bool -> (b, n_test).
+
+  Each entry depends only on its own training and test column and t: the
+  dense estimate's tiles and release.infl_per_class's class blocks are
+  the same numbers."""
   t = masks_block.shape[0]
   dtype = _matmul_dtype()
   right_in = jnp.dot(masks_block.T.astype(dtype), test_correct.astype(dtype),
@@ -217,7 +221,7 @@ def estimate(masks, train_correct, test_correct, *, with_infl: bool = True,
       # Every tile has the same shape (the last overlaps the one before), so
       # the influence kernel compiles once.
       start = min(start, n - block)
-      tile = (start, *_influence_block(masks[:, start:start + block],
+      tile = (start, *influence_block(masks[:, start:start + block],
                                        test_correct,
                                        num_in[start:start + block],
                                        with_infl_stderr))
@@ -293,7 +297,7 @@ def top_influence(masks, test_correct, k: int, threshold: float = 1.0,
     # Tiles keep one shape: the last one overlaps the one before, and its
     # repeated rows are masked out of the merge and the pairs.
     lo = min(start, n - block)
-    tile, _ = _influence_block(masks[:, lo:lo + block], test_correct,
+    tile, _ = influence_block(masks[:, lo:lo + block], test_correct,
                                num_in[lo:lo + block], False)
     fresh = jnp.arange(block) >= start - lo
     tile = jnp.where(fresh[:, None], tile, -jnp.inf)
@@ -374,7 +378,7 @@ def compile_ahead(t: int, n: int, n_test: int, *, with_infl: bool = True,
     _memorization.lower(spec((k, n), bool), spec((k, n), bool)).compile()
   if with_infl:
     block = min(block, n)
-    _influence_block.lower(spec((t, block), bool), spec((t, n_test), bool),
+    influence_block.lower(spec((t, block), bool), spec((t, n_test), bool),
                            spec((block,), jnp.int32),
                            with_infl_stderr).compile()
 

@@ -283,12 +283,12 @@ def test_compile_ahead_leaves_nothing_to_compile(caplog):
   with caplog.at_level(logging.DEBUG, logger='jax'):
     estimate.compile_ahead(t, n, n_test, block=128)
     assert len(_compiled(caplog, '_memorization')) == 3  # t/4, t/2, t
-    assert len(_compiled(caplog, '_influence_block')) == 1
+    assert len(_compiled(caplog, 'influence_block')) == 1
     caplog.clear()
     full = estimate.estimate(masks, train_correct, test_correct, block=128)
     estimate.convergence(masks, train_correct, full=full)
     assert not _compiled(caplog, '_memorization')
-    assert not _compiled(caplog, '_influence_block')
+    assert not _compiled(caplog, 'influence_block')
     # Other shapes compile as before.
     estimate.estimate(masks[:-1], train_correct[:-1], test_correct[:-1],
                       block=128)
