@@ -96,6 +96,37 @@ def heldout_histogram_figure(heldout_acc):
   return fig
 
 
+def cscore_figure(ds, est, lowest=10):
+  """The C-scores (ratios.py): their histogram, the held-out accuracy of
+  each subset ratio (mean over examples), and the lowest-C-score training
+  images. est: estimates with cscore (n,), subset_ratios (R,) and
+  heldout_acc_by_ratio (R, n)."""
+  score, ratios = est['cscore'], est['subset_ratios']
+  fig = common.new_figure(max(8.0, 1.1 * lowest), 6)
+  top = fig.subfigures(2, 1, height_ratios=(3, 2))
+  ax_hist, ax_ratio = top[0].subplots(1, 2)
+  ax_hist.hist(score[np.isfinite(score)], bins=np.linspace(0, 1, 41),
+               color='tab:purple')
+  ax_hist.set_yscale('log')
+  ax_hist.set_xlabel('C-score (mean held-out accuracy over ratios)')
+  ax_hist.set_ylabel('training examples')
+  ax_ratio.plot(ratios, np.nanmean(est['heldout_acc_by_ratio'], axis=1),
+                marker='o')
+  ax_ratio.set_xlabel('subset ratio')
+  ax_ratio.set_ylabel('mean held-out accuracy')
+  order = np.argsort(np.where(np.isnan(score), np.inf, score),
+                     kind='stable')[:lowest]
+  axes = top[1].subplots(1, lowest, squeeze=False)[0]
+  for ax in axes:
+    ax.set_axis_off()
+  for ax, i in zip(axes, order):
+    ax.set_axis_on()
+    common.show_image(ax, ds.x_train[i], f'{i} ({int(ds.y_train[i])}): '
+                      f'{score[i]:.2f}')
+  top[1].suptitle('lowest C-scores: index (label): C-score', fontsize=9)
+  return fig
+
+
 def mem_vs_heldout_figure(mem, heldout_acc, seed=0):
   """One dot per training example; mem = in_acc - heldout_acc, so examples
   that models get right only when trained on them sit top left."""
@@ -121,7 +152,7 @@ def mem_vs_heldout_figure(mem, heldout_acc, seed=0):
 def figures(run: common.Run, per_class=10) -> dict:
   """{file name: Figure} of every gallery of the run."""
   est, ds = run.estimates, run.dataset
-  return {
+  out = {
       'most_memorized.png': most_memorized_figure(ds, est['mem'], per_class),
       'mem_hist.png': mem_histogram_figure(
           est['mem'], common.mem_threshold(run), ds.corrupted),
@@ -129,6 +160,9 @@ def figures(run: common.Run, per_class=10) -> dict:
       'mem_vs_heldout.png': mem_vs_heldout_figure(est['mem'],
                                                   est['heldout_acc']),
   }
+  if 'cscore' in est:
+    out['cscores.png'] = cscore_figure(ds, est)
+  return out
 
 
 def define_flags():

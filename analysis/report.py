@@ -210,9 +210,22 @@ def build(run: common.Run, infl_threshold=0.15, mem_threshold=0.25, grids=8,
   # The class gallery is wide; the three plots sit side by side under it.
   parts.append(_img(common.png_bytes(figs.pop('most_memorized.png')),
                     'most_memorized.png'))
+  cscores = figs.pop('cscores.png', None)
   parts.append('<div class="row">' + ''.join(
       _img(common.png_bytes(fig), name) for name, fig in figs.items()) +
                '</div>')
+  if cscores is not None:
+    c = (run.summary or {}).get('cscore', {})
+    parts += ['<h2>C-scores</h2>',
+              '<p class="note">Per example, the mean over subset ratios '
+              f'{_e(", ".join(f"{r:g}" for r in run.estimates["subset_ratios"]))}'
+              ' of the held-out accuracy of the models not trained on it '
+              '(Jiang et al. 2021).</p>',
+              _img(common.png_bytes(cscores), 'cscores.png')]
+    if c.get('lowest'):
+      parts.append(_table(('train', 'label', 'C-score', 'mem'),
+                          [(r['train'], r['label'], f'{r["cscore"]:.3f}',
+                            f'{r["mem"]:.3f}') for r in c['lowest']]))
   parts.append('<h2>High-influence pairs</h2>')
   if table is None:
     parts.append('<p>The run estimated no influence (estimate.infl and '

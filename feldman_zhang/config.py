@@ -28,6 +28,7 @@ STORAGES = ('float32', 'split')
 # changes the shapes XLA compiles for, which may reorder float sums; the
 # measured effect is in BENCHMARKS.md.)
 SCHEDULING_FIELDS = ('num_models', 'models_per_device', 'vectorize',
+                     'subset_ratios',
                      'eval_batch_size', 'target_stderr',
                      'estimate', 'summary', 'drop', 'lastlayer')
 # Where the data is read from: the run records the data's own fingerprint
@@ -40,6 +41,13 @@ def base() -> ml_collections.ConfigDict:
   c.seed = 0
   c.num_models = 1000          # t, the number of subsets and models.
   c.subset_ratio = 0.7         # m = round(subset_ratio * n), as in the paper.
+  # C-scores (ratios.py): num_models models at each of these ratios too, and
+  # per example the mean held-out accuracy over them; subset_ratio must be
+  # one of them. () trains subset_ratio alone.
+  c.subset_ratios = ()
+  # Which draw of subsets and keys: 0, a run's own; the job gives each of
+  # subset_ratios' other ratios a stream of its own (not set by hand).
+  c.subset_stream = 0
   c.models_per_device = 100    # K, models trained by one jitted call.
   # How a call runs its K models: vmap (one batched program; dense layers
   # become batched matmuls) or map (lax.map, one model after another inside
@@ -153,6 +161,14 @@ def validate(c) -> None:
   checks = [
       (c.num_models >= 1, 'num_models must be >= 1'),
       (0 < c.subset_ratio < 1, 'subset_ratio must lie in (0, 1)'),
+      (all(0 < r < 1 for r in c.subset_ratios) and
+       len(set(c.subset_ratios)) == len(c.subset_ratios),
+       'subset_ratios must be distinct ratios in (0, 1)'),
+      (not c.subset_ratios or any(abs(r - c.subset_ratio) < 1e-9
+                                  for r in c.subset_ratios),
+       'subset_ratios must hold subset_ratio (mem and infl are estimated '
+       'there)'),
+      (c.subset_stream >= 0, 'subset_stream must be >= 0'),
       (c.models_per_device >= 1, 'models_per_device must be >= 1'),
       (c.vectorize in ('vmap', 'map'), 'vectorize must be vmap or map'),
       (c.eval_batch_size >= 1, 'eval_batch_size must be >= 1'),

@@ -20,9 +20,11 @@ from feldman_zhang import data as data_lib
 from feldman_zhang import distributed
 from feldman_zhang import estimate as estimate_lib
 from feldman_zhang import prepare as prepare_lib
+from feldman_zhang import ratios
 from feldman_zhang import resume
 from feldman_zhang import runner
 from feldman_zhang import store
+from feldman_zhang import subsets
 from feldman_zhang import summary as summary_lib
 
 
@@ -40,7 +42,14 @@ def run(config, workdir):
     resolved = config_lib.resolve(config,
                                   recorded=resume.recorded_config(workdir))
     ds, m, model = prepare_lib.prepare(resolved)
-  return run_on(config, resolved, workdir, ds, m, model, phases=phases)
+  with _leader_lock(workdir):
+    # The C-score's other ratios are runs of their own (ratios.py), made
+    # first: the estimate below reads their held-out accuracy.
+    for r in ratios.others(resolved):
+      run_on(ratios.config_for(config, r), ratios.config_for(resolved, r),
+             ratios.workdir(workdir, r), ds,
+             subsets.subset_size(ds.num_train, r), model, show=False)
+    return _run_on(config, resolved, workdir, ds, m, model, True, phases)
 
 
 def run_on(config, resolved, workdir, ds, m, model, show=True, phases=None):
@@ -50,10 +59,14 @@ def run_on(config, resolved, workdir, ds, m, model, show=True, phases=None):
   config: as given, recorded with the estimates; resolved: what the models
   compute with (config.resolve).
   """
-  with (store.locked(workdir) if distributed.is_leader() else
-        contextlib.nullcontext()):
+  with _leader_lock(workdir):
     return _run_on(config, resolved, workdir, ds, m, model, show,
                    phases or runner.Phases())
+
+
+def _leader_lock(workdir):
+  return (store.locked(workdir) if distributed.is_leader() else
+          contextlib.nullcontext())
 
 
 def _run_on(config, resolved, workdir, ds, m, model, show, phases):
@@ -185,6 +198,8 @@ def _estimate_and_write(config, resolved, workdir, ds, preds, valid, trained,
   with store.dense_files(workdir) as new_dense:
     with phases('estimate'):
       est = _estimate(resolved, masks, train_correct, test_correct, new_dense)
+      if resolved.subset_ratios:
+        est.update(ratios.fields(resolved, workdir, est))
       est['diverged_models'] = preds['model_ids'][~valid]
       if ds.corrupted is not None:
         est['label_corrupted'] = ds.corrupted

@@ -41,11 +41,17 @@ def prepare(config) -> Prepared:
   """Loads the data and builds the model; ConfigError or DataError in one
   line for what cannot run."""
   ds = data_lib.from_config(config)
+  for ratio in (config.subset_ratio, *config.subset_ratios):
+    m = subsets.subset_size(ds.num_train, ratio)
+    if not 0 < m < ds.num_train:
+      raise config_lib.ConfigError(
+          f'subset_ratio={ratio} gives subsets of {m} of {ds.num_train} '
+          'examples; each subset must hold some but not all')
+    if config.train.batch_size > m:
+      raise config_lib.ConfigError(
+          f'train.batch_size={config.train.batch_size} exceeds the subsets\' '
+          f'm={m} examples')
   m = subsets.subset_size(ds.num_train, config.subset_ratio)
-  if not 0 < m < ds.num_train:
-    raise config_lib.ConfigError(
-        f'subset_ratio={config.subset_ratio} gives subsets of {m} of '
-        f'{ds.num_train} examples; each subset must hold some but not all')
   need = config.num_models * (2 * ds.num_train + ds.num_test)
   have = _host_bytes()
   if need > have:
@@ -55,10 +61,6 @@ def prepare(config) -> Prepared:
         f'{store.human_bytes(need)} of host memory for the predictions of '
         f'{ds.num_train:,} + {ds.num_test:,} examples; this machine has '
         f'{store.human_bytes(have)}')
-  if config.train.batch_size > m:
-    raise config_lib.ConfigError(
-        f'train.batch_size={config.train.batch_size} exceeds the subsets\' '
-        f'm={m} examples')
   model = create_model(config, ds.num_classes)
   shape = getattr(model, 'input_shape', None)
   if shape and tuple(ds.x_train.shape[1:]) != shape:

@@ -305,14 +305,26 @@ class StoreSink:
     self.progress.update(done)
 
 
+# Model-key streams of config.subset_stream s > 0: 16 + s, clear of the
+# experiments' streams (experiments/common.py).
+_SUBSET_KEY_STREAMS = 16
+
+
+def model_inputs(config, num_train: int, m: int, ids):
+  """(keys (K,), idx (K, m) int32) of models `ids`: what a model is made of
+  besides the data, from (seed, subset_stream, model id) alone."""
+  s = config.subset_stream
+  return (train.model_keys(config.seed, ids,
+                           stream=_SUBSET_KEY_STREAMS + s if s else 0),
+          subsets.indices(config.seed, num_train, m, ids, stream=s))
+
+
 def cell_calls(config, num_train: int, m: int, cells, size: int):
   """The job's calls: each cell of the grid whole (the padding past
-  num_models too, so every call has one shape and compiles once), its
-  subsets drawn from (seed, model id)."""
+  num_models too, so every call has one shape and compiles once)."""
   for begin, _ in cells:
-    ids = np.arange(begin, begin + size)
-    yield (begin, train.model_keys(config.seed, ids),
-           subsets.indices(config.seed, num_train, m, ids))
+    yield (begin, *model_inputs(config, num_train, m,
+                                np.arange(begin, begin + size)))
 
 
 def device_bytes(compiled, per_device: int) -> float | None:

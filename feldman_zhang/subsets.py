@@ -13,7 +13,8 @@ def subset_size(n: int, ratio: float) -> int:
   return int(round(ratio * n))
 
 
-def indices(seed: int, n: int, m: int, model_ids) -> np.ndarray:
+def indices(seed: int, n: int, m: int, model_ids, stream: int = 0
+            ) -> np.ndarray:
   """Sorted training indices of each model's subset.
 
   Args:
@@ -21,6 +22,8 @@ def indices(seed: int, n: int, m: int, model_ids) -> np.ndarray:
     n: number of training examples.
     m: subset size, 0 < m <= n.
     model_ids: (K,) int, global model indices.
+    stream: 0, or another draw of subsets for the same (seed, k)
+      (config.subset_stream).
   Returns:
     (K, m) int32, each row m distinct indices in increasing order.
   """
@@ -32,8 +35,9 @@ def indices(seed: int, n: int, m: int, model_ids) -> np.ndarray:
   for row, k in enumerate(ids):
     # SeedSequence mixes (seed, k) into independent streams; PCG64's stream
     # is fixed for a given seed on every platform.
+    entropy = [int(seed), 0x5B5E7, int(k)] + ([int(stream)] if stream else [])
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(
-        [int(seed), 0x5B5E7, int(k)])))
+        entropy)))
     # The first m of a permutation, in increasing order: read off a mask
     # rather than sorted, and written in place (5x faster for 2,000 MNIST
     # subsets than sorting and stacking int64 rows).

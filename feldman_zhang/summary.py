@@ -39,6 +39,16 @@ def summarize(config, ds, preds, valid, est) -> dict:
         mem_median_clean=float(np.median(mem[~bad])),
         memorized_corrupted=int((mem[bad] >= threshold).sum()),
         memorized_clean=int((mem[~bad] >= threshold).sum()))
+  if 'cscore' in est:
+    score = est['cscore']
+    lowest = np.argsort(np.where(np.isnan(score), np.inf, score),
+                        kind='stable')[:config.summary.top_pairs]
+    out['cscore'] = dict(
+        subset_ratios=[float(r) for r in est['subset_ratios']],
+        mean=float(np.nanmean(score)) if np.isfinite(score).any() else None,
+        lowest=[dict(train=int(i), label=int(ds.y_train[i]),
+                     cscore=float(score[i]), mem=float(mem[i]))
+                for i in lowest if np.isfinite(score[i])])
   p = config.summary.top_pairs
   if 'infl' in est:
     pairs = [(i, j, est['infl'][i, j]) for i, j in pairs_lib.top_pairs(est['infl'], p)]
@@ -105,6 +115,14 @@ def render(s, ds, est) -> str:
           f'  train {p["train"]:>6} (label {p["train_label"]}) -> test '
           f'{p["test"]:>6} (label {p["test_label"]}): infl {p["infl"]:.3f}'
           f'{se}, mem {p["mem"]:.3f}')
+  if 'cscore' in s:
+    c = s['cscore']
+    lines.append(f'C-scores (mean held-out accuracy over subset ratios '
+                 f'{", ".join(f"{r:g}" for r in c["subset_ratios"])}): mean '
+                 f'{_fmt(c["mean"])}; lowest:')
+    for r in c['lowest']:
+      lines.append(f'  train {r["train"]:>6} label {r["label"]}: C-score '
+                   f'{r["cscore"]:.3f}, mem {r["mem"]:.3f}')
   if len(s.get('convergence') or []) > 1:  # t = 1 has nothing to compare
     parts = [f'{c["models"]} models: mean |change| {c["mean_abs_diff"]:.4f}, '
              f'corr {_fmt(c["correlation"])}' for c in s['convergence'][:-1]]

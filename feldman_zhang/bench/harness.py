@@ -25,7 +25,6 @@ from feldman_zhang import config as config_lib
 from feldman_zhang import models
 from feldman_zhang import prepare as prepare_lib
 from feldman_zhang import runner
-from feldman_zhang import subsets
 from feldman_zhang import train
 
 def bytes_per_param_step(config) -> dict:
@@ -132,8 +131,7 @@ def _best_of(fn, reps):
 
 
 def _inputs(config, ds, m, ids):
-  return (train.model_keys(config.seed, ids),
-          subsets.indices(config.seed, ds.num_train, m, ids))
+  return runner.model_inputs(config, ds.num_train, m, ids)
 
 
 def time_chunks(config, model, ds, m, num_models, per_device) -> dict:

@@ -84,6 +84,7 @@ def make_head_config(config):
                              param_storage='float32', weight_decay=0.0,
                              warmup_epochs=0.0)
     head_config.model.name = 'linear'
+    head_config.subset_ratios = ()  # heads at the estimate's ratio only
   config_lib.validate(head_config)
   return head_config
 
