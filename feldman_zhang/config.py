@@ -45,6 +45,11 @@ def base() -> ml_collections.ConfigDict:
   # per example the mean held-out accuracy over them; subset_ratio must be
   # one of them. () trains subset_ratio alone.
   c.subset_ratios = ()
+  # random (the paper's) | balanced: every example in the same number of
+  # subsets, round(subset_ratio x num_models) (within one where m t / n is
+  # not whole; subsets.balanced). The design depends on num_models, so a
+  # balanced run is not extended: a new num_models is a new run.
+  c.subset_design = 'random'
   # Which draw of subsets and keys: 0, a run's own; the job gives each of
   # subset_ratios' other ratios a stream of its own (not set by hand).
   c.subset_stream = 0
@@ -169,6 +174,11 @@ def validate(c) -> None:
        'subset_ratios must hold subset_ratio (mem and infl are estimated '
        'there)'),
       (c.subset_stream >= 0, 'subset_stream must be >= 0'),
+      (c.subset_design in ('random', 'balanced'),
+       'subset_design must be random or balanced'),
+      (c.subset_design == 'random' or c.target_stderr == 0,
+       'target_stderr must be 0 with subset_design=balanced (stopping early '
+       'would unbalance it)'),
       (c.models_per_device >= 1, 'models_per_device must be >= 1'),
       (c.vectorize in ('vmap', 'map'), 'vectorize must be vmap or map'),
       (c.eval_batch_size >= 1, 'eval_batch_size must be >= 1'),

@@ -52,6 +52,12 @@ def prepare(config) -> Prepared:
           f'train.batch_size={config.train.batch_size} exceeds the subsets\' '
           f'm={m} examples')
   m = subsets.subset_size(ds.num_train, config.subset_ratio)
+  if (config.subset_design == 'balanced' and
+      config.num_models * m > subsets.MAX_BALANCED_ENTRIES):
+    raise config_lib.ConfigError(
+        f'subset_design=balanced draws all {config.num_models:,} x {m:,} '
+        f'indices at once ({store.human_bytes(4 * config.num_models * m)}); '
+        'use subset_design=random for runs this large')
   need = config.num_models * (2 * ds.num_train + ds.num_test)
   have = _host_bytes()
   if need > have:

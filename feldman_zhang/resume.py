@@ -29,7 +29,8 @@ TRAINER_VERSION = 1
 ADDED_FIELDS = {'train.param_storage': 'float32', 'model.tta': 'none',
                 'train.lr_start': 0.0, 'train.lr_end': 0.0,
                 'train.bias_lr_scale': 1.0, 'train.whiten_bias_epochs': 0,
-                'train.lookahead': False, 'subset_stream': 0}
+                'train.lookahead': False, 'subset_stream': 0,
+                'subset_design': 'random'}
 
 
 class IdentityError(store.StoreError):
@@ -56,7 +57,12 @@ def identity(config, ds) -> dict:
   same run, and a run must not mix bf16 and f32 models.
   """
   dtypes = {k: config.train[k] for k in _DTYPES}
-  return dict(config=config_lib.result_fields(config), dtypes=dtypes,
+  fields = config_lib.result_fields(config)
+  if config.subset_design == 'balanced':
+    # Every subset of a balanced design depends on t: another num_models is
+    # another design, not an extension.
+    fields['num_models'] = config.num_models
+  return dict(config=fields, dtypes=dtypes,
               data=ds.fingerprint(), trainer_version=TRAINER_VERSION,
               format_version=store.FORMAT_VERSION)
 

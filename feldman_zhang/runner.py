@@ -312,11 +312,15 @@ _SUBSET_KEY_STREAMS = 16
 
 def model_inputs(config, num_train: int, m: int, ids):
   """(keys (K,), idx (K, m) int32) of models `ids`: what a model is made of
-  besides the data, from (seed, subset_stream, model id) alone."""
+  besides the data, from (seed, subset_stream, model id) alone (and t, in
+  a balanced design)."""
   s = config.subset_stream
-  return (train.model_keys(config.seed, ids,
-                           stream=_SUBSET_KEY_STREAMS + s if s else 0),
-          subsets.indices(config.seed, num_train, m, ids, stream=s))
+  keys = train.model_keys(config.seed, ids,
+                          stream=_SUBSET_KEY_STREAMS + s if s else 0)
+  if config.subset_design == 'balanced':
+    return keys, subsets.balanced(config.seed, num_train, m,
+                                  config.num_models, ids, stream=s)
+  return keys, subsets.indices(config.seed, num_train, m, ids, stream=s)
 
 
 def cell_calls(config, num_train: int, m: int, cells, size: int):
