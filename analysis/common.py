@@ -47,13 +47,14 @@ class Run:
   dataset: data_lib.Dataset
 
 
-def read_json_or_fail(path: str):
-  """A run's JSON file, or StoreError in one line."""
+def read_json_or_fail(path: str,
+                      remedy: str = 're-run the same estimate command to '
+                      'rewrite it'):
+  """A run's JSON file, or StoreError in one line saying the remedy."""
   try:
     return store.read_json(path)
   except (OSError, ValueError) as e:
-    raise store.StoreError(f'{path} is unreadable ({e}); re-run the same '
-                           'estimate command to rewrite it') from e
+    raise store.StoreError(f'{path} is unreadable ({e}); {remedy}') from e
 
 
 def load_run(workdir: str, need_infl: bool = False) -> Run:
@@ -108,7 +109,15 @@ def _check_data(workdir, ds, estimates):
   """Refuses a data set other than the trained one: its indices would lie."""
   run_path = store.Workdir(workdir).run_json
   if os.path.exists(run_path):
-    trained = store.read_json(run_path)['identity']['data']
+    try:
+      trained = read_json_or_fail(
+          run_path, 'it records what the models were trained on, so the run '
+          'cannot be checked or resumed: re-run the estimate in a new '
+          '--workdir')['identity']['data']
+    except (KeyError, TypeError) as e:
+      raise store.StoreError(f'{run_path} lacks the data fingerprint '
+                             f'({e!r}); re-run the same estimate command '
+                             'in a new --workdir') from e
     if trained != ds.fingerprint():
       raise store.StoreError(
           f'the data set {ds.name} differs from the one the run in {workdir} '

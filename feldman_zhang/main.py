@@ -21,7 +21,8 @@ import jax
 from ml_collections import config_flags
 
 from feldman_zhang import distributed
-from feldman_zhang import experiments
+from feldman_zhang.experiments import drop
+from feldman_zhang.experiments import lastlayer
 from feldman_zhang import pipeline
 
 FLAGS = flags.FLAGS
@@ -150,12 +151,12 @@ def main(argv):
       summary = pipeline.run(FLAGS.config, FLAGS.workdir)
       where = 'estimates.npz, summary.json, chunks/'
     elif FLAGS.mode == 'drop':
-      summary = experiments.drop(FLAGS.config, FLAGS.workdir)
+      summary = drop.drop(FLAGS.config, FLAGS.workdir)
       where = ('drop/ (drop.csv, one npz per threshold; the figure: python '
                f'-m analysis.experiment_figures --workdir={FLAGS.workdir})')
     else:
-      summary = experiments.lastlayer(FLAGS.config, FLAGS.workdir,
-                                      job=pipeline.run_on)
+      summary = lastlayer.lastlayer(FLAGS.config, FLAGS.workdir,
+                                    job=pipeline.run_on)
       where = ('lastlayer/ (its estimates, comparison.json; the histograms: '
                'python -m analysis.experiment_figures '
                f'--workdir={FLAGS.workdir})')

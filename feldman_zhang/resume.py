@@ -128,7 +128,9 @@ def read_identity(workdir) -> dict:
                           for k, v in old.get('dtypes', {}).items()
                           if k in _DTYPES})
   except (OSError, ValueError, KeyError, TypeError) as e:
-    raise store.StoreError(f'{path} is unreadable ({e!r}); it records what '
+    # The reason, not the file: a repr of a decode error holds all of it.
+    reason = f'{type(e).__name__}: {e}'[:200]
+    raise store.StoreError(f'{path} is unreadable ({reason}); it records what '
                            'the stored models depend on, so they cannot be '
                            'resumed: use a new --workdir') from e
   for k in config_lib.LOCATION_FIELDS:  # recorded by runs before them

@@ -38,6 +38,9 @@ class StoreError(ValueError):
   """A workdir whose contents cannot be used; the message names the file."""
 
 
+LOCK_FILE = '.lock'
+
+
 @dataclasses.dataclass(frozen=True)
 class Workdir:
   """Every path of a run directory: the one place its layout is written."""
@@ -73,7 +76,7 @@ class Workdir:
 
   @property
   def lock(self) -> str:
-    return self._join('.lock')
+    return self._join(LOCK_FILE)
 
   def chunk(self, start: int, stop: int) -> str:
     return self._join('chunks', f'models_{start:07d}-{stop:07d}.npz')

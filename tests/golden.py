@@ -36,15 +36,19 @@ def _sha(path):
 
 
 def _planted(out):
-  code = ('import sys; sys.path.insert(0, "tests"); import planted; '
+  # Run in OUT with a relative data path: the estimates record the config,
+  # and with it the path, which must not depend on OUT.
+  code = (f'import sys; sys.path[:0] = ["{ROOT}", "{ROOT}/tests"]; '
+          'import planted; '
           'from feldman_zhang import config, pipeline; '
-          f'planted.make("{out}/planted.npz"); '
-          f'c = planted.config("{out}/planted.npz"); '
+          'planted.make("planted.npz"); '
+          'c = planted.config("planted.npz"); '
           # The base's dtype fields, whatever the tests' config sets.
           'c.train.update({k: config.base().train[k] for k in '
           '("compute_dtype", "momentum_dtype", "param_storage")}); '
-          f'pipeline.run(c, "{out}/planted")')
-  _check([sys.executable, '-c', code])
+          'pipeline.run(c, "planted")')
+  subprocess.run([sys.executable, '-c', code], cwd=out, check=True,
+                 capture_output=True)
 
 
 def _two_processes(out):

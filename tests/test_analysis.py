@@ -324,14 +324,16 @@ def test_report_shows_experiments_resolved_dtypes_and_no_empty_column(
   shutil.copytree(planted_run[0], workdir)
   os.makedirs(os.path.join(workdir, 'drop'))
   with open(os.path.join(workdir, 'drop', 'drop.csv'), 'w') as f:
-    f.write('theta,num_removed,acc_high_mem_removed,acc_high_mem_removed_se\n'
-            '0.5,12,0.91,0.004\n')
+    f.write('theta,num_removed,fraction_removed,acc_high_mem_removed,'
+            'acc_high_mem_removed_se,acc_random_removed,acc_random_removed_se\n'
+            '0.5,12,0.009,0.91,0.004,0.93,0.003\n')
   os.makedirs(os.path.join(workdir, 'lastlayer'))
   store.write_json(os.path.join(workdir, 'lastlayer', 'comparison.json'),
                    dict(memorized_full=40, memorized_last=2,
                         head_test_acc_mean=0.87, full_test_acc_mean=0.95))
   page = report.build(common.load_run(workdir), grids=2)
   assert '<h2>Drop experiment</h2>' in page and '0.004' in page
+  assert 'alt="drop.png"' in page  # drawn from drop.csv by the report
   assert '<h2>Last layer only</h2>' in page and 'full_test_acc_mean' in page
   assert '<td>auto</td>' not in page  # dtypes as they resolved
   assert '<th>infl_stderr</th>' not in page  # NaN everywhere: left out

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import planted
-from feldman_zhang import experiments
 from feldman_zhang.experiments import drop as drop_lib
+from feldman_zhang.experiments import lastlayer as lastlayer_lib
 from feldman_zhang import pipeline
 from feldman_zhang import prepare
 from feldman_zhang import store
@@ -31,7 +31,7 @@ def planted_run(tmp_path_factory):
 def test_dropping_memorized_costs_more_than_random(planted_run):
   c, workdir, train_ids, test_ids = planted_run
   mem = store.load_estimates(workdir)['mem']
-  rows = experiments.drop(c, workdir)
+  rows = drop_lib.drop(c, workdir)
   assert len(rows) == 1 and rows[0]['num_removed'] == (mem >= 0.6).sum()
   result = np.load(os.path.join(workdir, 'drop', 'theta_0.6000.npz'))
   # The highest-mem examples include the plants: without them their twins
@@ -50,20 +50,20 @@ def test_dropping_memorized_costs_more_than_random(planted_run):
   assert len(common.png_bytes(made[os.path.join('drop', 'drop.png')])) > 1000
   # A rerun reads the finished threshold back instead of retraining.
   mtime = os.path.getmtime(os.path.join(workdir, 'drop', 'theta_0.6000.npz'))
-  assert experiments.drop(c, workdir) == rows
+  assert drop_lib.drop(c, workdir) == rows
   assert os.path.getmtime(
       os.path.join(workdir, 'drop', 'theta_0.6000.npz')) == mtime
 
 
 def test_random_arm_sets_are_distinct_and_exact():
   n, r = 500, 40
-  sets = {experiments.random_removal(0, 0, j, n, r).tobytes() for j in range(20)}
-  sets |= {experiments.random_removal(s, 0, 0, n, r).tobytes()
+  sets = {drop_lib.random_removal(0, 0, j, n, r).tobytes() for j in range(20)}
+  sets |= {drop_lib.random_removal(s, 0, 0, n, r).tobytes()
            for s in range(1, 20)}
   assert len(sets) == 39
-  gone = experiments.random_removal(3, 2, 1, n, r)
+  gone = drop_lib.random_removal(3, 2, 1, n, r)
   assert len(np.unique(gone)) == r and gone.min() >= 0 and gone.max() < n
-  np.testing.assert_array_equal(gone, experiments.random_removal(3, 2, 1, n, r))
+  np.testing.assert_array_equal(gone, drop_lib.random_removal(3, 2, 1, n, r))
 
 
 def test_drop_keeps_exactly_the_complement(planted_run, monkeypatch):
@@ -79,7 +79,7 @@ def test_drop_keeps_exactly_the_complement(planted_run, monkeypatch):
   monkeypatch.setattr(drop_lib, 'train_rows', fake_train)
   ds = prepare.prepare(c).ds
   mem = store.load_estimates(workdir)['mem']
-  result = experiments.drop_one(c, ds, None, np.flatnonzero(mem >= 0.5), 0.5,
+  result = drop_lib.drop_one(c, ds, None, np.flatnonzero(mem >= 0.5), 0.5,
                                 3)
   n = ds.num_train
   for row, gone in zip(seen['idx'], [result['removed']] * 6 +
@@ -105,26 +105,26 @@ def test_drop_retrains_on_other_settings_and_leaves_diverged_out(
     return dict(test_correct=correct, loss=loss)
 
   monkeypatch.setattr(drop_lib, 'train_rows', fake_train)
-  rows = experiments.drop(c, workdir)
+  rows = drop_lib.drop(c, workdir)
   n_test = np.load(os.path.join(workdir, 'drop', 'theta_0.5500.npz'))[
       'test_correct'].shape[1]
   half = (n_test // 2) / n_test
   assert rows[0]['acc_high_mem_removed'] == pytest.approx(half)
   assert rows[0]['acc_random_removed'] == pytest.approx(half)
   assert calls == [12]
-  experiments.drop(c, workdir)        # same settings: read back
+  drop_lib.drop(c, workdir)        # same settings: read back
   assert calls == [12]
   c.drop.num_models = 4               # other settings: trained again
-  experiments.drop(c, workdir)
+  drop_lib.drop(c, workdir)
   c.drop.seed = 1
-  experiments.drop(c, workdir)
+  drop_lib.drop(c, workdir)
   assert calls == [12, 8, 8]
   os.remove(os.path.join(workdir, 'drop', 'theta_0.5500.npz'))
 
 
 def test_last_layer_does_not_memorize_the_plants(planted_run):
   c, workdir, train_ids, _ = planted_run
-  comparison = experiments.lastlayer(c, workdir, pipeline.run_on)
+  comparison = lastlayer_lib.lastlayer(c, workdir, pipeline.run_on)
   full = store.load_estimates(workdir)['mem']
   last = store.load_estimates(os.path.join(workdir, 'lastlayer'))['mem']
   assert np.median(full[train_ids]) > 0.8
@@ -136,7 +136,7 @@ def test_last_layer_does_not_memorize_the_plants(planted_run):
   np.testing.assert_array_equal(a, b)
   assert os.path.exists(os.path.join(workdir, 'lastlayer', 'backbone'))
   # Resumes: the backbone is restored, the heads are not retrained.
-  again = experiments.lastlayer(c, workdir, pipeline.run_on)
+  again = lastlayer_lib.lastlayer(c, workdir, pipeline.run_on)
   assert again == comparison
   assert comparison['num_models_full'] == comparison['num_models_last'] == (
       c.num_models)
@@ -148,7 +148,7 @@ def test_last_layer_says_when_its_model_count_differs(planted_run, caplog,
   c = c.copy_and_resolve_references()  # the module's run stays as it is
   workdir = str(shutil.copytree(workdir, tmp_path / 'run'))
   c.num_models += 2  # two more heads than the estimate has models
-  comparison = experiments.lastlayer(c, workdir, pipeline.run_on)
+  comparison = lastlayer_lib.lastlayer(c, workdir, pipeline.run_on)
   assert comparison['num_models_last'] == comparison['num_models_full'] + 2
   assert f'lastlayer trains {c.num_models} heads' in caplog.text
 
@@ -156,7 +156,7 @@ def test_last_layer_says_when_its_model_count_differs(planted_run, caplog,
 def test_heads_train_in_f32_whatever_the_networks_precision(tiny_config):
   from feldman_zhang import train
   tiny_config.train.update(compute_dtype='bfloat16', param_storage='split')
-  head = experiments.make_head_config(tiny_config)
+  head = lastlayer_lib.make_head_config(tiny_config)
   assert (head.train.compute_dtype, head.train.param_storage) == (
       'float32', 'float32')
   train.config_storage(head)  # split storage would refuse f32 compute
@@ -170,12 +170,12 @@ def test_a_damaged_backbone_checkpoint_is_trained_again(tiny_config,
   c.train.epochs = 2
   ds = prepare.prepare(c).ds
   workdir = str(tmp_path)
-  _, params, _ = experiments.backbone(c, ds, workdir)
+  _, params, _ = lastlayer_lib.backbone(c, ds, workdir)
   path = os.path.join(workdir, 'lastlayer', 'backbone')
   for root, _, files in os.walk(path):  # truncate every file of it
     for name in files:
       open(os.path.join(root, name), 'wb').close()
-  _, again, _ = experiments.backbone(c, ds, workdir)
+  _, again, _ = lastlayer_lib.backbone(c, ds, workdir)
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(again)):
     np.testing.assert_array_equal(a, b)
 
@@ -183,7 +183,7 @@ def test_a_damaged_backbone_checkpoint_is_trained_again(tiny_config,
 def test_head_config_has_no_network_warmup_and_is_valid(tiny_config):
   tiny_config.train.update(epochs=24, warmup_epochs=5.0, schedule='linear')
   tiny_config.lastlayer.epochs = 4  # shorter than the network's warm-up
-  head = experiments.make_head_config(tiny_config)
+  head = lastlayer_lib.make_head_config(tiny_config)
   assert head.train.warmup_epochs == 0 and head.train.schedule == 'linear'
   assert head.train.momentum_dtype == 'float32'
 
@@ -193,4 +193,4 @@ def test_experiments_refuse_several_processes(planted_run, monkeypatch):
   c, workdir, _, _ = planted_run
   monkeypatch.setattr(jax, 'process_count', lambda: 2)
   with pytest.raises(config_lib.ConfigError, match='one process'):
-    experiments.drop(c, workdir)
+    drop_lib.drop(c, workdir)

@@ -104,6 +104,25 @@ def test_a_duplicate_model_is_named(tmp_path):
     store.load_predictions(workdir)
 
 
+def test_a_corrupt_run_json_is_one_short_line_everywhere(finished):
+  c, workdir = finished
+  path = os.path.join(workdir, 'run.json')
+  data = bytearray(open(path, 'rb').read())
+  data[len(data) // 3] = 0xDF  # not UTF-8 any more
+  open(path, 'wb').write(bytes(data))
+  for cmd in ([sys.executable, '-m', 'analysis.report', f'--workdir={workdir}'],
+              [sys.executable, '-m', 'feldman_zhang.main',
+               '--config=configs/digits_mlp.py', f'--workdir={workdir}',
+               '--compilation_cache=']):
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    last = out.stderr.strip().splitlines()[-1]
+    assert out.returncode != 0 and 'Traceback' not in out.stderr, out.stderr
+    # The reason, not the file's bytes.
+    assert last.startswith('error: ') and 'run.json is unreadable' in last
+    assert len(last) < 400 and 'new --workdir' in last
+
+
 def test_a_corrupt_dense_file_is_refused_and_rebuilt(finished):
   c, workdir = finished
   want = np.array(store.load_estimates(workdir)['infl'])
