@@ -20,6 +20,7 @@ from absl import app
 
 from matplotlib import figure as mpl_figure
 
+from feldman_zhang import config as config_lib
 from feldman_zhang import data as data_lib
 from feldman_zhang import store
 
@@ -32,7 +33,8 @@ USER_ERRORS = (store.StoreError, data_lib.DataError)
 class Run:
   """A finished estimate run.
 
-  config: the run's config as a nested dict (config.json).
+  config: the run's config as a nested dict (the estimates' record, over
+    base()'s values for fields the run predates: config.from_record).
   summary: summary.json, or None if the run was not summarized.
   estimates: estimates.npz: mem, mem_stderr, in_acc, heldout_acc (n,)
     float32; num_in (n,) int32; infl (n, n_test) float32 and infl_stderr
@@ -82,6 +84,7 @@ def load_run(workdir: str, need_infl: bool = False) -> Run:
     raise store.StoreError(
         f'{workdir}/estimates.npz holds no influence estimates (the run had '
         'estimate.infl=False and estimate.infl_topk=0); rerun with either set')
+  config = config_lib.from_record(config)
   summary_path = w.summary_json
   summary = (read_json_or_fail(summary_path) if os.path.exists(summary_path)
              else None)
@@ -135,7 +138,7 @@ def has_influence(estimates: dict) -> bool:
 
 def mem_threshold(run: Run) -> float:
   """The run's bar for "memorized" (the paper's 0.25 unless changed)."""
-  return float(run.config.get('summary', {}).get('mem_threshold', 0.25))
+  return float(run.config['summary']['mem_threshold'])
 
 
 # -- drawing ------------------------------------------------------------------

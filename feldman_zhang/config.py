@@ -235,6 +235,17 @@ def _value(c, dotted):
   return c
 
 
+def from_record(recorded: dict) -> dict:
+  """A run's recorded config (config.json, the estimates' config_json) over
+  base()'s values: the fields a run predates read as base() has them, so
+  readers index it without .get defaults that repeat base()."""
+  def merge(defaults, rec):
+    out = {k: merge(v, rec.get(k, {})) if isinstance(v, dict) else
+           rec.get(k, v) for k, v in defaults.items()}
+    return {**rec, **out}
+  return merge(base().to_dict(), recorded)
+
+
 def flatten(d, prefix=''):
   """Nested dict -> {'a.b': value}."""
   out = {}

@@ -136,12 +136,11 @@ def _checked(ds: Dataset) -> Dataset:
 def from_config(config) -> Dataset:
   """The data set a run trains on, label noise included.
 
-  config: a ConfigDict or the plain dict of a run's config.json.
+  config: a ConfigDict, or a run's recorded one (config.from_record).
   """
   d, seed = config['data'], config['seed']
-  ds = load(d['source'], d.get('data_dir', ''), d.get('num_classes', 0),
-            d.get('download', False))
-  if d.get('label_noise'):
+  ds = load(d['source'], d['data_dir'], d['num_classes'], d['download'])
+  if d['label_noise']:
     if ds.num_classes < 2:
       raise DataError(f'data.label_noise needs 2 or more classes; '
                       f'{ds.name} has {ds.num_classes}')

@@ -354,3 +354,16 @@ def test_pair_grid_has_no_empty_band_between_influential_and_random():
   fig = export_pairs.grid_figure(ds, pairs, num_tests=2, per_test=3,
                                  random_per_test=3)
   assert len(fig.axes) == 2 * (1 + 1 + 3)  # one influential column, not 3
+
+
+def test_a_recorded_config_reads_with_the_fields_it_predates():
+  from feldman_zhang import config as config_lib
+  old = {'seed': 3, 'data': {'source': 'digits'}, 'model': {'name': 'mlp'},
+         'gone': 1}  # a run from before most fields existed
+  c = config_lib.from_record(old)
+  assert c['seed'] == 3 and c['data']['source'] == 'digits' and c['gone'] == 1
+  assert c['data']['label_noise'] == 0.0 and c['data']['num_classes'] == 0
+  assert c['subset_design'] == 'random' and c['model']['tta'] == 'none'
+  assert c['summary']['mem_threshold'] == 0.25
+  from feldman_zhang import data  # pylint: disable=g-import-not-at-top
+  assert data.from_config(c).name == data.load('digits').name
