@@ -59,10 +59,9 @@ def read_json_or_fail(path: str,
     raise store.StoreError(f'{path} is unreadable ({e}); {remedy}') from e
 
 
-def load_run(workdir: str, need_infl: bool = False) -> Run:
-  """Reads a finished run; StoreError with a one-line reason if it is not."""
+def check_finished(workdir: str) -> store.Workdir:
+  """The workdir of a finished run; StoreError in one line if it is not."""
   w = store.Workdir(workdir)
-  config_path = w.config_json
   if not os.path.exists(w.run_json):
     raise store.StoreError(f'{workdir} has no run.json: not a run '
                            'directory (python -m feldman_zhang.main '
@@ -70,6 +69,13 @@ def load_run(workdir: str, need_infl: bool = False) -> Run:
   if not os.path.exists(w.estimates):
     raise store.StoreError(f'{workdir} has no estimates.npz: the run has not '
                            'finished; run the estimate there first')
+  return w
+
+
+def load_run(workdir: str, need_infl: bool = False) -> Run:
+  """Reads a finished run; StoreError with a one-line reason if it is not."""
+  w = check_finished(workdir)
+  config_path = w.config_json
   estimates = store.load_estimates(workdir)
   # The config the estimates were made with; runs before they recorded it
   # need config.json.

@@ -180,14 +180,7 @@ class Estimates:
   only indices are compared, and the data's identity is its fingerprint."""
 
   def __init__(self, workdir: str):
-    w = store.Workdir(workdir)
-    if not os.path.exists(w.run_json):
-      raise store.StoreError(f'{workdir} has no run.json: not a run '
-                             'directory (python -m feldman_zhang.main '
-                             f'--workdir={workdir} makes one)')
-    if not os.path.exists(w.estimates):
-      raise store.StoreError(f'{workdir} has no estimates.npz: the run has '
-                             'not finished; run the estimate there first')
+    common.check_finished(workdir)
     self.workdir = workdir
     self.identity = resume.read_identity(workdir)
     self.estimates = store.load_estimates(workdir)
