@@ -5,11 +5,13 @@ trains the models the workdir lacks (so re-running a killed job resumes it and
 raising num_models extends it), then reduces all stored predictions.
 """
 
+import concurrent.futures
 import contextlib
 import functools
 import json
 import os
 import time
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -121,15 +123,15 @@ def _scan(config, workdir, ds, m):
   return have
 
 
-class _Trained:
+class _Trained(NamedTuple):
   """What _train did: count, stopped (by target_stderr), preds and writing
   (a run trained whole in memory: its predictions, and the future of its
   last cell's write), ahead (the future of the estimate's compilation)."""
-
-  def __init__(self, count=0, stopped=False, preds=None, writing=None,
-               ahead=None):
-    self.count, self.stopped, self.preds = count, stopped, preds
-    self.writing, self.ahead = writing, ahead
+  count: int = 0
+  stopped: bool = False
+  preds: dict | None = None
+  writing: concurrent.futures.Future | None = None
+  ahead: concurrent.futures.Future | None = None
 
 
 def _train(config, workdir, ds, m, model, have, phases) -> _Trained:

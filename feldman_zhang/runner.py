@@ -248,7 +248,8 @@ class StoreSink:
     self.missing = dict(cells)
     self.last = cells[-1][0]
     self.keep, self.target = keep, target
-    self.progress = Progress(sum(len(ids) for _, ids in cells))  # run()'s
+    # Handed to run(), which restarts its clock once compiled.
+    self.progress = Progress(sum(len(ids) for _, ids in cells))
     self.count, self.kept, self.writing = 0, [], None
 
   def __call__(self, start_id, idx, out) -> bool:
