@@ -23,5 +23,7 @@ def get_config():
   c.model.hidden = (512, 256)
   c.train.update(epochs=10, batch_size=128, lr=0.1, momentum=0.9,
                  schedule='cosine')
-  c.estimate.infl = True  # 60,000 x 10,000 float32: a 2.4 GB infl-CRC.npy.
+  # estimate.infl=auto: 60,000 x 10,000 float32 would be a 2.4 GB file, so
+  # the top-10 and pair form; the reference job of BENCHMARKS.md adds
+  # --config.estimate.infl=True (launch/bench_gpu.sh).
   return c

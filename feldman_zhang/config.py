@@ -11,6 +11,8 @@ import jax
 import ml_collections
 from absl import logging
 
+from feldman_zhang import store
+
 
 class ConfigError(ValueError):
   """A config that cannot run; the message names the field."""
@@ -20,6 +22,10 @@ class ConfigError(ValueError):
 # it: everything downstream of the job's entry sees concrete names.
 AUTO = 'auto'
 DTYPES = ('float32', 'bfloat16')
+# estimate.infl=auto writes the dense matrix up to this size, and above it
+# the top-AUTO_TOPK and pair form.
+DENSE_INFL_BYTES = 2**30
+AUTO_TOPK = 10
 STORAGES = ('float32', 'split')
 
 
@@ -114,7 +120,14 @@ def base() -> ml_collections.ConfigDict:
   c.train.param_storage = AUTO
 
   c.estimate = ml_collections.ConfigDict()
-  c.estimate.infl = True
+  # The dense influence matrix infl (n, n_test) float32: True | False |
+  # auto: dense where it takes at most DENSE_INFL_BYTES (digits: 2.7 MB),
+  # else the top-k and pair form below (k = AUTO_TOPK unless infl_topk says
+  # otherwise): MNIST's would be 2.4 GB, CIFAR's 2.0 GB, and with t small a
+  # matrix of noise. Resolved once the data's sizes are known (`resolve`).
+  # (Typed object: the field holds 'auto' or a bool, and the command line's
+  # --config.estimate.infl=True parses as a bool.)
+  c.estimate.infl = ml_collections.FieldReference(AUTO, field_type=object)
   c.estimate.infl_stderr = False
   # > 0: the top-k influence of each test example, computed tile by tile
   # without the full matrix (for runs where n x n_test does not fit; set
@@ -213,6 +226,8 @@ def validate(c) -> None:
       # jax.random.key keeps 32 bits: seeds 2**32 apart would share models.
       (0 <= c.seed < 2**32, 'seed must lie in [0, 2**32)'),
       (c.target_stderr >= 0, 'target_stderr must be >= 0'),
+      (c.estimate.infl in (AUTO, True, False),
+       'estimate.infl must be auto, True or False'),
       (c.estimate.infl_topk >= 0, 'estimate.infl_topk must be >= 0'),
       (c.summary.top_pairs >= 0, 'summary.top_pairs must be >= 0'),
       (len(c.drop.thresholds) >= 1, 'drop.thresholds must not be empty'),
@@ -264,9 +279,11 @@ def result_fields(c) -> dict:
           k not in LOCATION_FIELDS}
 
 
-def resolve(c, backend: str | None = None, recorded: dict | None = None):
+def resolve(c, backend: str | None = None, recorded: dict | None = None,
+            sizes: tuple[int, int] | None = None):
   """A copy of config c, validated, with every 'auto' made concrete; c is
-  not changed. ConfigError on the first field that cannot work.
+  not changed. ConfigError on the first field that cannot work. Resolving a
+  resolved config again changes nothing but what `sizes` decides.
 
   backend: jax's platform name ('cpu', 'gpu', 'tpu'; default: jax's own).
   compute_dtype and momentum_dtype: bfloat16 on accelerators, float32 on
@@ -277,6 +294,8 @@ def resolve(c, backend: str | None = None, recorded: dict | None = None):
   this run can use: 'auto' once meant float32 everywhere, and a run stored
   then on a GPU resumes with its own storage instead of being refused for
   one it never chose.
+  sizes: (n, n_test) of the data; estimate.infl=auto stays 'auto' until
+  they are given (`dense_infl`).
   """
   validate(c)
   backend = backend or jax.default_backend()
@@ -299,4 +318,26 @@ def resolve(c, backend: str | None = None, recorded: dict | None = None):
     raise ConfigError('train.compute_dtype must be bfloat16 for '
                       'train.param_storage=split (auto is float32 on the CPU; '
                       f'got {c.train.compute_dtype})')
+  if sizes and out.estimate.infl == AUTO:
+    with out.estimate.ignore_type():  # the copy typed it as its str value
+      out.estimate.infl = dense_infl(*sizes)
+    if not out.estimate.infl:
+      out.estimate.infl_topk = out.estimate.infl_topk or AUTO_TOPK
+      logging.info(
+          'estimate.infl=auto: the dense %s x %s influence matrix would '
+          'take %s; writing the top-%d influence of each test example and '
+          'the pairs instead (--config.estimate.infl=True writes it)',
+          f'{sizes[0]:,}', f'{sizes[1]:,}', store.human_bytes(dense_bytes(*sizes)),
+          out.estimate.infl_topk)
   return out
+
+
+def dense_bytes(n: int, n_test: int) -> int:
+  """The size of the dense (n, n_test) float32 influence file."""
+  return 4 * n * n_test
+
+
+def dense_infl(n: int, n_test: int) -> bool:
+  """What estimate.infl=auto resolves to for n x n_test examples."""
+  return dense_bytes(n, n_test) <= DENSE_INFL_BYTES
+

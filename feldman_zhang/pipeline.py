@@ -18,6 +18,7 @@ import numpy as np
 from absl import logging
 
 from feldman_zhang import config as config_lib
+from feldman_zhang import cost
 from feldman_zhang import data as data_lib
 from feldman_zhang import distributed
 from feldman_zhang import estimate as estimate_lib
@@ -44,6 +45,7 @@ def run(config, workdir):
     resolved = config_lib.resolve(config,
                                   recorded=resume.recorded_config(workdir))
     ds, m, model = prepare_lib.prepare(resolved)
+  resolved = _plan(resolved, workdir, ds, m, model, phases)
   with _leader_lock(workdir):
     # The C-score's other ratios are runs of their own (ratios.py), made
     # first: the estimate below reads their held-out accuracy.
@@ -61,9 +63,10 @@ def run_on(config, resolved, workdir, ds, m, model, show=True, phases=None):
   config: as given, recorded with the estimates; resolved: what the models
   compute with (config.resolve).
   """
+  phases = phases or runner.Phases()
+  resolved = _plan(resolved, workdir, ds, m, model, phases)
   with _leader_lock(workdir):
-    return _run_on(config, resolved, workdir, ds, m, model, show,
-                   phases or runner.Phases())
+    return _run_on(config, resolved, workdir, ds, m, model, show, phases)
 
 
 def _leader_lock(workdir):
@@ -107,6 +110,23 @@ def _run_on(config, resolved, workdir, ds, m, model, show, phases):
   if show:
     print(summary_lib.render(summary, ds, est))
   return summary
+
+
+def _plan(resolved, workdir, ds, m, model, phases):
+  """The config with estimate.infl=auto decided by the data's size; logs
+  what the job will do and take, and refuses a disk that cannot hold it,
+  before the workdir is touched (the leader: it writes the estimates)."""
+  resolved = config_lib.resolve(resolved, sizes=(ds.num_train, ds.num_test))
+  if distributed.is_leader():
+    with phases('plan'):
+      t = resolved.num_models
+      stored = sum(min(stop, t) - start
+                   for start, stop, _ in store.list_chunks(workdir)
+                   if start < t)
+      p = cost.plan(resolved, ds, m, model, max(t - stored, 0))
+      logging.info('%s', cost.describe(p, resolved))
+      cost.check_disk(p, workdir)
+  return resolved
 
 
 def _scan(config, workdir, ds, m):

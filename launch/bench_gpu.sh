@@ -24,7 +24,8 @@ need_args 2 $#
 mnist=$(from_caller "$1") out=$(from_caller "$2") budget=${3:-540}
 mkdir -p "$out"
 mnist_cfg=(--config=configs/mnist_mlp.py --config.data.source="idx:$mnist"
-           --config.train.schedule=constant)
+           --config.train.schedule=constant
+           --config.estimate.infl=True)  # the reference job: dense infl
 
 
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem \

@@ -22,10 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from feldman_zhang import config as config_lib
-from feldman_zhang import models
+from feldman_zhang import cost
 from feldman_zhang import prepare as prepare_lib
 from feldman_zhang import runner
 from feldman_zhang import train
+
 
 def bytes_per_param_step(config) -> dict:
   """The byte model: bytes moved per parameter in one SGD-momentum step.
@@ -50,54 +51,13 @@ def bytes_per_param_step(config) -> dict:
 
 
 def count(model, config, ds, m) -> dict:
-  """FLOP and byte counts of one model's training and evaluation.
-
-  FLOPs come from XLA's cost analysis of one evaluation batch and of one
-  whole training step (forward, backward, optimizer), taken before
-  compilation: on GPUs the compiled module hands convolutions to cuDNN,
-  whose FLOPs it does not count (ResNet-9 read 300x too few on an H100,
-  BENCHMARKS.md). A step is not 3 forward passes: the backward pass skips
-  the input gradient of the first layer, the MLP's largest (2.25 forward
-  passes for the MNIST MLP).
-  """
-  params, state = train.init(model, jax.random.key(0), ds.x_train)
-  b = config.train.batch_size
-  batch = ds.x_train[:b]
-  fwd = jax.jit(lambda p, s, x: train.apply(model, p, s, x, False)[0])
-  fwd_flops = _flops(fwd.lower(params, state, batch)) / len(batch)
-  step, tx, storage = train.make_config_step(model, config, m)
-  carry = (storage.store(params), state, tx.init(params))
-  step_flops = _flops(jax.jit(step).lower(
-      carry, ds.x_train[:b], ds.y_train[:b], jnp.ones(b), jax.random.key(0)))
-  steps = train.steps_per_epoch(m, config.train.batch_size) * config.train.epochs
-  num_params = sum(p.size for p in jax.tree.leaves(params))
+  """cost.count's FLOP counts of one model's training and evaluation, and
+  the parameter traffic of its steps (`bytes_per_param_step`)."""
+  c = cost.count(model, config, ds, m)
   traffic = bytes_per_param_step(config)
-  views = len(train.tta_views(batch, config.model.tta)[1])
-  # Per-model preparation: the whitening fit on the subset, where there is one.
-  prep_flops = (_flops(jax.jit(models.fit_whitening).lower(
-      ds.x_train, jnp.arange(m, dtype=jnp.int32))) if 'whiten' in state else 0.)
-  return dict(
-      num_params=int(num_params), forward_flops_per_example=fwd_flops,
-      steps_per_model=steps, train_examples_per_model=m * config.train.epochs,
-      train_flops_per_step=step_flops,
-      train_flops_per_model=step_flops * steps + prep_flops,
-      tta_views=views,
-      eval_flops_per_model=fwd_flops * views * (ds.num_train + ds.num_test),
-      bytes_per_param_step=traffic,
-      param_bytes_per_model=traffic['total'] * num_params * steps)
-
-
-def _flops(lowered) -> float:
-  # Some backends (CUDA in jax 0.11) give no cost analysis before
-  # compilation: the compiled one counts dots, not cuDNN's convolutions.
-  cost = _unwrap(lowered.cost_analysis())
-  if not cost or 'flops' not in cost:
-    cost = _unwrap(lowered.compile().cost_analysis()) or {}
-  return float(cost.get('flops', float('nan')))
-
-
-def _unwrap(cost):
-  return cost[0] if isinstance(cost, (list, tuple)) else cost
+  return dict(c, bytes_per_param_step=traffic,
+              param_bytes_per_model=traffic['total'] * c['num_params'] *
+              c['steps_per_model'])
 
 
 def measure_peaks(device=None) -> dict:

@@ -1,0 +1,157 @@
+"""What a job costs, known before it runs: XLA's FLOP count of one model's
+training and evaluation, and the job's plan (work, disk, a time floor).
+
+The job logs its plan and refuses what cannot fit on disk before it touches
+the workdir (`plan`, `check_disk`); the bench prints the same counts beside
+the rates it measures.
+"""
+
+import math
+import os
+import shutil
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from feldman_zhang import config as config_lib
+from feldman_zhang import models
+from feldman_zhang import store
+from feldman_zhang import train
+
+
+def count(model, config, ds, m, compile_fallback: bool = True) -> dict:
+  """FLOP counts of one model's training and evaluation.
+
+  FLOPs come from XLA's cost analysis of one evaluation batch and of one
+  whole training step (forward, backward, optimizer), taken before
+  compilation: on GPUs the compiled module hands convolutions to cuDNN,
+  whose FLOPs it does not count (ResNet-9 read 300x too few on an H100,
+  BENCHMARKS.md). A step is not 3 forward passes: the backward pass skips
+  the input gradient of the first layer, the MLP's largest (2.25 forward
+  passes for the MNIST MLP). compile_fallback: where the backend counts
+  nothing before compiling, compile one step to count (the bench); without
+  it the counts are NaN there (the job does not compile to plan).
+  """
+  flops = lambda lowered: _flops(lowered, compile_fallback)
+  params, state = train.init(model, jax.random.key(0), ds.x_train)
+  b = config.train.batch_size
+  batch = ds.x_train[:b]
+  fwd = jax.jit(lambda p, s, x: train.apply(model, p, s, x, False)[0])
+  fwd_flops = flops(fwd.lower(params, state, batch)) / len(batch)
+  step, tx, storage = train.make_config_step(model, config, m)
+  carry = (storage.store(params), state, tx.init(params))
+  step_flops = flops(jax.jit(step).lower(
+      carry, ds.x_train[:b], ds.y_train[:b], jnp.ones(b), jax.random.key(0)))
+  steps = train.steps_per_epoch(m, config.train.batch_size) * config.train.epochs
+  num_params = sum(p.size for p in jax.tree.leaves(params))
+  views = len(train.tta_views(batch, config.model.tta)[1])
+  # Per-model preparation: the whitening fit on the subset, where there is one.
+  prep_flops = (flops(jax.jit(models.fit_whitening).lower(
+      ds.x_train, jnp.arange(m, dtype=jnp.int32))) if 'whiten' in state else 0.)
+  return dict(
+      num_params=int(num_params), forward_flops_per_example=fwd_flops,
+      steps_per_model=steps, train_examples_per_model=m * config.train.epochs,
+      train_flops_per_step=step_flops,
+      train_flops_per_model=step_flops * steps + prep_flops,
+      tta_views=views,
+      eval_flops_per_model=fwd_flops * views * (ds.num_train + ds.num_test))
+
+
+def _flops(lowered, compile_fallback: bool) -> float:
+  # Some backends (CUDA in jax 0.11) give no cost analysis before
+  # compilation: the compiled one counts dots, not cuDNN's convolutions.
+  cost = _unwrap(lowered.cost_analysis())
+  if (not cost or 'flops' not in cost) and compile_fallback:
+    cost = _unwrap(lowered.compile().cost_analysis())
+  return float((cost or {}).get('flops', float('nan')))
+
+
+def _unwrap(cost):
+  return cost[0] if isinstance(cost, (list, tuple)) else cost
+
+
+# Dense bf16 matrix peaks (TFLOP/s, vendors' figures) of the accelerators
+# the job is run on: a floor on a job's time, never a prediction (this
+# project's trainers reach a fraction of it: BENCHMARKS.md).
+PEAK_TFLOPS = (('H200', 989), ('H100', 989), ('A100', 312), ('L4', 121),
+               ('TPU v6', 918), ('TPU v5p', 459), ('TPU v5', 197),
+               ('TPU v4', 275))
+
+
+class Plan(NamedTuple):
+  models: int            # to train now (those not stored)
+  steps: int             # per model
+  flops: float           # of those models' training and evaluation; NaN: unknown
+  disk_bytes: int        # chunks of those models, estimates and dense files
+  floor_s: float | None  # at the devices' peak; None where none is known
+
+
+def plan(config, ds, m: int, model, todo: int) -> Plan:
+  """The work and disk of training `todo` models and estimating, from the
+  config and the data alone (nothing compiles). FLOPs are counted only
+  where the devices' peak is known (lowering the step takes seconds on a
+  CPU, where no floor would come of it)."""
+  peak = _peak_flops()
+  flops = float('nan')
+  if peak:
+    c = count(model, config, ds, m, compile_fallback=False)
+    flops = todo * (c['train_flops_per_model'] + c['eval_flops_per_model'])
+  steps = train.steps_per_epoch(m, config.train.batch_size) * config.train.epochs
+  t, n, n_test = config.num_models, ds.num_train, ds.num_test
+  # A stored model: its mask and two correctness rows as bits, its losses.
+  chunks = todo * (math.ceil(n / 8) * 2 + math.ceil(n_test / 8) +
+                   4 * config.train.epochs + 8)
+  estimates = 4 * 8 * n + 4 * 4 * n_test  # the per-example arrays
+  dense = 0
+  if config.estimate.infl is True:
+    dense = config_lib.dense_bytes(n, n_test) * (
+        2 if config.estimate.infl_stderr else 1)
+  estimates += 4 * 3 * n_test * config.estimate.infl_topk
+  floor = flops / peak if peak and math.isfinite(flops) else None
+  return Plan(todo, steps, flops, chunks + estimates + dense, floor)
+
+
+def _peak_flops() -> float | None:
+  devices = jax.devices()
+  kind = devices[0].device_kind
+  for name, tflops in PEAK_TFLOPS:
+    if name.lower() in kind.lower():
+      return tflops * 1e12 * len(devices)
+  return None
+
+
+def describe(p: Plan, config) -> str:
+  """One log line: what the job will do and what it will take."""
+  parts = [f'{p.models:,} models to train, {p.steps:,} steps of '
+           f'{config.train.batch_size} each']
+  if math.isfinite(p.flops):
+    parts.append(f'{p.flops / 1e15:,.3g} PFLOP (XLA\'s count, with '
+                 'evaluation)')
+  if p.floor_s is not None:
+    parts.append(f'at least {_duration(p.floor_s)} at the devices\' peak')
+  parts.append(f'about {store.human_bytes(p.disk_bytes)} on disk')
+  return 'plan: ' + '; '.join(parts)
+
+
+def check_disk(p: Plan, workdir: str) -> None:
+  """StoreError in one line when the workdir's disk cannot hold the plan."""
+  path = os.path.abspath(workdir)
+  while not os.path.exists(path):
+    path = os.path.dirname(path)
+  free = shutil.disk_usage(path).free
+  if p.disk_bytes > free:
+    raise store.StoreError(
+        f'this run needs about {store.human_bytes(p.disk_bytes)} on disk and '
+        f'{path} has {store.human_bytes(free)} free: free space, or lower '
+        'num_models (or estimate.infl=False for the dense matrix)')
+
+
+def _duration(s: float) -> str:
+  if s < 120:
+    return f'{s:.0f} s'
+  if s < 7200:
+    return f'{s / 60:.0f} min'
+  if s < 2 * 86400:
+    return f'{s / 3600:.1f} h'
+  return f'{s / 86400:.1f} days'
