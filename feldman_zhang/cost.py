@@ -139,7 +139,12 @@ def check_disk(p: Plan, workdir: str) -> None:
   path = os.path.abspath(workdir)
   while not os.path.exists(path):
     path = os.path.dirname(path)
-  free = shutil.disk_usage(path).free
+  usage = shutil.disk_usage(path)
+  if not os.access(path, os.W_OK) or not usage.total:
+    # No workdir can be made there (or a pseudo file system, /proc): the
+    # workdir's own error says so.
+    return
+  free = usage.free
   if p.disk_bytes > free:
     raise store.StoreError(
         f'this run needs about {store.human_bytes(p.disk_bytes)} on disk and '

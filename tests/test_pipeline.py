@@ -89,7 +89,7 @@ def test_lost_and_corrupt_chunks_are_retrained_identically(finished):
   summary = pipeline.run(c, workdir)
   assert summary['timing']['models_trained'] == 10
   phases = summary['timing']['phases']
-  assert set(phases) == {'load_data', 'scan_workdir', 'compile', 'train',
+  assert set(phases) == {'load_data', 'plan', 'scan_workdir', 'compile', 'train',
                          'wait_for_device', 'write_chunks', 'load_predictions',
                          'compile_ahead', 'estimate', 'write_estimates',
                          'summary'}

@@ -113,7 +113,7 @@ def test_a_known_peak_gives_flops_and_a_time_floor(tiny_config, monkeypatch):
 def test_a_disk_too_small_is_refused_before_the_workdir_exists(
     tiny_config, tmp_path, monkeypatch):
   class Usage:
-    free = 10_000
+    total, free = 10**12, 10_000
   monkeypatch.setattr(cost.shutil, 'disk_usage', lambda path: Usage)
   workdir = str(tmp_path / 'new' / 'run')
   with pytest.raises(store.StoreError) as e:
