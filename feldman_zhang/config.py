@@ -250,6 +250,16 @@ def _value(c, dotted):
   return c
 
 
+def copy(c) -> ml_collections.ConfigDict:
+  """A copy of config c that can be changed as base()'s own: a plain copy
+  types estimate.infl by its value ('auto' a str) and then refuses a bool."""
+  out = c.copy_and_resolve_references()
+  with out.estimate.ignore_type():
+    out.estimate.infl = ml_collections.FieldReference(out.estimate.infl,
+                                                      field_type=object)
+  return out
+
+
 def from_record(recorded: dict) -> dict:
   """A run's recorded config (config.json, the estimates' config_json) over
   base()'s values: the fields a run predates read as base() has them, so
@@ -300,7 +310,7 @@ def resolve(c, backend: str | None = None, recorded: dict | None = None,
   validate(c)
   backend = backend or jax.default_backend()
   accelerated = 'bfloat16' if backend != 'cpu' else 'float32'
-  out = c.copy_and_resolve_references()
+  out = copy(c)
   t = out.train
   for k in ('compute_dtype', 'momentum_dtype'):
     if t[k] == AUTO:
@@ -319,8 +329,7 @@ def resolve(c, backend: str | None = None, recorded: dict | None = None,
                       'train.param_storage=split (auto is float32 on the CPU; '
                       f'got {c.train.compute_dtype})')
   if sizes and out.estimate.infl == AUTO:
-    with out.estimate.ignore_type():  # the copy typed it as its str value
-      out.estimate.infl = dense_infl(*sizes)
+    out.estimate.infl = dense_infl(*sizes)
     if not out.estimate.infl:
       out.estimate.infl_topk = out.estimate.infl_topk or AUTO_TOPK
       logging.info(

@@ -16,6 +16,7 @@ the ratios (`cscore`).
 
 import numpy as np
 
+from feldman_zhang import config as config_lib
 from feldman_zhang import store
 
 # subset_stream of ratio r: 1 + its ratio in units of 1e-4 (0 is the plain
@@ -40,7 +41,7 @@ def workdir(root: str, ratio: float) -> str:
 def config_for(config, ratio: float):
   """The config of ratio `ratio`'s own run: that ratio, its stream, mem and
   held-out accuracy only (no influence, no early stop)."""
-  c = config.copy_and_resolve_references()
+  c = config_lib.copy(config)
   c.subset_ratio = ratio
   c.subset_ratios = ()
   c.subset_stream = stream(ratio)

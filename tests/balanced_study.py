@@ -54,7 +54,7 @@ def main(out):
     pipeline.run(c, os.path.join(out, f'planted_{design}'))
     result[f'planted_{design}'] = figures(
         os.path.join(out, f'planted_{design}'), plants)
-    c = digits.copy_and_resolve_references()
+    c = config_lib.copy(digits)
     c.subset_design = design
     pipeline.run(c, os.path.join(out, f'digits_{design}'))
     result[f'digits_{design}'] = figures(os.path.join(out, f'digits_{design}'))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import planted
+from feldman_zhang import config as config_lib
 from feldman_zhang.experiments import drop as drop_lib
 from feldman_zhang.experiments import lastlayer as lastlayer_lib
 from feldman_zhang import pipeline
@@ -91,7 +92,7 @@ def test_drop_keeps_exactly_the_complement(planted_run, monkeypatch):
 def test_drop_retrains_on_other_settings_and_leaves_diverged_out(
     planted_run, monkeypatch):
   c, workdir, _, _ = planted_run
-  c = c.copy_and_resolve_references()
+  c = config_lib.copy(c)
   c.drop.thresholds = (0.55,)
   calls = []
 
@@ -145,7 +146,7 @@ def test_last_layer_does_not_memorize_the_plants(planted_run):
 def test_last_layer_says_when_its_model_count_differs(planted_run, caplog,
                                                       tmp_path):
   c, workdir, _, _ = planted_run
-  c = c.copy_and_resolve_references()  # the module's run stays as it is
+  c = config_lib.copy(c)  # the module's run stays as it is
   workdir = str(shutil.copytree(workdir, tmp_path / 'run'))
   c.num_models += 2  # two more heads than the estimate has models
   comparison = lastlayer_lib.lastlayer(c, workdir, pipeline.run_on)

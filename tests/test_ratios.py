@@ -105,7 +105,7 @@ def test_adding_a_ratio_trains_only_it(cscore_run, tmp_path):
   c, workdir, _ = cscore_run
   workdir = str(shutil.copytree(workdir, tmp_path / 'run'))
   kept = store.load_predictions(ratios.workdir(workdir, 0.3))
-  c = c.copy_and_resolve_references()
+  c = config_lib.copy(c)
   c.subset_ratios = (0.3, 0.5, 0.7)
   summary = pipeline.run(c, workdir)
   assert summary['timing']['models_trained'] == 0  # subset_ratio's: stored

@@ -74,7 +74,7 @@ def make_head_config(config):
   (whatever the full network's precision); the network's schedule shape
   without its warm-up, which was sized in the network's epochs; the same
   seed and subsets."""
-  head_config = config.copy_and_resolve_references()
+  head_config = config_lib.copy(config)
   with head_config.unlocked():
     head_config.models_per_device = config.lastlayer.models_per_device
     head_config.train.update(epochs=config.lastlayer.epochs,
