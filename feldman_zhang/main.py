@@ -78,7 +78,7 @@ def parse_flags(argv):
     message = ' '.join(message.split())
     if isinstance(e, (AttributeError, KeyError)):
       field, _, guess = message.partition(' Did you mean ')
-      field = field.strip()
+      field = field.strip().strip('"')
       # ml_collections names the last part only: show the whole override.
       named = [a.split('=')[0] for a in argv if a.startswith('--config.') and
                a.split('=')[0].split('.')[-1] == field]
