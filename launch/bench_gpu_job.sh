@@ -37,7 +37,7 @@ done
 step estimate 60 "$python" -m feldman_zhang.bench \
   --estimate_only=4000,50000,10000 --out="$out/bench_estimate.json"
 job=(-m feldman_zhang.main --config=configs/mnist_mlp.py
-     "--config.data.source=idx:$mnist")
+     "--config.data.source=idx:$mnist" --config.estimate.infl=True)
 step job_split_cold 120 "$python" "${job[@]}" \
   --compilation_cache="$out/xla_cache" --workdir="$out/split_cold"
 step job_split_warm 120 "$python" "${job[@]}" \
