@@ -16,6 +16,7 @@ import sys
 
 from absl import app
 from absl import flags
+import ml_collections
 import numpy as np
 
 from analysis import common
@@ -172,8 +173,14 @@ def experiment_parts(workdir, name: str = '', mem=None) -> list:
 
 def resolved_config(run: common.Run) -> dict:
   """The flat config, with the fields config.resolve made concrete as
-  run.json recorded them."""
+  run.json recorded them, and estimate.* as the data's size resolved them."""
   flat = config_lib.flatten(run.config)
+  if flat.get('estimate.infl') == config_lib.AUTO:
+    n, n_test = run.dataset.num_train, run.dataset.num_test
+    estimate = config_lib.resolve(
+        ml_collections.ConfigDict(run.config), 'cpu',
+        sizes=(n, n_test)).estimate
+    flat.update(config_lib.flatten(estimate.to_dict(), 'estimate.'))
   try:
     recorded = store.read_json(store.Workdir(run.workdir).run_json)
     flat.update({k: v for k, v in recorded['identity']['config'].items()
