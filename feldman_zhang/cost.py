@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from feldman_zhang import config as config_lib
+from feldman_zhang import estimate
 from feldman_zhang import models
 from feldman_zhang import store
 from feldman_zhang import train
@@ -107,7 +108,11 @@ def plan(config, ds, m: int, model, todo: int) -> Plan:
   if config.estimate.infl is True:
     dense = config_lib.dense_bytes(n, n_test) * (
         2 if config.estimate.infl_stderr else 1)
-  estimates += 4 * 3 * n_test * config.estimate.infl_topk
+  if config.estimate.infl_topk:
+    # Each test example's top k (value and index), and at most MAX_PAIRS
+    # pairs (train, test, infl): few models make many noisy pairs.
+    estimates += (8 * n_test * config.estimate.infl_topk +
+                  12 * min(estimate.MAX_PAIRS, n * n_test))
   floor = flops / peak if peak and math.isfinite(flops) else None
   return Plan(todo, steps, flops, chunks + estimates + dense, floor)
 

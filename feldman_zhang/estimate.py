@@ -20,6 +20,9 @@ from absl import logging
 
 from feldman_zhang import pairs as pairs_lib
 
+# The top-k form keeps at most this many pairs (the largest).
+MAX_PAIRS = 1_000_000
+
 EMPTY_MEAN = 0.5
 
 
@@ -260,7 +263,7 @@ def _pairs_over(tile, threshold, size):
 
 
 def top_influence(masks, test_correct, k: int, threshold: float = 1.0,
-                  block: int = 4096, max_pairs: int = 1_000_000,
+                  block: int = 4096, max_pairs: int = MAX_PAIRS,
                   pair_rows=None) -> dict:
   """Top-k influence per test example, tile by tile: never the full matrix.
 
