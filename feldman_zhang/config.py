@@ -336,8 +336,8 @@ def resolve(c, backend: str | None = None, recorded: dict | None = None,
           'estimate.infl=auto: the dense %s x %s influence matrix would '
           'take %s; writing the top-%d influence of each test example and '
           'the pairs instead (--config.estimate.infl=True writes it)',
-          f'{sizes[0]:,}', f'{sizes[1]:,}', store.human_bytes(dense_bytes(*sizes)),
-          out.estimate.infl_topk)
+          f'{sizes[0]:,}', f'{sizes[1]:,}',
+          store.human_bytes(dense_bytes(*sizes)), out.estimate.infl_topk)
   return out
 
 
@@ -349,4 +349,3 @@ def dense_bytes(n: int, n_test: int) -> int:
 def dense_infl(n: int, n_test: int) -> bool:
   """What estimate.infl=auto resolves to for n x n_test examples."""
   return dense_bytes(n, n_test) <= DENSE_INFL_BYTES
-

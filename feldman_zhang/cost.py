@@ -99,7 +99,7 @@ def plan(config, ds, m: int, model, todo: int) -> Plan:
     c = count(model, config, ds, m, compile_fallback=False)
     flops = todo * (c['train_flops_per_model'] + c['eval_flops_per_model'])
   steps = train.steps_per_epoch(m, config.train.batch_size) * config.train.epochs
-  t, n, n_test = config.num_models, ds.num_train, ds.num_test
+  n, n_test = ds.num_train, ds.num_test
   # A stored model: its mask and two correctness rows as bits, its losses.
   chunks = todo * (math.ceil(n / 8) * 2 + math.ceil(n_test / 8) +
                    4 * config.train.epochs + 8)

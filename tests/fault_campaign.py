@@ -11,7 +11,8 @@
    so in one line (no traceback), and re-running the job repairs it.
 4. Concurrent processes on one workdir (PAIRS pairs, half of them at
    different models_per_device): never a traceback, never a model stored
-   twice, and the finished run identical to the uninterrupted one.
+   twice, one process refused; the equal-K pairs' files identical to the
+   uninterrupted run's (a K = 16 run compiles other shapes: chunks only).
 5. A full disk (root only: a tmpfs at 24 sizes, 16 kB to 4 MB): a fresh run
    fails in one line or finishes; extending a finished run onto a disk
    without room for the new models fails in one line and leaves the
@@ -31,6 +32,8 @@ import signal
 import subprocess
 import sys
 import time
+
+import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = ['--config=configs/digits_mlp.py', '--config.num_models=48',
@@ -74,11 +77,7 @@ def main(out, kills=10, pairs=1):
     r = _run(_job(w))
     counts['kill_trials'] += 1
     counts['tracebacks'] += 'Traceback' in r.stderr
-    ids = [os.path.basename(c) for c in glob.glob(os.path.join(w, 'chunks',
-                                                               'models_*'))]
-    spans = sorted(tuple(int(x) for x in c[7:-4].split('-')) for c in ids)
-    counts['duplicate_models'] += sum(a[1] > b[0] for a, b in
-                                      zip(spans, spans[1:]))
+    counts['duplicate_models'] += _overlaps(_spans(w))
     counts['kill_resumed_identical'] += (r.returncode == 0 and
                                          _files(w) == want)
   w = os.path.join(out, 'pair')
@@ -118,9 +117,15 @@ def main(out, kills=10, pairs=1):
 
 
 def _spans(w):
+  """[(start, stop)] of w's chunk files, by start."""
   names = [os.path.basename(c) for c in glob.glob(os.path.join(w, 'chunks',
                                                                'models_*'))]
   return sorted(tuple(int(x) for x in c[7:-4].split('-')) for c in names)
+
+
+def _overlaps(spans):
+  """How many chunks share models with the next one: models stored twice."""
+  return sum(a[1] > b[0] for a, b in zip(spans, spans[1:]))
 
 
 def _pairs(out, want, pairs):
@@ -140,8 +145,7 @@ def _pairs(out, want, pairs):
     spans = _spans(w)
     counts['pair_trials'] += 1
     counts['pair_tracebacks'] += sum('Traceback' in e for _, e in outs)
-    counts['pair_duplicate_models'] += sum(a[1] > b[0] for a, b in
-                                           zip(spans, spans[1:]))
+    counts['pair_duplicate_models'] += _overlaps(spans)
     codes = sorted(p.returncode for p in procs)
     counts['pair_one_refused'] += codes == [0, 1] and any(
         'in use by another process' in e for _, e in outs)
@@ -213,7 +217,6 @@ def _malformed(out, ref):
   junk = os.path.join(d, 'junk.npz')
   with open(junk, 'wb') as f:
     f.write(os.urandom(4096))
-  import numpy as np  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   x = lambda n: rng.integers(0, 256, (n, 8, 8), np.uint8)
   big_label = os.path.join(d, 'big_label.npz')

@@ -48,8 +48,7 @@ def test_auto_writes_the_dense_matrix_up_to_a_gib_and_the_top_k_above():
 def test_the_command_line_sets_infl_as_a_bool(tmp_path):
   # The field holds 'auto' or a bool: --config.estimate.infl=False must not
   # become the (truthy) string 'False'.
-  code = ('import sys; from absl import app; from feldman_zhang import main; '
-          'from ml_collections import config_flags; '
+  code = ('from absl import app; from feldman_zhang import main; '
           'app.run(lambda _: print(repr(main.FLAGS.config.estimate.infl)), '
           'flags_parser=main.parse_flags)')
   for value, want in (('False', 'False'), ('True', 'True'), ('auto', "'auto'")):
