@@ -44,7 +44,7 @@ def count(model, config, ds, m, compile_fallback: bool = True) -> dict:
   carry = (storage.store(params), state, tx.init(params))
   step_flops = flops(jax.jit(step).lower(
       carry, ds.x_train[:b], ds.y_train[:b], jnp.ones(b), jax.random.key(0)))
-  steps = train.steps_per_epoch(m, config.train.batch_size) * config.train.epochs
+  steps = train.step_counts(m, config.train)[1]
   num_params = sum(p.size for p in jax.tree.leaves(params))
   views = len(train.tta_views(batch, config.model.tta)[1])
   # Per-model preparation: the whitening fit on the subset, where there is one.
@@ -52,11 +52,21 @@ def count(model, config, ds, m, compile_fallback: bool = True) -> dict:
       ds.x_train, jnp.arange(m, dtype=jnp.int32))) if 'whiten' in state else 0.)
   return dict(
       num_params=int(num_params), forward_flops_per_example=fwd_flops,
-      steps_per_model=steps, train_examples_per_model=m * config.train.epochs,
+      steps_per_model=steps, train_examples_per_model=_examples(m, config.train, steps),
       train_flops_per_step=step_flops,
       train_flops_per_model=step_flops * steps + prep_flops,
       tta_views=views,
       eval_flops_per_model=fwd_flops * views * (ds.num_train + ds.num_test))
+
+
+def _examples(m: int, config, steps: int) -> int:
+  """The training examples one model sees in `steps` steps: a kept, padded
+  last batch counts its m % B real ones."""
+  per_epoch, _ = train.step_counts(m, config)
+  if config.drop_last:
+    return steps * config.batch_size
+  full, tail = divmod(steps, per_epoch)
+  return full * m + tail * config.batch_size
 
 
 def _flops(lowered, compile_fallback: bool) -> float:
@@ -98,11 +108,11 @@ def plan(config, ds, m: int, model, todo: int) -> Plan:
   if peak:
     c = count(model, config, ds, m, compile_fallback=False)
     flops = todo * (c['train_flops_per_model'] + c['eval_flops_per_model'])
-  steps = train.steps_per_epoch(m, config.train.batch_size) * config.train.epochs
+  steps = train.step_counts(m, config.train)[1]
   n, n_test = ds.num_train, ds.num_test
   # A stored model: its mask and two correctness rows as bits, its losses.
   chunks = todo * (math.ceil(n / 8) * 2 + math.ceil(n_test / 8) +
-                   4 * config.train.epochs + 8)
+                   4 * math.ceil(config.train.epochs) + 8)
   estimates = 4 * 8 * n + 4 * 4 * n_test  # the per-example arrays
   dense = 0
   if config.estimate.infl is True:

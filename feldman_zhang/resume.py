@@ -29,7 +29,8 @@ TRAINER_VERSION = 1
 ADDED_FIELDS = {'train.param_storage': 'float32', 'model.tta': 'none',
                 'train.lr_start': 0.0, 'train.lr_end': 0.0,
                 'train.bias_lr_scale': 1.0, 'train.whiten_bias_epochs': 0,
-                'train.lookahead': False, 'subset_stream': 0,
+                'train.lookahead': False, 'train.drop_last': False,
+                'subset_stream': 0,
                 'subset_design': 'random'}
 
 

@@ -22,9 +22,25 @@ from feldman_zhang import models as models_lib
 from feldman_zhang import precision
 
 
-def steps_per_epoch(m: int, batch_size: int) -> int:
-  """The last, partial batch is kept (zero-weight padding fills it)."""
-  return math.ceil(m / batch_size)
+def steps_per_epoch(m: int, batch_size: int, drop_last: bool = False) -> int:
+  """The last, partial batch is kept (zero-weight padding fills it), or
+  dropped (airbench's loader: each epoch's leftover m % batch_size
+  examples of its permutation sit that epoch out)."""
+  return m // batch_size if drop_last else math.ceil(m / batch_size)
+
+
+def total_steps(epochs, steps: int) -> int:
+  """The steps of `epochs` passes of `steps` each; a fractional epochs
+  stops the last pass early, as airbench's ceil(9.9 x steps). (Rounded
+  first, so 0.1 x 30 is 3 steps, not 4.)"""
+  return math.ceil(round(epochs * steps, 6))
+
+
+def step_counts(m: int, config) -> tuple[int, int]:
+  """(steps per epoch, total steps) of config.train on subsets of size m:
+  what the optimizer's schedule, the trainer and the cost plan all count."""
+  steps = steps_per_epoch(m, config.batch_size, config.drop_last)
+  return steps, total_steps(config.epochs, steps)
 
 
 def make_optimizer(config, steps: int) -> optax.GradientTransformation:
@@ -67,7 +83,7 @@ def param_groups(params):
 
 def _schedule(config, steps: int):
   """The learning rate: a float, or an optax schedule of the step."""
-  total = config.epochs * steps
+  total = total_steps(config.epochs, steps)
   warmup = int(config.warmup_epochs * steps)
   if config.schedule == 'constant':
     return config.lr
@@ -190,19 +206,23 @@ def make_config_step(model, config, m: int):
   augmentation, label smoothing and parameter storage, for the trainers that
   drive steps themselves (bench). The carry holds storage.store(params)."""
   c = config.train
-  tx = make_optimizer(c, steps_per_epoch(m, c.batch_size))
+  tx = make_optimizer(c, step_counts(m, c)[0])
   storage = config_storage(config)
   return make_step(model, tx, augment_lib.make(c.augment, c.crop_padding),
                    c.label_smoothing, storage), tx, storage
 
 
-def epoch_order(key, idx, batch_size: int):
+def epoch_order(key, idx, batch_size: int, drop_last: bool = False):
   """(steps, B) example indices of one epoch: a permutation of idx, its last
-  batch filled up with repeats, and (steps, B) weights, 0 on the repeats."""
+  batch filled up with repeats, and (steps, B) weights, 0 on the repeats.
+  drop_last: the permutation's first steps x B examples, all weighing 1."""
   m = idx.shape[0]
-  steps = steps_per_epoch(m, batch_size)
-  pad = steps * batch_size - m
+  steps = steps_per_epoch(m, batch_size, drop_last)
   perm = jax.random.permutation(key, idx)
+  if drop_last:
+    return (perm[:steps * batch_size].reshape(steps, batch_size),
+            jnp.ones((steps, batch_size)))
+  pad = steps * batch_size - m
   order = jnp.concatenate([perm, perm[jnp.arange(pad) % m]]).reshape(
       steps, batch_size)
   # Padding slots repeat real indices but weigh nothing: static shapes, and
@@ -214,26 +234,33 @@ def epoch_order(key, idx, batch_size: int):
   return order, weights
 
 
-def make_train_one(model, tx, *, m: int, batch_size: int, epochs: int,
+def make_train_one(model, tx, *, m: int, batch_size: int, epochs,
                    augment=None, label_smoothing: float = 0.0,
                    storage: precision.Storage | None = None,
-                   alternating_flip: bool = False, lookahead: bool = False):
+                   alternating_flip: bool = False, lookahead: bool = False,
+                   drop_last: bool = False):
   """Returns train_one(key, idx, x, y) -> ((params, state), epoch_losses).
 
   idx: (m,) int32 training indices of this model's subset; x: (N, H, W, C)
   uint8 and y: (N,) int32, the whole training set, shared by all models.
-  epoch_losses: (epochs,) mean training loss of each epoch.
+  epochs: a fractional count stops the last pass early (`total_steps`).
+  epoch_losses: (ceil(epochs),) mean training loss of each pass (of the
+  examples the last, early-stopped one saw).
   alternating_flip: mirror each batch by augment.alternating_flips (before
-  `augment`'s own draw); lookahead: airbench's weight averaging (`_lookahead`).
+  `augment`'s own draw); lookahead: airbench's weight averaging
+  (`_lookahead`); drop_last: `epoch_order`'s.
   A model with a 'whiten' collection has it fit on x[idx] after init.
   """
-  steps = steps_per_epoch(m, batch_size)
-  total = epochs * steps
+  steps = steps_per_epoch(m, batch_size, drop_last)
+  total = total_steps(epochs, steps)
+  passes = math.ceil(total / steps)
+  # Steps of the last pass: all of them unless epochs is fractional.
+  tail = total - (passes - 1) * steps
   storage = storage or precision.storage('float32', None)
   step = make_step(model, tx, augment, label_smoothing, storage)
 
   def train_one(key, idx, x, y):
-    init_key, order_keys, aug_keys = split_model_key(key, epochs, steps)
+    init_key, order_keys, aug_keys = split_model_key(key, passes, steps)
     params, state = init(model, init_key, x)
     if 'whiten' in state:
       state = {**state, 'whiten': {'kernel': models_lib.fit_whitening(x, idx)}}
@@ -254,20 +281,32 @@ def make_train_one(model, tx, *, m: int, batch_size: int, epochs: int,
                                 storage)
       return (carry, ema), loss
 
-    def epoch(carry, keys):
-      order_key, step_keys, e = keys
-      order, weights = epoch_order(order_key, idx, batch_size)
-      carry, losses = jax.lax.scan(
-          scan_step, carry, (order, weights, step_keys,
-                             jnp.full(steps, e), jnp.arange(steps)))
-      return carry, jnp.sum(losses * weights.sum(1)) / m
+    def epoch_of(n):
+      """One pass of its first n steps."""
+      def epoch(carry, keys):
+        order_key, step_keys, e = keys
+        order, weights = epoch_order(order_key, idx, batch_size, drop_last)
+        order, weights, step_keys = order[:n], weights[:n], step_keys[:n]
+        carry, losses = jax.lax.scan(
+            scan_step, carry, (order, weights, step_keys,
+                               jnp.full(n, e), jnp.arange(n)))
+        # The examples it saw: the padded last batch counts its m % B.
+        seen = m if n == steps and not drop_last else n * batch_size
+        return carry, jnp.sum(losses * weights.sum(1)) / seen
+      return epoch
 
     # Parameters and BatchNorm statistics are averaged, as airbench
     # averages every float entry of its state dict.
     ema = (params, state) if lookahead else None
-    ((stored, state, _), ema), epoch_losses = jax.lax.scan(
-        epoch, ((storage.store(params), state, opt_state), ema),
-        (order_keys, aug_keys, jnp.arange(epochs)))
+    carry = ((storage.store(params), state, opt_state), ema)
+    keys = (order_keys, aug_keys, jnp.arange(passes))
+    full = passes if tail == steps else passes - 1
+    carry, epoch_losses = jax.lax.scan(
+        epoch_of(steps), carry, jax.tree.map(lambda a: a[:full], keys))
+    if full < passes:
+      carry, last = epoch_of(tail)(carry, jax.tree.map(lambda a: a[-1], keys))
+      epoch_losses = jnp.append(epoch_losses, last)
+    ((stored, state, _), ema) = carry
     if lookahead:  # the model is the average, as airbench's last step sets
       return ema, epoch_losses
     return (storage.master(stored), state), epoch_losses
@@ -362,9 +401,9 @@ def make_evaluate(model, batch_size: int, tta: str = 'none'):
 def make_trainer(model, config, m: int):
   """train_one for the config's optimizer, batch size, epochs, augmentation."""
   c = config.train
-  tx = make_optimizer(c, steps_per_epoch(m, c.batch_size))
+  tx = make_optimizer(c, step_counts(m, c)[0])
   return make_train_one(model, tx, m=m, batch_size=c.batch_size,
-                        epochs=c.epochs,
+                        epochs=c.epochs, drop_last=c.drop_last,
                         augment=augment_lib.make(c.augment, c.crop_padding),
                         label_smoothing=c.label_smoothing,
                         storage=config_storage(config),

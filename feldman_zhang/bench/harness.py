@@ -127,14 +127,14 @@ def make_steploop(model, config, m):
   setup_s, the time to initialize the model before its first step.
   """
   c = config.train
-  steps = train.steps_per_epoch(m, c.batch_size)
+  steps, total = train.step_counts(m, c)
+  passes = math.ceil(total / steps)
   step, tx, storage = train.make_config_step(model, config, m)
   step = jax.jit(step)
 
   def loop(key, idx, x, y, max_steps=None, timing=None):
     start = time.perf_counter()
-    init_key, order_keys, aug_keys = train.split_model_key(key, c.epochs,
-                                                           steps)
+    init_key, order_keys, aug_keys = train.split_model_key(key, passes, steps)
     params, state = train.init(model, init_key, x)
     carry = jax.block_until_ready((storage.store(params), state,
                                    tx.init(params)))
@@ -142,11 +142,12 @@ def make_steploop(model, config, m):
       timing['setup_s'] = time.perf_counter() - start
     x, y = np.asarray(x), np.asarray(y)
     losses = []
-    for e in range(c.epochs):
-      order, weights = jax.device_get(train.epoch_order(order_keys[e], idx,
-                                                        c.batch_size))
+    max_steps = total if max_steps is None else min(max_steps, total)
+    for e in range(passes):
+      order, weights = jax.device_get(train.epoch_order(
+          order_keys[e], idx, c.batch_size, c.drop_last))
       for s in range(steps):
-        if max_steps is not None and len(losses) == max_steps:
+        if len(losses) == max_steps:
           return (storage.master(carry[0]), carry[1]), jnp.stack(losses)
         carry, loss = step(carry, x[order[s]], y[order[s]], weights[s],
                            aug_keys[e, s])
@@ -170,7 +171,7 @@ def time_steploop(config, model, ds, m, num_models, sample_steps) -> dict:
   start = time.perf_counter()
   jax.block_until_ready(loop(key[0], idx[0], ds.x_train, ds.y_train, 2))
   compile_s = time.perf_counter() - start
-  steps = train.steps_per_epoch(m, config.train.batch_size) * config.train.epochs
+  steps = train.step_counts(m, config.train)[1]
   sample = min(sample_steps, steps)
   timing = {}
   start = time.perf_counter()
