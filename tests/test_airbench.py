@@ -36,6 +36,21 @@ def tiny_config(epochs=1):
   return config_lib.resolve(c)  # the trainer takes resolved configs
 
 
+def test_shipped_recipe_counts_airbench_steps():
+  # airbench94 on 70% subsets: 34 steps an epoch (last partial batch
+  # dropped), ceil(9.9 x 34) = 337 in all, the lr's peak at int(0.23 x 337),
+  # the whitening bias trained ceil(3 x 34) steps.
+  c = config_lib.from_file(os.path.join(ROOT, 'configs',
+                                        'cifar10_airbench.py')).train
+  steps, total = train.step_counts(35000, c)
+  assert (steps, total) == (34, 337)
+  assert int(c.warmup_epochs * steps) == int(0.23 * total) == 77
+  assert int(c.whiten_bias_epochs * steps) == 102
+  lr = train._schedule(c, steps)
+  np.testing.assert_allclose([lr(0), lr(77), lr(337)],
+                             np.array([0.2, 1.0, 0.07]) * c.lr, rtol=1e-6)
+
+
 def random_data(n=100, n_test=20, seed=0):
   rng = np.random.default_rng(seed)
   x = rng.integers(0, 256, (n + n_test, 32, 32, 3), np.uint8)

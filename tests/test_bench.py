@@ -63,9 +63,10 @@ def test_byte_model_follows_the_dtypes(tiny_config):
   assert _bytes(tiny_config)['total'] == 16
 
 
-def test_steploop_trains_the_same_model(tiny_config):
+@pytest.mark.parametrize('epochs,drop_last', [(2, False), (1.5, True)])
+def test_steploop_trains_the_same_model(tiny_config, epochs, drop_last):
   c = tiny_config
-  c.train.epochs = 2
+  c.train.update(epochs=epochs, drop_last=drop_last)
   ds = data.load('digits')
   m = subsets.subset_size(ds.num_train, c.subset_ratio)
   model = models.create(c.model, 10)
@@ -75,7 +76,8 @@ def test_steploop_trains_the_same_model(tiny_config):
       key, idx, ds.x_train, ds.y_train)
   (p_loop, _), losses = bench.train_steploop(model, c, m, key, idx,
                                              ds.x_train, ds.y_train)
-  assert len(losses) == 2 * -(-m // 64)
+  per_epoch = m // 64 if drop_last else -(-m // 64)
+  assert len(losses) == -(-epochs * per_epoch // 1)
   for a, b in zip(jax.tree.leaves(p_scan), jax.tree.leaves(p_loop)):
     np.testing.assert_allclose(a, b, atol=2e-5)
 

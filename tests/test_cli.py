@@ -35,6 +35,8 @@ def _cli(workdir, *overrides, env=None):
     ('--config.estimate.infl=maybe',
      'estimate.infl must be auto, True or False'),
     ('--config.train.lr=fast', "could not convert string to float"),
+    ('--config.train.epochs=ten', "train.epochs must be a number > 0 (got 'ten')"),
+    ('--config.train.epochs=0', 'train.epochs must be > 0'),
     ('--config.model.name=transformer', 'unknown model'),
     ('--config.vectorize=pmap', 'vectorize must be vmap or map'),
     ('--config.train.momentum_dtype=float16',

@@ -45,19 +45,23 @@ def test_auto_writes_the_dense_matrix_up_to_a_gib_and_the_top_k_above():
     config_lib.resolve(c)
 
 
-def test_the_command_line_sets_infl_as_a_bool(tmp_path):
-  # The field holds 'auto' or a bool: --config.estimate.infl=False must not
-  # become the (truthy) string 'False'.
+@pytest.mark.parametrize('field,value,want', [
+    # estimate.infl holds 'auto' or a bool: False must not become the
+    # (truthy) string 'False'; train.epochs an int or a float.
+    ('estimate.infl', 'False', 'False'), ('estimate.infl', 'True', 'True'),
+    ('estimate.infl', 'auto', "'auto'"), ('train.epochs', '9.9', '9.9'),
+    ('train.epochs', '3', '3')])
+def test_the_command_line_parses_the_object_fields(tmp_path, field, value,
+                                                   want):
   code = ('from absl import app; from feldman_zhang import main; '
-          'app.run(lambda _: print(repr(main.FLAGS.config.estimate.infl)), '
+          f'app.run(lambda _: print(repr(main.FLAGS.config.{field})), '
           'flags_parser=main.parse_flags)')
-  for value, want in (('False', 'False'), ('True', 'True'), ('auto', "'auto'")):
-    out = subprocess.run(
-        [sys.executable, '-c', code, '--config=configs/digits_mlp.py',
-         f'--config.estimate.infl={value}', f'--workdir={tmp_path}'],
-        cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().splitlines()[-1] == want
+  out = subprocess.run(
+      [sys.executable, '-c', code, '--config=configs/digits_mlp.py',
+       f'--config.{field}={value}', f'--workdir={tmp_path}'],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.strip().splitlines()[-1] == want
 
 
 def test_a_run_above_the_limit_writes_the_top_k_form_not_the_matrix(

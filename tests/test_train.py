@@ -127,3 +127,80 @@ def test_epoch_order_of_a_subset_smaller_than_its_padding():
   real = np.asarray(order)[np.asarray(weights) == 1]
   np.testing.assert_array_equal(np.sort(real), idx)  # each example once
   assert np.isin(np.asarray(order), idx).all()       # padding from the subset
+
+
+def test_step_counts_follow_airbench():
+  # airbench: ceil(9.9 x 34) steps of 1024 on 35,000 examples, the last
+  # partial batch of each epoch dropped; kept, 35 steps an epoch.
+  t = config_lib.base().train
+  t.update(epochs=9.9, batch_size=1024, drop_last=True)
+  assert train.step_counts(35000, t) == (34, 337)
+  t.update(epochs=10, drop_last=False)
+  assert train.step_counts(35000, t) == (35, 350)
+  assert train.total_steps(0.1, 30) == 3  # 0.1 x 30 is 3.0000000000000004
+  assert train.total_steps(0.5, 3) == 2
+
+
+def test_drop_last_order_is_a_part_of_a_permutation():
+  idx = np.arange(100, 110, dtype=np.int32)
+  order, weights = train.epoch_order(jax.random.key(3), idx, 4, drop_last=True)
+  assert order.shape == weights.shape == (2, 4) and np.all(weights == 1)
+  assert len(set(np.asarray(order).ravel())) == 8
+  assert set(np.asarray(order).ravel()) <= set(idx)
+  # The same permutation as the padded order, cut where it is full.
+  padded, w = train.epoch_order(jax.random.key(3), idx, 4)
+  np.testing.assert_array_equal(order, padded[:2])
+  assert padded.shape == (3, 4) and w.sum() == 10
+
+
+def test_fractional_epochs_stop_the_last_pass_early():
+  # m = 10, batch 4, drop_last: 2 steps an epoch, 1.5 epochs = 3 steps:
+  # the same model as train_one driven step by step over the same keys.
+  c = config_lib.resolve(config_lib.base(), 'cpu')
+  c.model.hidden = (8,)
+  c.train.update(epochs=1.5, batch_size=4, lr=0.5, drop_last=True,
+                 schedule='linear', warmup_epochs=0.5, lookahead=True)
+  model = models.create(c.model, 3)
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 255, (20, 2, 2, 1), np.uint8)
+  y = np.arange(20, dtype=np.int32) % 3
+  idx = np.arange(10, dtype=np.int32)
+  key = jax.random.key(7)
+  (params, _), losses = jax.jit(train.make_trainer(model, c, 10))(key, idx, x,
+                                                                  y)
+  assert losses.shape == (2,)  # a full pass, then one of its 1 step
+
+  step, tx, storage = train.make_config_step(model, c, 10)
+  init_key, order_keys, aug_keys = train.split_model_key(key, 2, 2)
+  p0, state = train.init(model, init_key, x)
+  carry = (storage.store(p0), state, tx.init(p0))
+  ema, seen = (p0, state), []
+  for s in range(3):
+    e, i = divmod(s, 2)
+    order, weights = train.epoch_order(order_keys[e], idx, 4, drop_last=True)
+    carry, loss = step(carry, x[order[i]], y[order[i]], weights[i],
+                       aug_keys[e, i])
+    carry, ema = train._lookahead(carry, ema, s + 1, 3, storage)
+    seen.append(loss)
+  np.testing.assert_allclose(losses, [np.mean(seen[:2]), seen[2]], rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ema[0])):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  # The schedule ends at the last of the 3 steps.
+  lr = train._schedule(c.train, 2)
+  np.testing.assert_allclose([lr(1), lr(3)], [0.5, 0.0], atol=1e-7)
+
+
+def test_epochs_field_takes_fractions_through_copies():
+  c = config_lib.copy(config_lib.base())
+  c.train.epochs = 9.9
+  c = config_lib.copy(c)
+  c.train.epochs = 3
+  assert config_lib.resolve(c, 'cpu').train.epochs == 3
+  for bad in ('ten', True, 0, -1.5):
+    c.train.epochs = bad
+    try:
+      config_lib.validate(c)
+    except config_lib.ConfigError as e:
+      assert str(e).startswith('train.epochs must be') and '\n' not in str(e)
+    else:
+      raise AssertionError(f'epochs={bad!r} was accepted')
