@@ -52,7 +52,8 @@ def count(model, config, ds, m, compile_fallback: bool = True) -> dict:
       ds.x_train, jnp.arange(m, dtype=jnp.int32))) if 'whiten' in state else 0.)
   return dict(
       num_params=int(num_params), forward_flops_per_example=fwd_flops,
-      steps_per_model=steps, train_examples_per_model=_examples(m, config.train, steps),
+      steps_per_model=steps,
+      train_examples_per_model=_examples(m, config.train, steps),
       train_flops_per_step=step_flops,
       train_flops_per_model=step_flops * steps + prep_flops,
       tta_views=views,

@@ -182,11 +182,14 @@ def test_a_damaged_backbone_checkpoint_is_trained_again(tiny_config,
 
 
 def test_head_config_has_no_network_warmup_and_is_valid(tiny_config):
-  tiny_config.train.update(epochs=24, warmup_epochs=5.0, schedule='linear')
+  tiny_config.train.update(epochs=9.9, warmup_epochs=5.0, schedule='linear',
+                           drop_last=True)
   tiny_config.lastlayer.epochs = 4  # shorter than the network's warm-up
   head = lastlayer_lib.make_head_config(tiny_config)
   assert head.train.warmup_epochs == 0 and head.train.schedule == 'linear'
   assert head.train.momentum_dtype == 'float32'
+  # Heads see every example every epoch, airbench's dropped batch or not.
+  assert head.train.epochs == 4 and not head.train.drop_last
 
 
 def test_experiments_refuse_several_processes(planted_run, monkeypatch):

@@ -72,8 +72,9 @@ def make_head_config(config):
   """The estimate config of the last-layer heads: config.lastlayer's epochs,
   batch size and lr; f32 linear heads with f32 momentum on the features
   (whatever the full network's precision); the network's schedule shape
-  without its warm-up, which was sized in the network's epochs; the same
-  seed and subsets."""
+  without its warm-up, which was sized in the network's epochs; every
+  example in every epoch (no dropped last batch); the same seed and
+  subsets."""
   head_config = config_lib.copy(config)
   with head_config.unlocked():
     head_config.models_per_device = config.lastlayer.models_per_device
@@ -82,7 +83,7 @@ def make_head_config(config):
                              lr=config.lastlayer.lr, augment='none',
                              compute_dtype='float32', momentum_dtype='float32',
                              param_storage='float32', weight_decay=0.0,
-                             warmup_epochs=0.0)
+                             warmup_epochs=0.0, drop_last=False)
     head_config.model.name = 'linear'
     head_config.subset_ratios = ()  # heads at the estimate's ratio only
   config_lib.validate(head_config)
