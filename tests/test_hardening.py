@@ -286,7 +286,10 @@ def test_ctrl_c_is_one_line_and_the_rerun_resumes(tmp_path):
        '--config=configs/digits_mlp.py', f'--workdir={workdir}',
        '--config.num_models=4000', '--config.models_per_device=20',
        '--compilation_cache='],
-      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      # A suite started in the background (`pytest &` from a script) has
+      # SIGINT ignored, and a child that inherits that never sees Ctrl-C.
+      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   deadline = time.time() + 120
   while not glob.glob(str(workdir / 'chunks' / 'models_*.npz')):
     assert time.time() < deadline and proc.poll() is None
