@@ -281,15 +281,22 @@ def test_a_torn_dense_header_is_one_line(finished):
 
 def test_ctrl_c_is_one_line_and_the_rerun_resumes(tmp_path):
   workdir = tmp_path / 'run'
-  proc = subprocess.Popen(
-      [sys.executable, '-m', 'feldman_zhang.main',
-       '--config=configs/digits_mlp.py', f'--workdir={workdir}',
-       '--config.num_models=4000', '--config.models_per_device=20',
-       '--compilation_cache='],
-      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-      # A suite started in the background (`pytest &` from a script) has
-      # SIGINT ignored, and a child that inherits that never sees Ctrl-C.
-      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+  # A suite started in the background (`pytest &` from a script) has SIGINT
+  # ignored, and a child inherits that: it would never see Ctrl-C. A handled
+  # signal is reset to the default by exec, so the job gets its own.
+  ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+  if ignored:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'feldman_zhang.main',
+         '--config=configs/digits_mlp.py', f'--workdir={workdir}',
+         '--config.num_models=4000', '--config.models_per_device=20',
+         '--compilation_cache='],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  finally:
+    if ignored:
+      signal.signal(signal.SIGINT, signal.SIG_IGN)
   deadline = time.time() + 120
   while not glob.glob(str(workdir / 'chunks' / 'models_*.npz')):
     assert time.time() < deadline and proc.poll() is None
