@@ -17,8 +17,9 @@ Steps: airbench's count, 9.9 epochs with each epoch's last, partial batch
 dropped: on 70% subsets (m = 35,000) 34 steps an epoch, 337 in all (the
 tenth pass stops after 31), the warm-up peak at 23% of them (77), the
 whitening bias trained for 3 epochs (102 steps). Accuracy and cost are in
-BENCHMARKS.md. Data: npz of the decoded JPEG copy, or
---config.data.source=tfds:cifar10 with data prepared under data_dir.
+BENCHMARKS.md. Data: npz of the decoded lossless copy (README:
+--config.data.source=npz:.data/cifar10_lossless.npz), or tfds:cifar10, the
+default, with data prepared under data_dir.
 """
 
 from feldman_zhang import config as config_lib

@@ -11,11 +11,12 @@ import jax
 import ml_collections
 from absl import logging
 
-from feldman_zhang import store
-
-
-class ConfigError(ValueError):
-  """A config that cannot run; the message names the field."""
+from feldman_zhang import augment
+from feldman_zhang import precision
+from feldman_zhang import subsets
+from feldman_zhang import train
+from feldman_zhang import units
+from feldman_zhang.errors import ConfigError
 
 
 # The one value resolved per backend. `resolve` is the only place that reads
@@ -26,7 +27,7 @@ DTYPES = ('float32', 'bfloat16')
 # the top-AUTO_TOPK and pair form.
 DENSE_INFL_BYTES = 2**30
 AUTO_TOPK = 10
-STORAGES = ('float32', 'split')
+CONV_WEIGHT_GRADS = ('matmul', 'xla')
 
 
 # Fields that may differ when a run is resumed: they change how much is done
@@ -37,6 +38,9 @@ SCHEDULING_FIELDS = ('num_models', 'models_per_device', 'vectorize',
                      'subset_ratios',
                      'eval_batch_size', 'target_stderr',
                      'estimate', 'summary', 'drop', 'lastlayer')
+# How a result is computed, not what: fields that may reorder float sums
+# but change no formula (like models_per_device). Not part of the identity.
+IMPLEMENTATION_FIELDS = ('model.conv_weight_grad',)
 # Where the data is read from: the run records the data's own fingerprint
 # instead, so a moved or re-prepared copy of the same data resumes.
 LOCATION_FIELDS = ('data.source', 'data.data_dir', 'data.download')
@@ -85,6 +89,11 @@ def base() -> ml_collections.ConfigDict:
   # levels). The correctness mem and infl count is that of the averaged
   # prediction, so it is part of the run's identity.
   c.model.tta = 'none'
+  # How convolutions inside the training loop take their weight gradient:
+  # matmul (models.conv_same_loop: XLA's CPU backend runs the gradient
+  # convolutions 10-40x slower inside a loop) or xla (its own, for GPUs and
+  # TPUs). auto: matmul on the CPU. Same values up to float summation order.
+  c.model.conv_weight_grad = AUTO
 
   c.train = ml_collections.ConfigDict()
   # Passes over the subset; a fraction stops the last one early (airbench
@@ -196,40 +205,36 @@ def validate(c) -> None:
        'subset_ratios must hold subset_ratio (mem and infl are estimated '
        'there)'),
       (c.subset_stream >= 0, 'subset_stream must be >= 0'),
-      (c.subset_design in ('random', 'balanced'),
-       'subset_design must be random or balanced'),
+      _one_of(c.subset_design, 'subset_design', subsets.DESIGNS),
       (c.subset_design == 'random' or c.target_stderr == 0,
        'target_stderr must be 0 with subset_design=balanced (stopping early '
        'would unbalance it)'),
       (c.models_per_device >= 1, 'models_per_device must be >= 1'),
-      (c.vectorize in ('vmap', 'map'), 'vectorize must be vmap or map'),
+      _one_of(c.vectorize, 'vectorize', train.VECTORIZE),
       (c.eval_batch_size >= 1, 'eval_batch_size must be >= 1'),
       (c.train.epochs > 0, 'train.epochs must be > 0'),
       (c.train.batch_size >= 1, 'train.batch_size must be >= 1'),
       (c.train.lr > 0, 'train.lr must be > 0'),
       (0 <= c.train.momentum < 1, 'train.momentum must lie in [0, 1)'),
-      (c.train.schedule in ('constant', 'cosine', 'linear'),
-       'train.schedule must be constant, cosine or linear'),
+      _one_of(c.train.schedule, 'train.schedule', train.SCHEDULES),
       (0 <= c.train.warmup_epochs < c.train.epochs,
        'train.warmup_epochs must lie in [0, epochs)'),
       (0 <= c.train.label_smoothing < 1,
        'train.label_smoothing must lie in [0, 1)'),
-      (c.train.augment in ('none', 'crop_flip', 'flip_translate'),
-       'train.augment must be none, crop_flip or flip_translate'),
-      (c.model.tta in ('none', 'mirror', 'mirror_translate'),
-       'model.tta must be none, mirror or mirror_translate'),
+      _one_of(c.train.augment, 'train.augment', augment.KINDS),
+      _one_of(c.model.tta, 'model.tta', train.TTA),
+      _one_of(c.model.get('conv_weight_grad', AUTO), 'model.conv_weight_grad',
+              (AUTO, *CONV_WEIGHT_GRADS)),
       (0 <= c.train.lr_start and 0 <= c.train.lr_end,
        'train.lr_start and lr_end must be >= 0'),
       (c.train.bias_lr_scale > 0, 'train.bias_lr_scale must be > 0'),
       (0 <= c.train.whiten_bias_epochs <= c.train.epochs,
        'train.whiten_bias_epochs must lie in [0, epochs]'),
       (c.train.crop_padding >= 0, 'train.crop_padding must be >= 0'),
-      (c.train.compute_dtype in (AUTO, *DTYPES),
-       'train.compute_dtype must be auto, float32 or bfloat16'),
-      (c.train.momentum_dtype in (AUTO, *DTYPES),
-       'train.momentum_dtype must be auto, float32 or bfloat16'),
-      (c.train.param_storage in (AUTO, *STORAGES),
-       'train.param_storage must be auto, float32 or split'),
+      _one_of(c.train.compute_dtype, 'train.compute_dtype', (AUTO, *DTYPES)),
+      _one_of(c.train.momentum_dtype, 'train.momentum_dtype', (AUTO, *DTYPES)),
+      _one_of(c.train.param_storage, 'train.param_storage',
+              (AUTO, *precision.STORAGES)),
       (0 <= c.data.label_noise < 1, 'data.label_noise must lie in [0, 1)'),
       (c.data.num_classes >= 0, 'data.num_classes must be >= 0'),
       # jax.random.key keeps 32 bits: seeds 2**32 apart would share models.
@@ -253,6 +258,12 @@ def validate(c) -> None:
       raise ConfigError(f'{message} (got {_value(c, message.split()[0])})')
 
 
+def _one_of(value, name: str, choices) -> tuple[bool, str]:
+  """A check of validate: value is one of the owner's choices."""
+  return (value in choices,
+          f'{name} must be {", ".join(choices[:-1])} or {choices[-1]}')
+
+
 def _value(c, dotted):
   for part in dotted.split('.'):
     c = c[part]
@@ -263,6 +274,8 @@ def copy(c) -> ml_collections.ConfigDict:
   """A copy of config c that can be changed as base()'s own: a plain copy
   types OBJECT_FIELDS by their values (estimate.infl 'auto' a str, then
   refusing a bool; train.epochs 10 an int, then refusing 9.9)."""
+  if isinstance(c, ml_collections.FrozenConfigDict):
+    c = c.as_configdict()
   out = c.copy_and_resolve_references()
   for dotted in OBJECT_FIELDS:
     group, name = dotted.split('.')
@@ -302,7 +315,7 @@ def result_fields(c) -> dict:
   """The flattened fields that change what the stored models compute."""
   return {k: v for k, v in flatten(c.to_dict()).items()
           if k.split('.')[0] not in SCHEDULING_FIELDS and
-          k not in LOCATION_FIELDS}
+          k not in LOCATION_FIELDS and k not in IMPLEMENTATION_FIELDS}
 
 
 def resolve(c, backend: str | None = None, recorded: dict | None = None,
@@ -316,7 +329,7 @@ def resolve(c, backend: str | None = None, recorded: dict | None = None,
   the CPU, which has no fast bf16 matrix unit. param_storage: 'split' where
   the compute is bf16 (no per-step cast pass, precision.py), 'float32'
   where it is f32 -- unless `recorded`, the identity config a workdir's
-  stored models were trained with (resume.recorded_config), names a storage
+  stored models were trained with (identity.recorded_config), names a storage
   this run can use: 'auto' once meant float32 everywhere, and a run stored
   then on a GPU resumes with its own storage instead of being refused for
   one it never chose.
@@ -340,6 +353,9 @@ def resolve(c, backend: str | None = None, recorded: dict | None = None,
                    'stored models were trained with', kept)
       default = kept
     t.param_storage = default
+  if out.model.get('conv_weight_grad', AUTO) == AUTO:
+    with out.model.unlocked():
+      out.model.conv_weight_grad = 'matmul' if backend == 'cpu' else 'xla'
   if t.param_storage == 'split' and t.compute_dtype != 'bfloat16':
     raise ConfigError('train.compute_dtype must be bfloat16 for '
                       'train.param_storage=split (auto is float32 on the CPU; '
@@ -353,7 +369,7 @@ def resolve(c, backend: str | None = None, recorded: dict | None = None,
           'take %s; writing the top-%d influence of each test example and '
           'the pairs instead (--config.estimate.infl=True writes it)',
           f'{sizes[0]:,}', f'{sizes[1]:,}',
-          store.human_bytes(dense_bytes(*sizes)), out.estimate.infl_topk)
+          units.human_bytes(dense_bytes(*sizes)), out.estimate.infl_topk)
   return out
 
 

@@ -17,8 +17,9 @@ import jax.numpy as jnp
 from feldman_zhang import config as config_lib
 from feldman_zhang import estimate
 from feldman_zhang import models
-from feldman_zhang import store
 from feldman_zhang import train
+from feldman_zhang import units
+from feldman_zhang.errors import StoreError
 
 
 def count(model, config, ds, m, compile_fallback: bool = True) -> dict:
@@ -145,8 +146,8 @@ def describe(p: Plan, config) -> str:
     parts.append(f'{p.flops / 1e15:,.3g} PFLOP (XLA\'s count, with '
                  'evaluation)')
   if p.floor_s is not None:
-    parts.append(f'at least {_duration(p.floor_s)} at the devices\' peak')
-  parts.append(f'about {store.human_bytes(p.disk_bytes)} on disk')
+    parts.append(f'at least {units.duration(p.floor_s)} at the devices\' peak')
+  parts.append(f'about {units.human_bytes(p.disk_bytes)} on disk')
   return 'plan: ' + '; '.join(parts)
 
 
@@ -162,17 +163,7 @@ def check_disk(p: Plan, workdir: str) -> None:
     return
   free = usage.free
   if p.disk_bytes > free:
-    raise store.StoreError(
-        f'this run needs about {store.human_bytes(p.disk_bytes)} on disk and '
-        f'{path} has {store.human_bytes(free)} free: free space, or lower '
+    raise StoreError(
+        f'this run needs about {units.human_bytes(p.disk_bytes)} on disk and '
+        f'{path} has {units.human_bytes(free)} free: free space, or lower '
         'num_models (or estimate.infl=False for the dense matrix)')
-
-
-def _duration(s: float) -> str:
-  if s < 120:
-    return f'{s:.0f} s'
-  if s < 7200:
-    return f'{s / 60:.0f} min'
-  if s < 2 * 86400:
-    return f'{s / 3600:.1f} h'
-  return f'{s / 86400:.1f} days'

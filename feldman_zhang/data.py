@@ -23,9 +23,8 @@ import zlib
 
 import numpy as np
 
-
-class DataError(ValueError):
-  """A data set that cannot be loaded; the message is shown to the user."""
+from feldman_zhang import streams
+from feldman_zhang.errors import DataError  # pylint: disable=unused-import
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +150,7 @@ def from_config(config) -> Dataset:
 def with_label_noise(ds: Dataset, fraction: float, seed: int) -> Dataset:
   """Replaces round(fraction * n) training labels, chosen by the seed, each
   with a uniformly drawn *different* class; records which in `corrupted`."""
-  rng = np.random.default_rng(np.random.SeedSequence([seed, 0x401533]))
+  rng = np.random.default_rng(np.random.SeedSequence([seed, streams.LABEL_NOISE]))
   n = ds.num_train
   picked = rng.choice(n, int(round(fraction * n)), replace=False)
   y = ds.y_train.copy()

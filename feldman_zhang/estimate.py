@@ -11,6 +11,7 @@ in bf16 inputs with f32 accumulation while t < 2^24, so estimates do not
 depend on how the models were split over devices or chunks.
 """
 
+import fractions
 import functools
 
 import jax
@@ -23,7 +24,8 @@ from feldman_zhang import pairs as pairs_lib
 # The top-k form keeps at most this many pairs (the largest).
 MAX_PAIRS = 1_000_000
 
-EMPTY_MEAN = 0.5
+# The mean over an empty group, as the fraction the exact kernels divide.
+EMPTY_MEAN = fractions.Fraction(1, 2)
 
 
 def _long_div(num, den):
@@ -83,7 +85,8 @@ def _div_rn(num, den, max_den: int):
 def _as_fraction(total, count):
   """(total, count) with an empty group's mean, 1/2, as the fraction 1/2."""
   empty = count == 0
-  return jnp.where(empty, 1, total), jnp.where(empty, 2, count)
+  return (jnp.where(empty, EMPTY_MEAN.numerator, total),
+          jnp.where(empty, EMPTY_MEAN.denominator, count))
 
 
 def _mean(total, count, t: int):
@@ -153,7 +156,7 @@ def influence_block(masks_block, test_correct, num_in, with_stderr):
   """masks_block: (t, b) bool; test_correct: (t, n_test) bool -> (b, n_test).
 
   Each entry depends only on its own training and test column and t: the
-  dense estimate's tiles and release.infl_per_class's class blocks are
+  dense estimate's tiles and paper_files.infl_per_class's class blocks are
   the same numbers."""
   t = masks_block.shape[0]
   dtype = _matmul_dtype()

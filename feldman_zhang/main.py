@@ -24,6 +24,7 @@ from feldman_zhang import distributed
 from feldman_zhang.experiments import drop
 from feldman_zhang.experiments import lastlayer
 from feldman_zhang import pipeline
+from feldman_zhang.errors import USER_ERRORS
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
@@ -153,16 +154,17 @@ def main(argv):
     elif FLAGS.mode == 'drop':
       summary = drop.drop(FLAGS.config, FLAGS.workdir)
       where = ('drop/ (drop.csv, one npz per threshold; the figure: python '
-               f'-m analysis.experiment_figures --workdir={FLAGS.workdir})')
+               '-m feldman_zhang.analysis.experiment_figures '
+               f'--workdir={FLAGS.workdir})')
     else:
       summary = lastlayer.lastlayer(FLAGS.config, FLAGS.workdir,
                                     job=pipeline.run_on)
       where = ('lastlayer/ (its estimates, comparison.json; the histograms: '
-               'python -m analysis.experiment_figures '
+               'python -m feldman_zhang.analysis.experiment_figures '
                f'--workdir={FLAGS.workdir})')
     if summary is not None and jax.process_index() == 0:
       print(f'results: {os.path.abspath(FLAGS.workdir)}/ {where}')
-  except pipeline.USER_ERRORS as e:
+  except USER_ERRORS as e:
     sys.exit(f'error: {e}')
   except KeyboardInterrupt:
     # Chunks are written whole or not at all: what was stored stays.

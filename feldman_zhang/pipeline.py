@@ -17,21 +17,19 @@ import jax
 import numpy as np
 from absl import logging
 
-from feldman_zhang import config as config_lib
 from feldman_zhang import cost
-from feldman_zhang import data as data_lib
 from feldman_zhang import distributed
 from feldman_zhang import estimate as estimate_lib
 from feldman_zhang import prepare as prepare_lib
+from feldman_zhang import identity as identity_lib
 from feldman_zhang import ratios
-from feldman_zhang import resume
 from feldman_zhang import runner
+from feldman_zhang import schedule
+from feldman_zhang import sinks
 from feldman_zhang import store
 from feldman_zhang import subsets
 from feldman_zhang import summary as summary_lib
-
-
-USER_ERRORS = (config_lib.ConfigError, data_lib.DataError, store.StoreError)
+from feldman_zhang.errors import TrainingError
 
 
 def run(config, workdir):
@@ -42,31 +40,28 @@ def run(config, workdir):
   """
   phases = runner.Phases()
   with phases('load_data'):
-    resolved = config_lib.resolve(config,
-                                  recorded=resume.recorded_config(workdir))
-    ds, m, model = prepare_lib.prepare(resolved)
-  resolved = _plan(resolved, workdir, ds, m, model, phases)
+    job = prepare_lib.prepare(
+        config, recorded=identity_lib.recorded_config(workdir))
+  _plan(job, workdir, phases)
   with _leader_lock(workdir):
     # The C-score's other ratios are runs of their own (ratios.py), made
     # first: the estimate below reads their held-out accuracy.
-    for r in ratios.others(resolved):
-      run_on(ratios.config_for(config, r), ratios.config_for(resolved, r),
-             ratios.workdir(workdir, r), ds,
-             subsets.subset_size(ds.num_train, r), model, show=False)
-    return _run_on(config, resolved, workdir, ds, m, model, True, phases)
+    for r in ratios.others(job.config):
+      run_on(prepare_lib.derived(
+          ratios.config_for(job.given, r), ratios.config_for(job.config, r),
+          job.ds, subsets.subset_size(job.ds.num_train, r), job.model),
+             ratios.workdir(workdir, r), show=False)
+    return _run_on(job, workdir, True, phases)
 
 
-def run_on(config, resolved, workdir, ds, m, model, show=True, phases=None):
-  """The estimate job on a loaded data set and a built model, holding the
-  workdir's lock (the leader, for every process of a multi-process run).
-
-  config: as given, recorded with the estimates; resolved: what the models
-  compute with (config.resolve).
-  """
+def run_on(job: prepare_lib.Prepared, workdir, show=True, phases=None):
+  """The estimate job of a prepared job (data loaded, model built, config
+  resolved), holding the workdir's lock (the leader, for every process of a
+  multi-process run)."""
   phases = phases or runner.Phases()
-  resolved = _plan(resolved, workdir, ds, m, model, phases)
+  _plan(job, workdir, phases)
   with _leader_lock(workdir):
-    return _run_on(config, resolved, workdir, ds, m, model, show, phases)
+    return _run_on(job, workdir, show, phases)
 
 
 def _leader_lock(workdir):
@@ -74,11 +69,12 @@ def _leader_lock(workdir):
           contextlib.nullcontext())
 
 
-def _run_on(config, resolved, workdir, ds, m, model, show, phases):
+def _run_on(job, workdir, show, phases):
+  config, ds = job.config, job.ds
   with phases('scan_workdir'):
-    have = _scan(resolved, workdir, ds, m)
+    have = _scan(config, workdir, ds, job.m)
   t0 = time.time()
-  trained = _train(resolved, workdir, ds, m, model, have, phases)
+  trained = _train(job, workdir, have, phases)
   train_s = time.time() - t0
   distributed.barrier('trained')
   if not distributed.is_leader():
@@ -91,15 +87,15 @@ def _run_on(config, resolved, workdir, ds, m, model, show, phases):
     preds = trained.preds
     if preds is None:
       with phases('load_predictions'):
-        preds = _load_predictions(resolved, workdir, trained.stopped)
+        preds = _load_predictions(config, workdir, trained.stopped)
     valid = estimate_lib.converged(preds['loss'])
     if not valid.any():
-      raise store.StoreError('every model diverged (a non-finite training '
-                             'loss); lower train.lr, in a new --workdir: '
-                             'this one records the settings')
+      raise TrainingError('every model diverged (a non-finite training '
+                          'loss); lower train.lr, in a new --workdir: '
+                          'this one records the settings')
     _await_ahead(trained.ahead, phases)
-    summary, est = _estimate_and_write(config, resolved, workdir, ds, preds,
-                                       valid, trained, phases)
+    summary, est = _estimate_and_write(job, workdir, preds, valid, trained,
+                                       phases)
   summary['timing'] = dict(models_trained=trained.count, train_s=train_s,
                            estimate_s=(phases.seconds['estimate'] +
                                        phases.seconds['write_estimates']),
@@ -112,34 +108,32 @@ def _run_on(config, resolved, workdir, ds, m, model, show, phases):
   return summary
 
 
-def _plan(resolved, workdir, ds, m, model, phases):
-  """The config with estimate.infl=auto decided by the data's size; logs
-  what the job will do and take, and refuses a disk that cannot hold it,
-  before the workdir is touched (the leader: it writes the estimates)."""
-  resolved = config_lib.resolve(resolved, sizes=(ds.num_train, ds.num_test))
+def _plan(job, workdir, phases) -> None:
+  """Logs what the job will do and take, and refuses a disk that cannot
+  hold it, before the workdir is touched (the leader: it writes the
+  estimates)."""
   if distributed.is_leader():
     with phases('plan'):
-      t = resolved.num_models
+      t = job.config.num_models
       stored = sum(min(stop, t) - start
                    for start, stop, _ in store.list_chunks(workdir)
                    if start < t)
-      p = cost.plan(resolved, ds, m, model, max(t - stored, 0))
-      logging.info('%s', cost.describe(p, resolved))
+      p = cost.plan(job.config, job.ds, job.m, job.model, max(t - stored, 0))
+      logging.info('%s', cost.describe(p, job.config))
       cost.check_disk(p, workdir)
-  return resolved
 
 
 def _scan(config, workdir, ds, m):
   """Checks the workdir's identity; (num_models,) bool of the stored models."""
-  resume.check_identity(workdir, resume.identity(config, ds))
+  identity_lib.check_identity(workdir, identity_lib.identity(config, ds))
   distributed.barrier('identity')
   if distributed.is_leader():
     logging.info('%s: n=%d, n_test=%d, %d classes, subsets of m=%d',
                  ds.name, ds.num_train, ds.num_test, ds.num_classes, m)
-    have = resume.stored_models(workdir, config.num_models, quarantine=True)
+    have = store.stored_models(workdir, config.num_models, quarantine=True)
   distributed.barrier('scan')
   if not distributed.is_leader():
-    have = resume.stored_models(workdir, config.num_models, quarantine=False)
+    have = store.stored_models(workdir, config.num_models, quarantine=False)
   return have
 
 
@@ -154,13 +148,14 @@ class _Trained(NamedTuple):
   ahead: concurrent.futures.Future | None = None
 
 
-def _train(config, workdir, ds, m, model, have, phases) -> _Trained:
+def _train(job, workdir, have, phases) -> _Trained:
   """Trains and stores this process's share of the missing models."""
-  k, d = runner.models_per_call(config)
-  cells = resume.plan_cells(have, k * d, jax.process_index(),
+  config, ds, m = job.config, job.ds, job.m
+  k, d = schedule.models_per_call(config)
+  cells = schedule.plan_cells(have, k * d, jax.process_index(),
                             jax.process_count())
   todo = sum(len(ids) for _, ids in cells)
-  target = (runner.StderrTarget(config.target_stderr, workdir,
+  target = (sinks.StderrTarget(config.target_stderr, workdir,
                                 config.num_models)
             if config.target_stderr > 0 else None)
   if not todo:
@@ -178,12 +173,12 @@ def _train(config, workdir, ds, m, model, have, phases) -> _Trained:
       with_infl_stderr=config.estimate.infl_stderr)
            if distributed.is_leader() and target is None else None)
   with phases('compile'):
-    program = runner.Program(model, config, ds, m, k)
-  sink = runner.StoreSink(workdir, ds.num_train, cells, phases, keep, target)
+    program = runner.Program(job.model, config, ds, m, k)
+  sink = sinks.StoreSink(workdir, ds.num_train, cells, phases, keep, target)
   logging.info('training %d models, %d per call (%d per device on %d %s '
                'devices)', todo, k * d, k, d, jax.default_backend())
   _, ahead, stopped = runner.run(
-      program, runner.cell_calls(config, ds.num_train, m, cells, k * d), sink,
+      program, schedule.cell_calls(config, ds.num_train, m, cells, k * d), sink,
       phases, after_compile=compile_next, progress=sink.progress)
   # A last cell still being written is trained: it is counted.
   return _Trained(todo if sink.writing else sink.count, stopped, sink.preds,
@@ -207,7 +202,7 @@ def _load_predictions(config, workdir, stopped) -> dict:
   return store.load_predictions(workdir, config.num_models)
 
 
-def _estimate_and_write(config, resolved, workdir, ds, preds, valid, trained,
+def _estimate_and_write(job, workdir, preds, valid, trained,
                         phases) -> tuple[dict, dict]:
   """Estimates from the converged models' predictions, written while the
   summary is made; returns (summary, estimates)."""
@@ -219,19 +214,21 @@ def _estimate_and_write(config, resolved, workdir, ds, preds, valid, trained,
   # sealed (at MNIST's size it is 2.4 GB).
   with store.dense_files(workdir) as new_dense:
     with phases('estimate'):
-      est = _estimate(resolved, masks, train_correct, test_correct, new_dense)
-      if resolved.subset_ratios:
-        est.update(ratios.fields(resolved, workdir, est))
+      est = _estimate(job.config, masks, train_correct, test_correct,
+                      new_dense)
+      if job.config.subset_ratios:
+        est.update(ratios.fields(job.config, workdir, est))
       est['diverged_models'] = preds['model_ids'][~valid]
-      if ds.corrupted is not None:
-        est['label_corrupted'] = ds.corrupted
+      if job.ds.corrupted is not None:
+        est['label_corrupted'] = job.ds.corrupted
     # The estimates are written while the summary is made: sealing the
     # dense files (crc32 and fsync of the matrix) releases the GIL.
-    estimates_writing = runner.start(_write_estimates, workdir, config, est,
+    estimates_writing = runner.start(_write_estimates, workdir, job, est,
                                      trained.writing)
     try:
       with phases('summary'):
-        summary = summary_lib.summarize(resolved, ds, preds, valid, est)
+        summary = summary_lib.summarize(job.config, job.ds, preds, valid,
+                                        est)
         summary['stopped_at_target_stderr'] = trained.stopped
         summary['convergence'] = estimate_lib.convergence(
             masks, train_correct, full=est)
@@ -271,7 +268,7 @@ def _settled(future):
     raise
 
 
-def _write_estimates(workdir, config, est, chunks_writing=None):
+def _write_estimates(workdir, job, est, chunks_writing=None):
   # Estimates exist only beside the chunks they come from.
   if chunks_writing:
     chunks_writing.result()
@@ -283,10 +280,15 @@ def _write_estimates(workdir, config, est, chunks_writing=None):
       if was != int(est['num_models']):
         logging.warning('replacing the estimates of %d models in %s with '
                         'those of %d', was, workdir, int(est['num_models']))
-  # The estimates record the config they were made with, which readers
-  # trust; config.json, its readable copy, follows them: a kill between the
-  # two never pairs estimates with another run's config.
-  est = dict(est, config_json=np.array(json.dumps(config.to_dict(),
-                                                  sort_keys=True)))
+  # The estimates record the config they were made with, as given and as
+  # resolved, which readers trust; config.json, the readable copy of the
+  # given one, follows them: a kill between the two never pairs estimates
+  # with another run's config.
+  est = dict(est, config_json=_json(job.given),
+             resolved_config_json=_json(job.config))
   store.write_estimates(workdir, est)
-  store.write_json(w.config_json, config.to_dict())
+  store.write_json(w.config_json, job.given.to_dict())
+
+
+def _json(config) -> np.ndarray:
+  return np.array(json.dumps(config.to_dict(), sort_keys=True))

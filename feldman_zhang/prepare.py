@@ -1,10 +1,13 @@
-"""What a job checks before it touches a workdir: the data, m, the model.
+"""Where a job's config becomes concrete: the data, the resolved config,
+m and the model, checked before the workdir is touched.
 
-`prepare(config)` loads the data and builds the model of a resolved config
-(config.resolve) and refuses, in one line, what cannot run: subsets that
-hold none or all of the data, batches larger than a subset, a model that
-cannot take the data's shape, and requests that cannot fit host or device
-memory.
+`prepare(config)` loads the data, resolves the config once (config.resolve:
+every 'auto' made concrete for this backend and this data's size), builds
+the model, and refuses in one line what cannot run: subsets that hold none
+or all of the data, batches larger than a subset, a model that cannot take
+the data's shape, and requests that cannot fit host or device memory. Every
+later step reads `Prepared.config`; the config as given travels beside it
+only to be recorded.
 """
 
 import math
@@ -13,18 +16,21 @@ from typing import NamedTuple
 
 import flax.linen as nn
 import jax
+import ml_collections
 
 from feldman_zhang import config as config_lib
 from feldman_zhang import data as data_lib
 from feldman_zhang import models
-from feldman_zhang import store
 from feldman_zhang import subsets
 from feldman_zhang import train
+from feldman_zhang import units
 
 
 class Prepared(NamedTuple):
+  config: ml_collections.FrozenConfigDict  # resolved: what the job reads
+  given: ml_collections.ConfigDict         # as given: what it records too
   ds: data_lib.Dataset
-  m: int            # subset size
+  m: int                                   # subset size
   model: nn.Module
 
 
@@ -37,10 +43,17 @@ def create_model(config, num_classes: int) -> nn.Module:
     raise config_lib.ConfigError(str(e)) from e
 
 
-def prepare(config) -> Prepared:
-  """Loads the data and builds the model; ConfigError or DataError in one
-  line for what cannot run."""
+def prepare(config, recorded: dict | None = None) -> Prepared:
+  """Loads the data, resolves config for it and builds the model;
+  ConfigError or DataError in one line for what cannot run.
+
+  recorded: the identity config of the models a workdir already stores
+  (identity.recorded_config), which an auto param_storage keeps.
+  """
+  config_lib.validate(config)
   ds = data_lib.from_config(config)
+  given, config = config, config_lib.resolve(
+      config, recorded=recorded, sizes=(ds.num_train, ds.num_test))
   for ratio in (config.subset_ratio, *config.subset_ratios):
     m = subsets.subset_size(ds.num_train, ratio)
     if not 0 < m < ds.num_train:
@@ -56,7 +69,7 @@ def prepare(config) -> Prepared:
       config.num_models * m > subsets.MAX_BALANCED_ENTRIES):
     raise config_lib.ConfigError(
         f'subset_design=balanced draws all {config.num_models:,} x {m:,} '
-        f'indices at once ({store.human_bytes(4 * config.num_models * m)}); '
+        f'indices at once ({units.human_bytes(4 * config.num_models * m)}); '
         'use subset_design=random for runs this large')
   need = config.num_models * (2 * ds.num_train + ds.num_test)
   have = _host_bytes()
@@ -64,9 +77,9 @@ def prepare(config) -> Prepared:
     # The estimate holds every model's masks and correctness as bytes.
     raise config_lib.ConfigError(
         f'num_models={config.num_models:,} needs about '
-        f'{store.human_bytes(need)} of host memory for the predictions of '
+        f'{units.human_bytes(need)} of host memory for the predictions of '
         f'{ds.num_train:,} + {ds.num_test:,} examples; this machine has '
-        f'{store.human_bytes(have)}')
+        f'{units.human_bytes(have)}')
   model = create_model(config, ds.num_classes)
   shape = getattr(model, 'input_shape', None)
   if shape and tuple(ds.x_train.shape[1:]) != shape:
@@ -74,7 +87,16 @@ def prepare(config) -> Prepared:
         f'model.name={config.model.name} takes images of shape {shape}, not '
         f'{ds.name}\'s {tuple(ds.x_train.shape[1:])}')
   _check_device_memory(config, ds, _param_count(config, ds, model))
-  return Prepared(ds, m, model)
+  return Prepared(ml_collections.FrozenConfigDict(config), given, ds, m, model)
+
+
+def derived(given, config, ds, m: int, model) -> Prepared:
+  """A job built on another's checked data and model (the C-score's other
+  ratios, the last layer's heads): given as recorded, config made from the
+  parent's resolved one, resolved for ds's size. No check repeats."""
+  resolved = config_lib.resolve(config, sizes=(ds.num_train, ds.num_test))
+  return Prepared(ml_collections.FrozenConfigDict(resolved), given, ds, m,
+                  model)
 
 
 def _param_count(config, ds, model) -> int:
@@ -114,9 +136,9 @@ def _check_device_memory(config, ds, params: int):
   limit = limit or _host_bytes()
   if need > limit:
     raise config_lib.ConfigError(
-        f'models_per_device={k:,} needs at least {store.human_bytes(need)} '
+        f'models_per_device={k:,} needs at least {units.human_bytes(need)} '
         f'on a device ({params:,} parameters a model); {device.platform} '
-        f'device 0 has {store.human_bytes(limit)}: lower models_per_device')
+        f'device 0 has {units.human_bytes(limit)}: lower models_per_device')
 
 
 def _host_bytes() -> int:

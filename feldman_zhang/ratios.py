@@ -18,15 +18,7 @@ import numpy as np
 
 from feldman_zhang import config as config_lib
 from feldman_zhang import store
-
-# subset_stream of ratio r: 1 + its ratio in units of 1e-4 (0 is the plain
-# run's stream), so a ratio keeps its stream whatever the tuple holds.
-_RESOLUTION = 10_000
-
-
-def stream(ratio: float) -> int:
-  return 1 + int(round(ratio * _RESOLUTION))
-
+from feldman_zhang import streams
 
 def others(config) -> list[float]:
   """The ratios trained in runs of their own: all but subset_ratio."""
@@ -35,7 +27,7 @@ def others(config) -> list[float]:
 
 
 def workdir(root: str, ratio: float) -> str:
-  return store.Workdir(root).sub(f'ratios/{ratio:.4f}').root
+  return store.Workdir(root).ratio(ratio).root
 
 
 def config_for(config, ratio: float):
@@ -44,7 +36,7 @@ def config_for(config, ratio: float):
   c = config_lib.copy(config)
   c.subset_ratio = ratio
   c.subset_ratios = ()
-  c.subset_stream = stream(ratio)
+  c.subset_stream = streams.ratio_stream(ratio)
   c.target_stderr = 0.0
   c.estimate.infl = False
   c.estimate.infl_stderr = False

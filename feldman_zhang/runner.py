@@ -18,13 +18,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from feldman_zhang import config as config_lib
-from feldman_zhang import distributed
-from feldman_zhang import estimate as estimate_lib
-from feldman_zhang import resume
-from feldman_zhang import store
-from feldman_zhang import subsets
 from feldman_zhang import train
+from feldman_zhang import units
 
 
 class Phases:
@@ -63,13 +58,7 @@ class Progress:
     eta = (self.total - self.done) / rate if rate > 0 else float('inf')
     logging.info('models %d/%d (%.0f%%), %.1f models/s, ETA %s', self.done,
                  self.total, 100 * self.done / self.total, rate,
-                 _duration(eta))
-
-
-def _duration(s):
-  if s == float('inf'):
-    return '?'
-  return f'{s:.0f}s' if s < 120 else f'{s / 60:.1f}min'
+                 units.duration(eta))
 
 
 def start(fn, *args) -> concurrent.futures.Future:
@@ -78,15 +67,6 @@ def start(fn, *args) -> concurrent.futures.Future:
   future = pool.submit(fn, *args)
   pool.shutdown(wait=False)
   return future
-
-
-def models_per_call(config) -> tuple[int, int]:
-  """(K, D): models per device and local devices. K never exceeds t."""
-  try:
-    d = distributed.devices_per_process()
-  except ValueError as e:
-    raise config_lib.ConfigError(str(e)) from e
-  return min(config.models_per_device, config.num_models), d
 
 
 class Program:
@@ -192,144 +172,6 @@ def train_rows(program: Program, keys, idx, phases: Phases | None = None):
   outs = []
   run(program, calls, lambda tag, idx, out: outs.append(out), phases or Phases())
   return {k: np.concatenate([o[k] for o in outs])[:r] for k in outs[0]}
-
-
-# -- the estimate job's sinks -------------------------------------------------
-
-
-class StderrTarget:
-  """Says when the median standard error of mem over the memorizable
-  examples (estimate.memorizable) falls below a target.
-
-  Holds the masks and train correctness of the models stored so far (those
-  found at the start and those this process writes) and re-estimates mem
-  after each call.
-  """
-
-  def __init__(self, target, workdir, num_models):
-    self.target, self.blocks = target, []
-    if store.list_chunks(workdir):
-      preds = store.load_predictions(workdir)
-      keep = preds['model_ids'] < num_models
-      self.add(preds['masks'][keep], preds['train_correct'][keep],
-               preds['loss'][keep])
-
-  def add(self, masks, train_correct, loss):
-    # Decided on the models the estimate will use: diverged ones drop.
-    ok = estimate_lib.converged(loss)
-    self.blocks.append((masks[ok], train_correct[ok]))
-
-  def reached(self) -> bool:
-    if not self.blocks:
-      return False
-    est = estimate_lib.estimate(
-        np.concatenate([b[0] for b in self.blocks]),
-        np.concatenate([b[1] for b in self.blocks]), None, with_infl=False)
-    median = estimate_lib.median_stderr(est)
-    logging.info('median mem stderr of the memorizable examples %.4f '
-                 '(target %.4f) from %d models', median, self.target,
-                 est['num_models'])
-    return median < self.target
-
-
-class StoreSink:
-  """The job's sink: writes the missing models of each cell as chunks.
-
-  cells: resume.plan_cells' [(start, missing ids)], in the order trained.
-  keep: also hold the predictions (`preds`), so a run trained whole in one
-  process is estimated without reading them back, and write the last cell
-  on a thread (`writing`) while the estimate runs. target: a StderrTarget
-  that ends the run once reached, or None.
-  """
-
-  def __init__(self, workdir, num_train, cells, phases, keep=False,
-               target=None):
-    self.workdir, self.num_train, self.phases = workdir, num_train, phases
-    self.missing = dict(cells)
-    self.last = cells[-1][0]
-    self.keep, self.target = keep, target
-    # Handed to run(), which restarts its clock once compiled.
-    self.progress = Progress(sum(len(ids) for _, ids in cells))
-    self.count, self.kept, self.writing = 0, [], None
-
-  def __call__(self, start_id, idx, out) -> bool:
-    runs = self._runs(start_id, idx, out)
-    if self.keep:
-      self.kept.extend(runs)
-      if start_id == self.last:
-        self.writing = start(self._write, runs)
-        return False
-    self._write(runs)
-    return bool(self.target and start_id != self.last and
-                self.target.reached())
-
-  @property
-  def preds(self) -> dict | None:
-    """With keep, the predictions trained, as store.load_predictions gives
-    them; else None."""
-    if not self.keep or not self.kept:
-      return None
-    return {k: np.concatenate([run[k] for run in self.kept])
-            for k in self.kept[0]}
-
-  def _runs(self, start_id, idx, out) -> list[dict]:
-    """The missing models of one trained cell: a dict per run of
-    consecutive ids, with the fields and dtypes of store.load_predictions."""
-    runs = []
-    for ids in resume.consecutive_runs(self.missing[start_id]):
-      rows = ids - start_id
-      runs.append(dict(
-          model_ids=ids.astype(np.int64),
-          masks=subsets.to_masks(idx[rows], self.num_train),
-          train_correct=out['train_correct'][rows].astype(bool),
-          test_correct=out['test_correct'][rows].astype(bool),
-          train_ptrue=out['train_ptrue'][rows].astype(np.float16),
-          test_ptrue=out['test_ptrue'][rows].astype(np.float16),
-          loss=out['loss'][rows].astype(np.float32)))
-    return runs
-
-  def _write(self, runs):
-    with self.phases('write_chunks'):
-      for run in runs:
-        bad = ~estimate_lib.converged(run['loss'])
-        if bad.any():
-          logging.warning('models %s diverged (non-finite loss); they are '
-                          'kept in the store and excluded from the estimates',
-                          run['model_ids'][bad].tolist())
-        store.write_chunk(self.workdir, run['model_ids'], run['masks'],
-                          run['train_correct'], run['test_correct'],
-                          run['train_ptrue'], run['test_ptrue'], run['loss'])
-        if self.target:
-          self.target.add(run['masks'], run['train_correct'], run['loss'])
-    done = sum(len(run['model_ids']) for run in runs)
-    self.count += done
-    self.progress.update(done)
-
-
-# Model-key streams of config.subset_stream s > 0: 16 + s, clear of the
-# experiments' streams (experiments/common.py).
-_SUBSET_KEY_STREAMS = 16
-
-
-def model_inputs(config, num_train: int, m: int, ids):
-  """(keys (K,), idx (K, m) int32) of models `ids`: what a model is made of
-  besides the data, from (seed, subset_stream, model id) alone (and t, in
-  a balanced design)."""
-  s = config.subset_stream
-  keys = train.model_keys(config.seed, ids,
-                          stream=_SUBSET_KEY_STREAMS + s if s else 0)
-  if config.subset_design == 'balanced':
-    return keys, subsets.balanced(config.seed, num_train, m,
-                                  config.num_models, ids, stream=s)
-  return keys, subsets.indices(config.seed, num_train, m, ids, stream=s)
-
-
-def cell_calls(config, num_train: int, m: int, cells, size: int):
-  """The job's calls: each cell of the grid whole (the padding past
-  num_models too, so every call has one shape and compiles once)."""
-  for begin, _ in cells:
-    yield (begin, *model_inputs(config, num_train, m,
-                                np.arange(begin, begin + size)))
 
 
 def device_bytes(compiled, per_device: int) -> float | None:

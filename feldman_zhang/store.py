@@ -26,6 +26,10 @@ import tempfile
 import zlib
 
 import numpy as np
+from absl import logging
+
+from feldman_zhang import units
+from feldman_zhang.errors import StoreError
 
 FORMAT_VERSION = 1
 _CHUNK_RE = re.compile(r'models_(\d+)-(\d+)\.npz$')
@@ -34,11 +38,11 @@ _CHUNK_RE = re.compile(r'models_(\d+)-(\d+)\.npz$')
 _PACKED = ('masks', 'train_correct', 'test_correct')
 
 
-class StoreError(ValueError):
-  """A workdir whose contents cannot be used; the message names the file."""
 
 
 LOCK_FILE = '.lock'
+# The analysis commands' default output folders inside a run.
+ANALYSIS_FOLDERS = ('pairs', 'figures', 'release', 'consistency')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,16 +86,57 @@ class Workdir:
     return self._join('chunks', f'models_{start:07d}-{stop:07d}.npz')
 
   def temp_files(self) -> list[str]:
-    """Temporary files of writes a kill interrupted (root and chunks)."""
-    return (glob.glob(self._join('.tmp-*')) +
-            glob.glob(self._join('chunks', '.tmp-*')))
+    """Temporary files of writes a kill interrupted, in the folders the
+    holder of the lock writes (the lastlayer heads' and the ratios' runs
+    are workdirs of their own, with their own lock)."""
+    folders = ('', 'chunks', 'drop')
+    return sorted(p for f in folders
+                  for p in glob.glob(self._join(f, '.tmp-*')))
 
   def dense(self, filename: str) -> str:
     return self._join(filename)
 
-  def sub(self, name: str) -> 'Workdir':
-    """An experiment's own run directory inside this one."""
-    return Workdir(self._join(name))
+  def dense_files(self, name: str) -> list[str]:
+    """The name-CRC.npy files of one dense matrix ('infl', 'infl_stderr')."""
+    return glob.glob(self._join(f'{name}-*.npy'))
+
+  # -- the experiments (experiments/) and the C-score's ratios (ratios.py)
+
+  @property
+  def drop(self) -> str:
+    return self._join('drop')
+
+  @property
+  def drop_csv(self) -> str:
+    return self._join('drop', 'drop.csv')
+
+  def drop_theta(self, theta: float) -> str:
+    return self._join('drop', f'theta_{theta:.4f}.npz')
+
+  @property
+  def lastlayer(self) -> 'Workdir':
+    """The heads' own run (chunks, estimates) beside the backbone."""
+    return Workdir(self._join('lastlayer'))
+
+  @property
+  def backbone(self) -> str:
+    """The backbone's orbax checkpoint (a folder)."""
+    return os.path.abspath(self._join('lastlayer', 'backbone'))
+
+  @property
+  def comparison_json(self) -> str:
+    return self._join('lastlayer', 'comparison.json')
+
+  def ratio(self, ratio: float) -> 'Workdir':
+    """The run of one C-score ratio other than subset_ratio."""
+    return Workdir(self._join('ratios', f'{ratio:.4f}'))
+
+  # -- what the analysis commands write by default
+
+  def analysis(self, name: str) -> str:
+    """The default output folder of an analysis command (ANALYSIS_FOLDERS)
+    or file (report.html)."""
+    return self._join(name)
 
 
 def _read_umask() -> int:
@@ -259,6 +304,32 @@ def list_chunks(workdir: str):
   return sorted(out)
 
 
+def stored_models(workdir: str, num_models: int, quarantine: bool):
+  """(num_models,) bool: which models have a readable chunk.
+
+  A corrupt chunk is reported and, with quarantine, moved to chunks/corrupt,
+  so its models train again; quarantine also removes the temporary files of
+  killed writes (the leader scans while no process writes).
+  """
+  have = np.zeros(num_models, bool)
+  w = Workdir(workdir)
+  if quarantine:
+    for tmp in w.temp_files():
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(tmp)
+  for start, stop, path in list_chunks(workdir):
+    try:
+      read_chunk(path)
+    except StoreError as e:
+      if quarantine:
+        logging.warning('%s; moving it to chunks/corrupt and retraining', e)
+        os.makedirs(w.corrupt, exist_ok=True)
+        os.replace(path, os.path.join(w.corrupt, os.path.basename(path)))
+      continue
+    have[start:min(stop, num_models)] = True
+  return have
+
+
 def load_predictions(workdir: str, num_models: int = 0) -> dict:
   """All stored predictions, ordered by model id.
 
@@ -353,19 +424,10 @@ def new_dense(workdir: str, shape) -> np.memmap:
     if e.errno != errno.ENOSPC:
       raise
     raise StoreError(f'{workdir} has no room for a '
-                     f'{human_bytes(np.prod(shape) * 4)} matrix '
+                     f'{units.human_bytes(np.prod(shape) * 4)} matrix '
                      f'{tuple(shape)}; free space, or set '
                      'estimate.infl=False') from e
   return array
-
-
-def human_bytes(n: float) -> str:
-  """2.6 MB, 2.4 GB: the unit that fits."""
-  for unit in ('B', 'kB', 'MB', 'GB', 'TB'):
-    if n < 1000 or unit == 'TB':
-      return f'{n:.0f} {unit}' if unit == 'B' else f'{n:.1f} {unit}'
-    n /= 1000
-  return ''
 
 
 def _crc32(array) -> int:
@@ -410,7 +472,7 @@ def write_estimates(workdir: str, estimates: dict) -> str:
   keep = {str(small[f'{name}_file']) for name in DENSE
           if f'{name}_file' in small}
   for name in DENSE:
-    for old in glob.glob(os.path.join(workdir, f'{name}-*.npy')):
+    for old in Workdir(workdir).dense_files(name):
       if os.path.basename(old) not in keep:
         os.remove(old)
   # Ours are sealed by now: any left were a killed job's.

@@ -12,6 +12,8 @@ import functools
 
 import numpy as np
 
+from feldman_zhang import streams
+
 DESIGNS = ('random', 'balanced')
 # A balanced design is drawn whole, t x m indices, and held in memory.
 MAX_BALANCED_ENTRIES = 1 << 28
@@ -44,7 +46,7 @@ def indices(seed: int, n: int, m: int, model_ids, stream: int = 0
   for row, k in enumerate(ids):
     # SeedSequence mixes (seed, k) into independent streams; PCG64's stream
     # is fixed for a given seed on every platform.
-    entropy = [int(seed), 0x5B5E7, int(k)] + ([int(stream)] if stream else [])
+    entropy = [int(seed), streams.SUBSETS, int(k)] + ([int(stream)] if stream else [])
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(
         entropy)))
     # The first m of a permutation, in increasing order: read off a mask
@@ -85,7 +87,7 @@ def _balanced_design(seed, n, m, t, stream) -> np.ndarray:
   if not 0 < m < n:
     raise ValueError(f'subset size m={m} must lie in (0, n={n})')
   rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(
-      [seed, 0xBA1A, t, stream])))
+      [seed, streams.BALANCED, t, stream])))
   total = t * m
   rounds = -(-total // n)
   seq = np.empty(rounds * n, np.int32)

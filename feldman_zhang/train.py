@@ -20,6 +20,13 @@ from jax.sharding import PartitionSpec as P
 from feldman_zhang import augment as augment_lib
 from feldman_zhang import models as models_lib
 from feldman_zhang import precision
+from feldman_zhang import streams
+
+
+# config.train.schedule's choices (_schedule) and config.vectorize's (how a
+# call runs its models: make_chunk_fn).
+SCHEDULES = ('constant', 'cosine', 'linear')
+VECTORIZE = ('vmap', 'map')
 
 
 def steps_per_epoch(m: int, batch_size: int, drop_last: bool = False) -> int:
@@ -130,7 +137,7 @@ def model_keys(seed: int, model_ids, stream: int = 0):
   """
   base = jax.random.key(seed)
   if stream:
-    base = jax.random.fold_in(base, 0xFFFF0000 + stream)
+    base = jax.random.fold_in(base, streams.MODEL_KEY_OFFSET + stream)
   return jax.vmap(lambda k: jax.random.fold_in(base, k))(
       jnp.asarray(model_ids, jnp.uint32))
 
@@ -265,7 +272,7 @@ def make_train_one(model, tx, *, m: int, batch_size: int, epochs,
     if 'whiten' in state:
       state = {**state, 'whiten': {'kernel': models_lib.fit_whitening(x, idx)}}
     opt_state = tx.init(params)
-    bits = (augment_lib.flip_bits(jax.random.fold_in(key, _FLIP_STREAM),
+    bits = (augment_lib.flip_bits(jax.random.fold_in(key, streams.FLIP),
                                   x.shape[0]) if alternating_flip else None)
 
     def scan_step(carry, batch):
@@ -314,11 +321,6 @@ def make_train_one(model, tx, *, m: int, batch_size: int, epochs,
   return train_one
 
 
-# fold_in streams of a model's key beyond split_model_key's three, so the
-# models of configs without these features keep their keys.
-_FLIP_STREAM = 0x0F11B
-
-
 def _lookahead(carry, ema, s, total: int, storage):
   """airbench's lookahead: every 5 steps the average moves toward the model
   by 1 - decay, decay = 0.95^5 (s / total)^3, and the model is reset to it.
@@ -336,7 +338,7 @@ def _lookahead(carry, ema, s, total: int, storage):
   return jax.lax.cond(s % 5 == 0, update, lambda args: args, (carry, ema))
 
 
-TTA = ('none', 'mirror', 'mirror_translate')
+TTA = ('none', 'mirror', 'mirror_translate')  # test-time views: tta_views
 
 
 def tta_views(x, tta: str):

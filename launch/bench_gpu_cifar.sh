@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # CIFAR-10 with the airbench recipe on one GPU (issue 14), in one command:
-#   launch/bench_gpu_cifar.sh CIFAR10_NPZ OUT_DIR [BUDGET_S] [NUM_MODELS]
-# CIFAR10_NPZ: the decoded JPEG copy (../shared/datasets/cifar10/to_npz.py
-# .data/cifar10.npz here, then carry .data: the GPU host does not see
-# ../shared). Measures, on the real copy:
+#   launch/bench_gpu_cifar.sh [CIFAR10_NPZ] OUT_DIR [BUDGET_S] [NUM_MODELS]
+# CIFAR10_NPZ (a first argument ending in .npz): CIFAR-10 as an npz, by
+# default the decoded lossless copy .data/cifar10_lossless.npz of the
+# repository (python ../shared/datasets/cifar10_lossless/to_npz.py
+# .data/cifar10_lossless.npz, then carry .data: the GPU host does not see
+# ../shared). Measures, on that copy:
 # 0. XLA's FLOP count of one model's job, airbench against ResNet-9;
 # 1. how K models share the device: lax.map against vmap, one call each of
 #    K = 8 models (train wall time per model from the phases);
@@ -15,9 +17,18 @@
 #   export PYTHONPATH=/tmp/site
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/steps.sh"
-need_args 2 $#
-npz=$(from_caller "$1") out=$(from_caller "$2") budget=${3:-540}
-models=${4:-64}
+npz=$repo/.data/cifar10_lossless.npz
+if [[ ${1:-} == *.npz ]]; then
+  npz=$(from_caller "$1")
+  shift
+fi
+need_args 1 $#
+out=$(from_caller "$1") budget=${2:-540} models=${3:-64}
+if [[ ! -f $npz ]]; then
+  echo "error: $npz does not exist; make it with python" \
+    "../shared/datasets/cifar10_lossless/to_npz.py $npz" >&2
+  exit 2
+fi
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv \
   | tee -a "$out/steps.log"

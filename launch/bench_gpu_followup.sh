@@ -14,11 +14,10 @@ need_args 1 $#
 out=$(from_caller "$1") budget=${2:-330}
 mkdir -p "$out"
 mlp=(--config=configs/mnist_mlp.py --config.data.source=random:28x28x1:10:60000:10000
-     --config.train.schedule=constant --step_variants=gather --step_ks=2000
-     --step_steps=50)
+     --config.train.schedule=constant --variants=gather --ks=2000 --steps=50)
 
 for dtype in float32 bfloat16; do
-  step "momentum_$dtype" 60 "$python" -m feldman_zhang.bench "${mlp[@]}" \
+  step "momentum_$dtype" 60 "$python" tools/step_layouts.py "${mlp[@]}" \
     --config.train.momentum_dtype=$dtype --out="$out/momentum_$dtype.json"
 done
 step bench_cifar10 150 "$python" -m feldman_zhang.bench \

@@ -2,7 +2,6 @@
 its optimizer groups, alternating flips, lookahead, test-time augmentation,
 and a tiny version that learns real CIFAR-10 images."""
 
-import io
 import os
 
 import jax
@@ -15,12 +14,13 @@ from feldman_zhang import augment
 from feldman_zhang import config as config_lib
 from feldman_zhang import models
 from feldman_zhang import pipeline
-from feldman_zhang import resume
+from feldman_zhang import identity as identity_lib
 from feldman_zhang import subsets
 from feldman_zhang import train
 
-CIFAR_JPEG = os.path.join(ROOT, '..', 'shared', 'datasets', 'cifar10',
-                          'cifar10_jpeg.npz')
+# CIFAR-10 with its original pixels, as PNG tiles (its README.md).
+CIFAR_LOSSLESS = os.path.join(ROOT, '..', 'shared', 'datasets',
+                              'cifar10_lossless')
 
 
 def tiny_config(epochs=1):
@@ -206,29 +206,35 @@ def test_tta_is_part_of_the_run_identity(tmp_path):
   workdir = str(tmp_path / 'run')
   pipeline.run(c, workdir)
   c.model.tta = 'mirror'
-  with pytest.raises(resume.IdentityError, match='model.tta'):
+  with pytest.raises(identity_lib.IdentityError, match='model.tta'):
     pipeline.run(c, workdir)
 
 
 def _cifar_slice(n_train, n_test):
-  """The first images of each class of the real JPEG copy, decoded."""
+  """The first images of each class of the lossless copy: read from its
+  first training tile and its test tile, not the whole set decoded."""
   from PIL import Image  # pylint: disable=import-outside-toplevel
-  pack = np.load(CIFAR_JPEG)
+  labels = np.load(os.path.join(CIFAR_LOSSLESS, 'labels.npz'))
 
-  def decode(split, per_class):
-    labels, off = pack[f'{split}_labels'], pack[f'{split}_offsets']
-    buf = pack[f'{split}_jpeg']
-    idx = np.concatenate([np.flatnonzero(labels == k)[:per_class]
+  def first(png, y, per_class):
+    # 100 x 100 tiles of 32 x 32: image 100 r + c at tile row r, column c.
+    tiles = np.asarray(Image.open(os.path.join(CIFAR_LOSSLESS, png))
+                       .convert('RGB'))
+    x = tiles.reshape(100, 32, 100, 32, 3).transpose(0, 2, 1, 3, 4).reshape(
+        10000, 32, 32, 3)
+    y = y[:10000]
+    idx = np.concatenate([np.flatnonzero(y == k)[:per_class]
                           for k in range(10)])
-    x = np.stack([np.asarray(Image.open(io.BytesIO(
-        buf[off[i]:off[i + 1]].tobytes())).convert('RGB')) for i in idx])
-    return x, labels[idx].astype(np.int32)
+    return x[idx], y[idx].astype(np.int32)
 
-  return decode('train', n_train // 10) + decode('test', n_test // 10)
+  return (first('train_0.png', labels['y_train'], n_train // 10) +
+          first('test.png', labels['y_test'], n_test // 10))
 
 
-@pytest.mark.skipif(not os.path.exists(CIFAR_JPEG),
-                    reason='no CIFAR-10 copy beside the checkout')
+@pytest.mark.slow  # 27 s on 2 busy CPU cores, nearly all of it training
+@pytest.mark.skipif(not os.path.isdir(CIFAR_LOSSLESS),
+                    reason='no lossless CIFAR-10 copy beside the checkout '
+                    '(../shared/datasets/cifar10_lossless)')
 def test_tiny_airbench_learns_real_cifar():
   c = tiny_config(epochs=4)
   c.model.widths = (16, 32, 32)

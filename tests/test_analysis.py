@@ -21,10 +21,10 @@ from feldman_zhang import estimate
 from feldman_zhang import pipeline
 from feldman_zhang import store
 
-from analysis import common
-from analysis import export_pairs
-from analysis import galleries
-from analysis import report
+from feldman_zhang.analysis import common
+from feldman_zhang.analysis import export_pairs
+from feldman_zhang.analysis import galleries
+from feldman_zhang.analysis import report
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 # A plant whose arbitrary label is what models predict for noise anyway is
@@ -294,7 +294,7 @@ def test_rgb_images_and_many_classes(tmp_path):
 
 
 def test_compare_runs(planted_run, tmp_path):
-  from analysis import compare_runs
+  from feldman_zhang.analysis import compare_runs
   workdir = planted_run[0]
   same = compare_runs.compare(workdir, workdir)
   assert same['train_correct_differ'] == 0 and same['mem_max_abs_diff'] == 0

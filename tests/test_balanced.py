@@ -7,7 +7,7 @@ import pytest
 
 from feldman_zhang import config as config_lib
 from feldman_zhang import pipeline
-from feldman_zhang import resume
+from feldman_zhang import identity as identity_lib
 from feldman_zhang import store
 from feldman_zhang import subsets
 
@@ -66,7 +66,7 @@ def test_a_balanced_run_resumes_identically_and_refuses_another_t(
       preds['masks'], subsets.to_masks(
           subsets.balanced(c.seed, n, m, 8, np.arange(8)), n))
   c.num_models = 12
-  with pytest.raises(resume.IdentityError, match='num_models'):
+  with pytest.raises(identity_lib.IdentityError, match='num_models'):
     pipeline.run(c, workdir)
 
 

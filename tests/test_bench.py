@@ -103,7 +103,7 @@ def test_run_reports_consistent_figures(tiny_config):
 
 
 def test_step_layouts_train_the_same_models(tiny_config):
-  from feldman_zhang.bench import steps as bench_step
+  from tools import step_layouts as bench_step  # pylint: disable=g-import-not-at-top
   c = tiny_config
   ds = data.load('digits')
   m = subsets.subset_size(ds.num_train, c.subset_ratio)

@@ -15,7 +15,7 @@ from feldman_zhang import estimate
 from feldman_zhang import pipeline
 from feldman_zhang import store
 
-from analysis import consistency
+from feldman_zhang.analysis import consistency
 
 MEM_THETAS = consistency.thresholds('0.05:0.95:0.05')
 INFL_THETAS = consistency.thresholds('0.05:0.5:0.05')

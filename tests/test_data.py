@@ -1,12 +1,18 @@
 import gzip
 import logging
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from conftest import MNIST_DIR
+from conftest import ROOT
 from feldman_zhang import data
+
+CIFAR10_LOSSLESS = os.path.join(ROOT, '..', 'shared', 'datasets',
+                                'cifar10_lossless')
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851,
                       5949]
@@ -96,6 +102,26 @@ def test_npz(tmp_path):
   assert ds.num_classes == 4 and ds.x_test.shape == (6, 4, 4, 3)
   ds = data.load(_npz(tmp_path, num_classes=np.int64(7)))
   assert ds.num_classes == 7
+
+
+@pytest.mark.skipif(not os.path.isdir(CIFAR10_LOSSLESS),
+                    reason='no lossless CIFAR-10 copy beside the checkout '
+                    '(../shared/datasets/cifar10_lossless)')
+def test_npz_reads_the_lossless_cifar10(tmp_path):
+  """The README's path: decode the copy with its own script, load it as
+  npz:; CIFAR-10's published shapes, class counts and channel means."""
+  path = str(tmp_path / 'cifar10_lossless.npz')
+  subprocess.run([sys.executable, os.path.join(CIFAR10_LOSSLESS, 'to_npz.py'),
+                  path], check=True, capture_output=True, timeout=300)
+  ds = data.load(f'npz:{path}')
+  assert ds.x_train.shape == (50000, 32, 32, 3)
+  assert ds.x_test.shape == (10000, 32, 32, 3)
+  assert ds.x_train.dtype == ds.x_test.dtype == np.uint8
+  assert ds.num_classes == 10
+  np.testing.assert_array_equal(np.bincount(ds.y_train), [5000] * 10)
+  np.testing.assert_array_equal(np.bincount(ds.y_test), [1000] * 10)
+  means = ds.x_train.mean(axis=(0, 1, 2), dtype=np.float64) / 255
+  np.testing.assert_allclose(means, [0.4914, 0.4822, 0.4465], atol=5e-5)
 
 
 @pytest.mark.parametrize('source, message', [

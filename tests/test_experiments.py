@@ -46,7 +46,7 @@ def test_dropping_memorized_costs_more_than_random(planted_run):
   assert csv[0].startswith('theta,num_removed,fraction_removed') and len(csv) == 2
   # Numbers only; the figure is the analysis scripts'.
   assert not os.path.exists(os.path.join(workdir, 'drop', 'drop.png'))
-  from analysis import common, experiment_figures  # pylint: disable=g-import-not-at-top
+  from feldman_zhang.analysis import common, experiment_figures  # pylint: disable=g-import-not-at-top
   made = experiment_figures.figures(common.load_run(workdir))
   assert len(common.png_bytes(made[os.path.join('drop', 'drop.png')])) > 1000
   # A rerun reads the finished threshold back instead of retraining.
@@ -169,14 +169,14 @@ def test_a_damaged_backbone_checkpoint_is_trained_again(tiny_config,
                                                         tmp_path):
   c = tiny_config
   c.train.epochs = 2
-  ds = prepare.prepare(c).ds
+  job = prepare.prepare(c)
   workdir = str(tmp_path)
-  _, params, _ = lastlayer_lib.backbone(c, ds, workdir)
+  _, params, _ = lastlayer_lib.backbone(job, workdir)
   path = os.path.join(workdir, 'lastlayer', 'backbone')
   for root, _, files in os.walk(path):  # truncate every file of it
     for name in files:
       open(os.path.join(root, name), 'wb').close()
-  _, again, _ = lastlayer_lib.backbone(c, ds, workdir)
+  _, again, _ = lastlayer_lib.backbone(job, workdir)
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(again)):
     np.testing.assert_array_equal(a, b)
 

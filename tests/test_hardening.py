@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from analysis import common
+from feldman_zhang.analysis import common
 from feldman_zhang import estimate
 from feldman_zhang import pipeline
 from feldman_zhang import store
+from feldman_zhang import units
 
 
 @pytest.fixture
@@ -190,9 +191,9 @@ def test_a_missing_config_file_is_one_line(tmp_path):
 
 
 def test_the_human_size_of_a_matrix():
-  assert store.human_bytes(2.6e6) == '2.6 MB'
-  assert store.human_bytes(2.4e9) == '2.4 GB'
-  assert store.human_bytes(512) == '512 B'
+  assert units.human_bytes(2.6e6) == '2.6 MB'
+  assert units.human_bytes(2.4e9) == '2.4 GB'
+  assert units.human_bytes(512) == '512 B'
 
 
 def _npz_file(path, y_train, y_test, **extra):

@@ -7,10 +7,7 @@ import numpy as np
 import pytest
 
 import reference
-from feldman_zhang import config as config_lib
 from feldman_zhang import pipeline
-from feldman_zhang import prepare
-from feldman_zhang import resume
 from feldman_zhang import store
 from feldman_zhang import subsets
 
@@ -183,63 +180,12 @@ def test_results_are_readable_like_any_file_the_user_writes(tmp_path):
   assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
 
 
-def test_resume_on_another_backend_dtype_is_refused(tmp_path, tiny_config):
-  from feldman_zhang import data
-  from feldman_zhang import resume
-  ds = data.load('digits')
-  ident = resume.identity(tiny_config, ds)
-  assert ident['dtypes'] == {'compute_dtype': 'float32',  # auto, on the CPU
-                             'momentum_dtype': 'float32'}
-  workdir = str(tmp_path / 'run')
-  resume.check_identity(workdir, ident)  # records it
-  _stored_chunk(workdir)
-  resume.check_identity(workdir, ident)  # the same run resumes
-  # The same config run on an accelerator resolves auto to bf16.
-  gpu = dict(ident, dtypes=dict(ident['dtypes'], momentum_dtype='bfloat16'))
-  with pytest.raises(store.StoreError, match='dtypes differ'):
-    resume.check_identity(workdir, gpu)
 
 
-def _stored_chunk(workdir, n=4, n_test=2):
-  z = np.zeros((1, n), bool)
-  store.write_chunk(workdir, [0], z, z, np.zeros((1, n_test), bool),
-                    np.zeros((1, n)), np.zeros((1, n_test)), np.zeros((1, 1)))
 
 
-def test_identity_of_a_workdir_without_results_is_replaced(tiny_config,
-                                                           tmp_path):
-  # A first attempt that failed before storing a model must not lock the
-  # workdir to its settings.
-  workdir, c = str(tmp_path / 'run'), tiny_config
-  ds = prepare.prepare(c).ds
-  resume.check_identity(workdir, resume.identity(c, ds))
-  c.train.lr = 0.2
-  resume.check_identity(workdir, resume.identity(c, ds))
-  recorded = store.read_json(os.path.join(workdir, 'run.json'))['identity']
-  assert recorded['config']['train.lr'] == 0.2
-  _stored_chunk(workdir)
-  c.train.lr = 0.3
-  with pytest.raises(resume.IdentityError) as e:
-    resume.check_identity(workdir, resume.identity(c, ds))
-  assert e.value.diffs == ['config.train.lr']
 
 
-def test_where_the_data_lies_is_not_part_of_the_identity(tiny_config,
-                                                         tmp_path):
-  workdir, c = str(tmp_path / 'run'), tiny_config
-  ds = prepare.prepare(c).ds
-  ident = resume.identity(c, ds)
-  assert not set(config_lib.LOCATION_FIELDS) & set(ident['config'])
-  # Runs recorded before kept the data's path: they resume from elsewhere.
-  old = dict(ident, config={**ident['config'], 'data.source': 'npz:/old.npz',
-                            'data.data_dir': '/old', 'data.download': True})
-  _stored_chunk(workdir)
-  store.write_json(os.path.join(workdir, 'run.json'), dict(identity=old))
-  resume.check_identity(workdir, ident)
-  with open(os.path.join(workdir, 'run.json'), 'w') as f:
-    f.write('{"identity": ')
-  with pytest.raises(store.StoreError, match='run.json is unreadable'):
-    resume.check_identity(workdir, ident)
 
 
 def test_a_failed_last_chunk_write_leaves_no_estimates(tiny_config, tmp_path,

@@ -17,6 +17,7 @@ from feldman_zhang import cost
 from feldman_zhang import pipeline
 from feldman_zhang import prepare
 from feldman_zhang import store
+from feldman_zhang import units
 
 
 def test_auto_writes_the_dense_matrix_up_to_a_gib_and_the_top_k_above():
@@ -85,8 +86,8 @@ def test_a_run_above_the_limit_writes_the_top_k_form_not_the_matrix(
 
 def test_the_plan_counts_what_is_left_and_the_disk_it_takes(
     tiny_config, tmp_path):
-  c = config_lib.resolve(tiny_config, sizes=(1300, 497))
-  ds, m, model = prepare.prepare(c)
+  job = prepare.prepare(tiny_config)
+  c, ds, m, model = job.config, job.ds, job.m, job.model
   p = cost.plan(c, ds, m, model, todo=c.num_models)
   assert p.steps == -(-m // c.train.batch_size) * c.train.epochs
   dense = 4 * ds.num_train * ds.num_test
@@ -97,13 +98,13 @@ def test_the_plan_counts_what_is_left_and_the_disk_it_takes(
   assert np.isnan(p.flops) and p.floor_s is None
   line = cost.describe(p, c)
   assert line.startswith(f'plan: {c.num_models:,} models to train')
-  assert store.human_bytes(p.disk_bytes) in line
+  assert units.human_bytes(p.disk_bytes) in line
 
 
 def test_a_known_peak_gives_flops_and_a_time_floor(tiny_config, monkeypatch):
   monkeypatch.setattr(cost, '_peak_flops', lambda: 1e12)
-  c = config_lib.resolve(tiny_config, sizes=(1300, 497))
-  ds, m, model = prepare.prepare(c)
+  job = prepare.prepare(tiny_config)
+  c, ds, m, model = job.config, job.ds, job.m, job.model
   p = cost.plan(c, ds, m, model, todo=c.num_models)
   counted = cost.count(model, c, ds, m)
   want = c.num_models * (counted['train_flops_per_model'] +

@@ -13,7 +13,7 @@ from feldman_zhang import data
 from feldman_zhang import models
 from feldman_zhang import pipeline
 from feldman_zhang import precision
-from feldman_zhang import resume
+from feldman_zhang import identity as identity_lib
 from feldman_zhang import store
 from feldman_zhang import subsets
 from feldman_zhang import train
@@ -173,18 +173,18 @@ def test_split_storage_needs_bf16_compute():
 def test_runs_recorded_before_param_storage_still_resume(tmp_path,
                                                          tiny_config):
   ds = data.load('digits')
-  ident = resume.identity(config_lib.resolve(tiny_config), ds)
+  ident = identity_lib.identity(config_lib.resolve(tiny_config), ds)
   old = dict(ident, config={k: v for k, v in ident['config'].items()
                             if k != 'train.param_storage'})
   workdir = str(tmp_path / 'run')
-  resume.check_identity(workdir, old)  # an older version's run.json
+  identity_lib.check_identity(workdir, old)  # an older version's run.json
   z = np.zeros((1, 4), bool)  # and a stored model, so the check is real
   store.write_chunk(workdir, [0], z, z, z, z, z, np.zeros((1, 1)))
-  resume.check_identity(workdir, ident)  # resumes: the field's old meaning
+  identity_lib.check_identity(workdir, ident)  # resumes: the field's old meaning
   tiny_config.train.compute_dtype = 'bfloat16'
   tiny_config.train.param_storage = 'split'
   with pytest.raises(store.StoreError, match='param_storage'):
-    resume.check_identity(workdir, resume.identity(
+    identity_lib.check_identity(workdir, identity_lib.identity(
         config_lib.resolve(tiny_config), ds))
 
 
@@ -210,27 +210,27 @@ def test_identity_holds_the_resolved_storage(tmp_path, tiny_config):
   ds = data.load('digits')
   workdir = str(tmp_path / 'run')
   tiny_config.train.update(compute_dtype='bfloat16', param_storage='float32')
-  ident = lambda c, **kw: resume.identity(config_lib.resolve(c, **kw), ds)
-  resume.check_identity(workdir, ident(tiny_config))
+  ident = lambda c, **kw: identity_lib.identity(config_lib.resolve(c, **kw), ds)
+  identity_lib.check_identity(workdir, ident(tiny_config))
   z = np.zeros((1, 4), bool)
   store.write_chunk(workdir, [0], z, z, z, z, z, np.zeros((1, 1)))
   tiny_config.train.param_storage = config_lib.AUTO
-  with pytest.raises(resume.IdentityError, match='param_storage'):
-    resume.check_identity(workdir, ident(tiny_config))
+  with pytest.raises(identity_lib.IdentityError, match='param_storage'):
+    identity_lib.check_identity(workdir, ident(tiny_config))
   tiny_config.train.param_storage = 'split'
-  with pytest.raises(resume.IdentityError, match='param_storage'):
-    resume.check_identity(workdir, ident(tiny_config))
+  with pytest.raises(identity_lib.IdentityError, match='param_storage'):
+    identity_lib.check_identity(workdir, ident(tiny_config))
   tiny_config.train.param_storage = 'float32'
-  resume.check_identity(workdir, ident(tiny_config))
+  identity_lib.check_identity(workdir, ident(tiny_config))
   # The job itself: auto keeps the workdir's storage (auto once meant
   # float32 everywhere), an explicit other storage is still refused.
   tiny_config.train.param_storage = config_lib.AUTO
-  recorded = resume.recorded_config(workdir)
+  recorded = identity_lib.recorded_config(workdir)
   kept = config_lib.resolve(tiny_config, recorded=recorded)
   assert kept.train.param_storage == 'float32'
   assert tiny_config.train.param_storage == config_lib.AUTO  # not changed
-  resume.check_identity(workdir, ident(tiny_config, recorded=recorded))
-  assert resume.recorded_config(str(tmp_path / 'new')) is None
+  identity_lib.check_identity(workdir, ident(tiny_config, recorded=recorded))
+  assert identity_lib.recorded_config(str(tmp_path / 'new')) is None
   assert config_lib.resolve(tiny_config).train.param_storage == 'split'
 
 
@@ -247,10 +247,10 @@ def test_auto_resumes_a_float32_run_with_float32(tiny_config, tmp_path):
   # config.json records the config as given; run.json what it resolved to.
   assert store.read_json(os.path.join(workdir, 'config.json'))['train'][
       'param_storage'] == config_lib.AUTO
-  assert resume.read_identity(workdir)['config'][
+  assert identity_lib.read_identity(workdir)['config'][
       'train.param_storage'] == 'float32'
   tiny_config.train.param_storage = 'split'
-  with pytest.raises(resume.IdentityError, match='param_storage'):
+  with pytest.raises(identity_lib.IdentityError, match='param_storage'):
     pipeline.run(tiny_config, workdir)
 
 
@@ -259,20 +259,20 @@ def test_auto_dtypes_and_what_they_resolve_to_are_one_run(tmp_path,
   ds = data.load('digits')
   workdir = str(tmp_path / 'run')
   # compute_dtype auto: f32 here
-  ident = resume.identity(config_lib.resolve(tiny_config), ds)
+  ident = identity_lib.identity(config_lib.resolve(tiny_config), ds)
   assert ident['config']['train.compute_dtype'] == 'float32'
   # As runs before resolved dtypes wrote it: the config as written.
   old = dict(ident, config=dict(ident['config'],
                                 **{'train.compute_dtype': config_lib.AUTO,
                                    'train.momentum_dtype': config_lib.AUTO}))
-  resume.check_identity(workdir, old)
+  identity_lib.check_identity(workdir, old)
   z = np.zeros((1, 4), bool)
   store.write_chunk(workdir, [0], z, z, z, z, z, np.zeros((1, 1)))
   tiny_config.train.update(compute_dtype='float32', momentum_dtype='float32')
-  resume.check_identity(workdir, resume.identity(
+  identity_lib.check_identity(workdir, identity_lib.identity(
       config_lib.resolve(tiny_config), ds))
   tiny_config.train.compute_dtype = 'bfloat16'
-  with pytest.raises(resume.IdentityError, match=(
+  with pytest.raises(identity_lib.IdentityError, match=(
       r"config.train.compute_dtype \(stored 'float32', given 'bfloat16'\)")):
-    resume.check_identity(workdir, resume.identity(
+    identity_lib.check_identity(workdir, identity_lib.identity(
         config_lib.resolve(tiny_config), ds))

@@ -12,6 +12,7 @@ from feldman_zhang import config as config_lib
 from feldman_zhang import pipeline
 from feldman_zhang import ratios
 from feldman_zhang import store
+from feldman_zhang import streams
 from feldman_zhang import subsets
 
 
@@ -52,11 +53,11 @@ def test_config_checks_the_ratios(tiny_config):
 
 def test_other_ratios_draw_subsets_of_their_own():
   plain = subsets.indices(0, 100, 30, [3])
-  own = subsets.indices(0, 100, 30, [3], stream=ratios.stream(0.3))
+  own = subsets.indices(0, 100, 30, [3], stream=streams.ratio_stream(0.3))
   assert not np.array_equal(plain, own)
   np.testing.assert_array_equal(
-      own, subsets.indices(0, 100, 30, [3], stream=ratios.stream(0.3)))
-  assert ratios.stream(0.3) != ratios.stream(0.5) and ratios.stream(0.3) > 0
+      own, subsets.indices(0, 100, 30, [3], stream=streams.ratio_stream(0.3)))
+  assert streams.ratio_stream(0.3) != streams.ratio_stream(0.5) and streams.ratio_stream(0.3) > 0
 
 
 @pytest.fixture(scope='module')
@@ -131,7 +132,7 @@ def test_subset_ratios_from_the_command_line(tmp_path):
 
 
 def test_report_shows_the_cscores(cscore_run):
-  from analysis import common, report  # pylint: disable=g-import-not-at-top
+  from feldman_zhang.analysis import common, report  # pylint: disable=g-import-not-at-top
   page = report.build(common.load_run(cscore_run[1]))
   assert '<h2>C-scores</h2>' in page and 'cscores.png' in page
   assert '<h2>C-scores</h2>' not in report.build(

@@ -13,12 +13,12 @@ from conftest import ROOT
 from conftest import make_tiny_config
 from feldman_zhang import estimate
 from feldman_zhang import pipeline
-from feldman_zhang import release
+from feldman_zhang import paper_files
 from feldman_zhang import store
 
-from analysis import common
-from analysis import export_pairs
-from analysis import release as release_script
+from feldman_zhang.analysis import common
+from feldman_zhang.analysis import export_pairs
+from feldman_zhang.analysis import release as release_script
 
 
 @pytest.fixture(scope='module')
@@ -83,7 +83,7 @@ def test_infl_per_class_empty_groups_subsets_and_empty_classes():
   y_train, y_test = rng.integers(0, 3, n), rng.integers(0, 3, n_test)
   y_train[:2] = 0, 2  # the edge examples in classes asked for
   want = estimate.estimate(masks, masks, test_correct)['infl']
-  blocks = list(release.infl_per_class(masks, test_correct, y_train, y_test,
+  blocks = list(paper_files.infl_per_class(masks, test_correct, y_train, y_test,
                                        4, classes=[2, 0, 3]))
   assert [b.label for b in blocks] == [2, 0, 3]
   for b in blocks[:2]:
@@ -98,7 +98,7 @@ def test_class_file_round_trips(tiny_run, tmp_path):
   _, workdir = tiny_run
   run = common.load_run(workdir)
   path = release_script.write_classes(run, str(tmp_path / 'classes.npz'))
-  doc = release.read_class_file(path)
+  doc = paper_files.read_class_file(path)
   ds = run.dataset
   np.testing.assert_array_equal(doc['tr_labels'], ds.y_train)
   np.testing.assert_array_equal(doc['tt_labels'], ds.y_test)
@@ -117,7 +117,7 @@ def test_pair_file_of_export_pairs_reads(tiny_run, tmp_path):
   _, workdir = tiny_run
   run = common.load_run(workdir, need_infl=True)
   table, _ = export_pairs.export(run, str(tmp_path), grids=0)
-  pairs = release.read_pair_file(str(tmp_path / 'pairs.npz'))
+  pairs = paper_files.read_pair_file(str(tmp_path / 'pairs.npz'))
   assert len(pairs['tr_idx']) > 0
   for k in release.PAIR_FIELDS:
     np.testing.assert_array_equal(pairs[k], table[k])
@@ -183,7 +183,7 @@ def _malformed(tmp_path):
 def test_malformed_files_are_one_line_store_errors(tmp_path):
   for path in _malformed(tmp_path):
     with pytest.raises(store.StoreError) as e:
-      release.read_pair_file(path)
+      paper_files.read_pair_file(path)
     assert path in str(e.value) and '\n' not in str(e.value)
   bad_block = tmp_path / 'bad_block.npz'
   np.savez(bad_block, tr_labels=np.zeros(4, int), tt_labels=np.zeros(2, int),
@@ -204,7 +204,7 @@ def test_malformed_files_are_one_line_store_errors(tmp_path):
                     (out_of_range, re.escape('outside [0, 4)')),
                     (tmp_path / 'garbage.npz', 'not a readable')):
     with pytest.raises(store.StoreError, match=why) as e:
-      release.read_class_file(str(path))
+      paper_files.read_class_file(str(path))
     assert '\n' not in str(e.value)
 
 

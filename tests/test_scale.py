@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from feldman_zhang import runner
+from feldman_zhang import schedule
 from feldman_zhang import store
 
 TINY = ['--config=configs/digits_mlp.py', '--config.model.hidden=(32,)',
@@ -98,11 +98,10 @@ def test_processes_with_other_device_counts_are_refused(monkeypatch,
   import collections
   import jax
   from feldman_zhang import config as config_lib
-  from feldman_zhang import pipeline
   fake = collections.namedtuple('Device', 'process_index')
   monkeypatch.setattr(jax, 'devices', lambda: [fake(0), fake(0), fake(1)])
   with pytest.raises(config_lib.ConfigError,
                      match=r'different numbers of devices \({0: 2, 1: 1}'):
-    runner.models_per_call(tiny_config)
+    schedule.models_per_call(tiny_config)
   monkeypatch.setattr(jax, 'devices', lambda: [fake(0), fake(1)])
-  assert runner.models_per_call(tiny_config) == (5, jax.local_device_count())
+  assert schedule.models_per_call(tiny_config) == (5, jax.local_device_count())

@@ -1,10 +1,8 @@
-r"""The benchmark harness's command line (the library: harness.py, steps.py).
+r"""The benchmark harness's command line (the library: harness.py).
 
   python -m feldman_zhang.bench --config=configs/mnist_mlp.py \
       --config.data.source=idx:../shared/datasets/mnist --num_models=2000
   python -m feldman_zhang.bench --estimate_only=4000,50000,10000
-  python -m feldman_zhang.bench --config=configs/mnist_mlp.py \
-      --step_variants=gather,shared,map --step_ks=250,1000
   python -m feldman_zhang.bench --flops=configs/cifar10_airbench.py,configs/cifar10_resnet.py
 """
 
@@ -22,7 +20,7 @@ FLAGS = flags.FLAGS
 
 def define_flags():
   """The harness's flags, defined by its command line only: the library
-  (harness, steps) imports beside feldman_zhang.main in one process."""
+  (harness) imports beside feldman_zhang.main in one process."""
   config_flags.DEFINE_config_file('config', None, 'Experiment config file.')
   flags.DEFINE_integer('num_models', 0, 'Models the figures are for; 0: one '
                        'call of models_per_device on every device.')
@@ -32,10 +30,6 @@ def define_flags():
   flags.DEFINE_string('out', 'bench.json', 'Where the JSON goes.')
   flags.DEFINE_list('estimate_only', [], 'T,N,N_TEST: time only the estimate '
                     'step on random predictions of that size (no --config).')
-  flags.DEFINE_list('step_variants', [], 'Time only training-step layouts '
-                    '(gather, shared, map; see bench/steps.py) ...')
-  flags.DEFINE_list('step_ks', [], '... at these models per device K.')
-  flags.DEFINE_integer('step_steps', 50, '... over this many steps.')
   flags.DEFINE_list('flops', [], 'Config files: print XLA\'s FLOP count of one '
                     'model\'s whole job for each (training on its subset, '
                     'evaluation of every image with the config\'s TTA), no '
@@ -62,14 +56,6 @@ def main(argv):
     return
   if FLAGS.config is None:
     sys.exit('error: --config is required (or --estimate_only=T,N,N_TEST)')
-  if FLAGS.step_variants:
-    rows = harness.step_variants(FLAGS.config, FLAGS.step_variants,
-                                 [int(k) for k in FLAGS.step_ks] or
-                                 [FLAGS.config.models_per_device],
-                                 FLAGS.step_steps)
-    with open(FLAGS.out, 'w') as f:
-      json.dump(rows, f, indent=2)
-    return
   result = harness.run(FLAGS.config, FLAGS.num_models, FLAGS.arms,
                        FLAGS.sample_models, FLAGS.sample_steps)
   print(harness.table(result))

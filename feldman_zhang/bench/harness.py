@@ -25,6 +25,7 @@ from feldman_zhang import config as config_lib
 from feldman_zhang import cost
 from feldman_zhang import prepare as prepare_lib
 from feldman_zhang import runner
+from feldman_zhang import schedule
 from feldman_zhang import train
 
 
@@ -91,7 +92,7 @@ def _best_of(fn, reps):
 
 
 def _inputs(config, ds, m, ids):
-  return runner.model_inputs(config, ds.num_train, m, ids)
+  return schedule.model_inputs(config, ds.num_train, m, ids)
 
 
 def time_chunks(config, model, ds, m, num_models, per_device) -> dict:
@@ -222,8 +223,8 @@ def figures(arm: dict, counts: dict, peaks: dict, num_models: int) -> dict:
 
 def run(config, num_models=0, arms=('vmap', 'single', 'steploop'),
         sample_models=2, sample_steps=50) -> dict:
-  config = config_lib.resolve(config)
-  ds, m, model = prepare_lib.prepare(config)
+  job = prepare_lib.prepare(config)
+  config, ds, m, model = job.config, job.ds, job.m, job.model
   k = config.models_per_device
   num_models = num_models or k * jax.local_device_count()
   counts = count(model, config, ds, m)
@@ -246,30 +247,6 @@ def run(config, num_models=0, arms=('vmap', 'single', 'steploop'),
     result['speedup'] = {f'vmap_over_{a}': v['seconds'] / base
                          for a, v in result['arms'].items() if a != 'vmap'}
   return result
-
-
-def step_variants(config, variants, ks, steps) -> list:
-  """Per-step time of each layout at each K; prints a table as it goes."""
-  from feldman_zhang.bench import steps as steps_lib  # pylint: disable=g-import-not-at-top
-  config = config_lib.resolve(config)
-  ds, m, model = prepare_lib.prepare(config)
-  traffic = bytes_per_param_step(config)
-  counted = traffic['total']
-  print(f'byte model: {counted} B per parameter and step ({traffic})')
-  print(f'{"variant":8} {"K":>6} {"ms/step":>9} {"us/step/model":>14} '
-        f'{"compile s":>9} {"loss":>7} {"XLA B/param":>11} {"GB/s":>7}')
-  rows = []
-  for k in ks:
-    for v in variants:
-      r = steps_lib.time_variant(v, model, config, ds, m, k, steps)
-      rows.append(r)
-      print(f'{v:8} {k:6d} {1e3 * r["step_s"]:9.3f} '
-            f'{1e6 * r["step_s_per_model"]:14.2f} {r["compile_s"]:9.1f} '
-            f'{r["final_loss"]:7.3f} {r["xla_bytes_per_param_step"]:11.1f} '
-            f'{counted * r["num_params"] / r["step_s_per_model"] / 1e9:7.0f}',
-            flush=True)
-      r['bytes_per_param_step'] = counted
-  return rows
 
 
 def table(result) -> str:
@@ -306,8 +283,8 @@ def flops_table(config_files, source: str) -> list:
   for path in config_files:
     config = config_lib.from_file(path)
     config.data.source = source
-    config = config_lib.resolve(config)
-    ds, m, model = prepare_lib.prepare(config)
+    job = prepare_lib.prepare(config)
+    config, ds, m, model = job.config, job.ds, job.m, job.model
     c = count(model, config, ds, m)
     job = c['train_flops_per_model'] + c['eval_flops_per_model']
     rows.append(dict(config=path, job_flops_per_model=job, **c))

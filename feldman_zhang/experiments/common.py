@@ -5,12 +5,9 @@ import os
 import jax
 
 from feldman_zhang import config as config_lib
+from feldman_zhang import identity as identity_lib
 from feldman_zhang import prepare as prepare_lib
-from feldman_zhang import resume
 from feldman_zhang import store
-
-DROP_STREAM = 1       # model-key streams (train.model_keys): never the
-BACKBONE_STREAM = 2   # estimate's own models.
 
 
 def need_estimates(workdir):
@@ -19,20 +16,17 @@ def need_estimates(workdir):
                            '(--mode=estimate) there first')
 
 
-def resolve(config, workdir):
-  """The config resolved as the estimate run in workdir resolved it."""
-  return config_lib.resolve(config, recorded=resume.recorded_config(workdir))
-
-
-def finished_run(config, workdir):
-  """(prepared, estimates) of the estimate run in workdir, for a resolved
-  config."""
+def finished_run(config, workdir) -> tuple[prepare_lib.Prepared, dict]:
+  """(the job prepared as the estimate run in workdir prepared it, its
+  estimates)."""
   if jax.process_count() > 1:
     # Both experiments train on one host's devices and write shared files.
     raise config_lib.ConfigError('the drop and lastlayer experiments run in '
                                  'one process: start them without '
                                  '--distributed')
-  prepared = prepare_lib.prepare(config)
+  job = prepare_lib.prepare(config,
+                            recorded=identity_lib.recorded_config(workdir))
   need_estimates(workdir)
-  resume.check_identity(workdir, resume.identity(config, prepared.ds))
-  return prepared, store.load_estimates(workdir)
+  identity_lib.check_identity(workdir, identity_lib.identity(job.config,
+                                                             job.ds))
+  return job, store.load_estimates(workdir)

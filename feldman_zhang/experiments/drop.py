@@ -5,6 +5,7 @@ Numbers only: WORKDIR/drop/theta_*.npz (each threshold's models) and
 drop.csv; analysis.experiment_figures draws them.
 """
 
+import csv
 import os
 import time
 
@@ -13,6 +14,7 @@ from absl import logging
 
 from feldman_zhang import runner
 from feldman_zhang import store
+from feldman_zhang import streams
 from feldman_zhang import train
 from feldman_zhang.experiments import common
 
@@ -28,7 +30,7 @@ def train_rows(config, model, ds, idx, keys) -> dict:
 def random_removal(seed: int, theta_index: int, model: int, n: int, r: int):
   """(r,) sorted indices removed for one random-arm model."""
   rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(
-      [seed, theta_index, model, 0xD809])))
+      [seed, theta_index, model, streams.DROP_RANDOM])))
   return np.sort(rng.choice(n, r, replace=False))
 
 
@@ -46,7 +48,7 @@ def drop_one(config, ds, model, removed, theta, theta_index) -> dict:
   keep = lambda gone: np.setdiff1d(np.arange(n), gone).astype(np.int32)
   idx = np.stack([keep(removed)] * num + [keep(g) for g in random_removed])
   keys = train.model_keys(config.seed, theta_index * 2**20 + np.arange(2 * num),
-                          stream=common.DROP_STREAM)
+                          stream=streams.DROP)
   out = train_rows(config, model, ds, idx, keys)
   # A diverged model's accuracy is not the recipe's: NaN, left out of the
   # means, as the estimate leaves it out.
@@ -69,16 +71,16 @@ def drop(config, workdir) -> list:
   """The drop experiment; returns the table rows (also drop/drop.csv)."""
   common.need_estimates(workdir)
   with store.locked(workdir):
-    return _drop(common.resolve(config, workdir), workdir)
+    job, est = common.finished_run(config, workdir)
+    return _drop(job.config, job.ds, job.model, est, workdir)
 
 
-def _drop(config, workdir) -> list:
-  (ds, _, model), est = common.finished_run(config, workdir)
-  out_dir = os.path.join(workdir, 'drop')
+def _drop(config, ds, model, est, workdir) -> list:
+  w = store.Workdir(workdir)
   rows, start = [], time.time()
   thresholds = list(config.drop.thresholds)
   for i, theta in enumerate(thresholds):
-    path = os.path.join(out_dir, f'theta_{theta:.4f}.npz')
+    path = w.drop_theta(theta)
     removed = np.flatnonzero(est['mem'] >= theta)
     result = _read_npz(path)
     if result is not None and not _same_drop(result, removed, config):
@@ -98,7 +100,7 @@ def _drop(config, workdir) -> list:
                  'vs random %.4f +- %.4f (%.0fs)', i + 1, len(thresholds),
                  theta, rows[-1]['num_removed'], high, high_se, rand, rand_se,
                  time.time() - start)
-  _write_csv(os.path.join(out_dir, 'drop.csv'), rows)
+  _write_csv(w.drop_csv, rows)
   print(_drop_table(rows))
   return rows
 
@@ -127,6 +129,34 @@ def _write_csv(path, rows):
   lines += [','.join(f'{v:.6g}' if isinstance(v, float) else str(v)
                      for v in r.values()) for r in rows]
   store.atomic_write(path, lambda f: f.write(('\n'.join(lines) + '\n').encode()))
+
+
+def read_table(workdir) -> list[dict] | None:
+  """drop/drop.csv's rows (floats and ints), or None if there is none;
+  StoreError in one line if it is damaged."""
+  path = store.Workdir(workdir).drop_csv
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path, encoding='ascii') as f:
+      rows = list(csv.DictReader(f))
+    num = lambda v: int(v) if v.lstrip('-').isdigit() else float(v)
+    rows = [{k: num(v) for k, v in r.items()} for r in rows]
+    if not rows or set(rows[0]) != set(COLUMNS):
+      raise ValueError(f'columns {list(rows[0]) if rows else []}, not '
+                       f'{list(COLUMNS)}')
+  except (OSError, UnicodeDecodeError, ValueError, TypeError,
+          AttributeError) as e:
+    raise store.StoreError(
+        f'{path} is damaged ({type(e).__name__}: {str(e)[:120]}); '
+        '--mode=drop on the same run rebuilds it') from e
+  return rows
+
+
+# drop.csv's columns, in order.
+COLUMNS = ('theta', 'num_removed', 'fraction_removed', 'acc_high_mem_removed',
+           'acc_high_mem_removed_se', 'acc_random_removed',
+           'acc_random_removed_se')
 
 
 def _drop_table(rows):

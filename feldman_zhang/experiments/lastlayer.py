@@ -19,18 +19,19 @@ from absl import logging
 from feldman_zhang import config as config_lib
 from feldman_zhang import models
 from feldman_zhang import prepare as prepare_lib
-from feldman_zhang import resume
+from feldman_zhang import identity as identity_lib
 from feldman_zhang import store
+from feldman_zhang import streams
 from feldman_zhang import train
 from feldman_zhang.experiments import common
 
 
-def backbone(config, ds, workdir):
-  """(params, state) of one model trained on the whole training set, saved
-  with orbax under workdir/lastlayer/backbone and restored on a rerun."""
-  path = os.path.abspath(os.path.join(store.Workdir(workdir).sub(
-      'lastlayer').root, 'backbone'))
-  model = prepare_lib.create_model(config, ds.num_classes)
+def backbone(job, workdir):
+  """(model, params, state) of job's model trained on the whole training
+  set, saved with orbax under workdir/lastlayer/backbone and restored on a
+  rerun."""
+  config, ds, model = job.config, job.ds, job.model
+  path = store.Workdir(workdir).backbone
   params, state = train.init(model, jax.random.key(0), ds.x_train)
   target = {'params': params, **state}
   checkpointer = ocp.StandardCheckpointer()
@@ -48,7 +49,7 @@ def backbone(config, ds, workdir):
   if restored is None:
     logging.info('training the backbone on all %d examples', ds.num_train)
     train_one = jax.jit(train.make_trainer(model, config, ds.num_train))
-    key = train.model_keys(config.seed, [0], stream=common.BACKBONE_STREAM)[0]
+    key = train.model_keys(config.seed, [0], stream=streams.BACKBONE)[0]
     (params, state), losses = train_one(
         key, np.arange(ds.num_train, dtype=np.int32), ds.x_train, ds.y_train)
     if not np.isfinite(np.asarray(losses)).all():
@@ -99,11 +100,12 @@ def lastlayer(config, workdir, job) -> dict:
   """
   common.need_estimates(workdir)
   with store.locked(workdir):
-    return _lastlayer(common.resolve(config, workdir), workdir, job)
+    parent, est = common.finished_run(config, workdir)
+    return _lastlayer(parent, est, workdir, job)
 
 
-def _lastlayer(config, workdir, job) -> dict:
-  (ds, m, _), est = common.finished_run(config, workdir)
+def _lastlayer(parent, est, workdir, job) -> dict:
+  config, ds, m = parent.config, parent.ds, parent.m
   # The estimate's models, its diverged ones too: the heads train on the
   # same subsets, whichever of those models diverged.
   if int(est['num_models']) + len(est.get('diverged_models', ())) != \
@@ -114,8 +116,8 @@ def _lastlayer(config, workdir, job) -> dict:
                     'with has %d models: --config.num_models=%d matches it',
                     config.num_models, int(est['num_models']),
                     int(est['num_models']))
-  out_dir = store.Workdir(workdir).sub('lastlayer').root
-  model, params, state = backbone(config, ds, workdir)
+  out_dir = store.Workdir(workdir).lastlayer.root
+  model, params, state = backbone(parent, workdir)
   feats = dataclasses.replace(
       ds, name=f'{ds.name} (frozen features)',
       x_train=features(model, params, state, ds.x_train),
@@ -123,9 +125,10 @@ def _lastlayer(config, workdir, job) -> dict:
   head_config = make_head_config(config)
   # The same seed, n and m: every head trains on its full model's subset.
   try:
-    summary = job(head_config, config_lib.resolve(head_config), out_dir,
-                  feats, m, models.Linear(ds.num_classes), show=False)
-  except resume.IdentityError as e:
+    summary = job(prepare_lib.derived(head_config, head_config, feats, m,
+                                      models.Linear(ds.num_classes)),
+                  out_dir, show=False)
+  except identity_lib.IdentityError as e:
     raise store.StoreError(
         f'{out_dir} holds heads made with other settings ('
         f'{", ".join(e.diffs)} differ: lastlayer.* changed, or an older '
@@ -141,7 +144,7 @@ def _lastlayer(config, workdir, job) -> dict:
                     full_test_acc_mean=full_acc,
                     num_models_full=int(est['num_models']),
                     num_models_last=int(head['num_models']))
-  store.write_json(os.path.join(out_dir, 'comparison.json'), comparison)
+  store.write_json(store.Workdir(workdir).comparison_json, comparison)
   print(f'memorization, full network vs last layer alone ({ds.name}):\n'
         f'  examples with mem >= {comparison["threshold"]}: '
         f'{comparison["memorized_full"]} full, {comparison["memorized_last"]} '
@@ -151,6 +154,32 @@ def _lastlayer(config, workdir, job) -> dict:
         f'heads {comparison["head_test_acc_mean"]:.4f}, full networks '
         + ('unknown' if full_acc is None else f'{full_acc:.4f}'))
   return comparison
+
+
+def read_comparison(workdir) -> dict | None:
+  """lastlayer/comparison.json, or None if there is none; StoreError in one
+  line if it is damaged."""
+  path = store.Workdir(workdir).comparison_json
+  if not os.path.exists(path):
+    return None
+  try:
+    comparison = store.read_json(path)
+    if not isinstance(comparison, dict) or 'memorized_last' not in comparison:
+      raise ValueError('not a comparison')
+  except (OSError, UnicodeDecodeError, ValueError) as e:
+    raise store.StoreError(
+        f'{path} is damaged ({type(e).__name__}: {str(e)[:120]}); '
+        '--mode=lastlayer on the same run rebuilds it') from e
+  return comparison
+
+
+def read_head_mem(workdir):
+  """(n,) the heads' mem, or None where they have no estimates; StoreError
+  in one line if the estimates are damaged."""
+  heads = store.Workdir(workdir).lastlayer
+  if not os.path.exists(heads.estimates):
+    return None
+  return store.load_estimates(heads.root)['mem']
 
 
 def compare_mem(full, last, threshold) -> dict:

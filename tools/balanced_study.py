@@ -1,6 +1,6 @@
 """Random against balanced subsets at equal t: the figures in BENCHMARKS.md.
 
-  python tests/balanced_study.py OUT_DIR
+  python tools/balanced_study.py OUT_DIR
 
 On the tests' planted data (tests/planted.py, 96 models) and the default
 digits job (1,000 models): the median mem standard error (all examples, and
@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 import planted  # pylint: disable=g-import-not-at-top,wrong-import-position
 from feldman_zhang import config as config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from feldman_zhang import estimate  # pylint: disable=g-import-not-at-top,wrong-import-position

@@ -1,23 +1,20 @@
-"""What a workdir already holds, and what is left to train.
+"""A run's identity: everything its stored predictions depend on.
 
-A workdir belongs to one run: `run.json` records everything its stored
-predictions depend on (config fields that change results, the data's
-fingerprint, trainer and format versions), and a resume must match it. The
-models still missing are planned on a fixed grid of cells, so a model always
-trains at the same place of the same program, whichever process, device or
-attempt trains it.
+A workdir belongs to one run: `run.json` records the config fields that
+change results, the data's fingerprint and the trainer and format versions,
+and a resume must match it exactly.
 """
 
-import glob
 import os
 
 import jax
 import numpy as np
-from absl import logging
 
 from feldman_zhang import config as config_lib
 from feldman_zhang import distributed
 from feldman_zhang import store
+from feldman_zhang.errors import IdentityError
+from feldman_zhang.errors import StoreError
 
 # Bumped whenever a change to the trainer or the store changes what a stored
 # chunk means; a workdir written under another version is not resumed.
@@ -32,19 +29,6 @@ ADDED_FIELDS = {'train.param_storage': 'float32', 'model.tta': 'none',
                 'train.lookahead': False, 'train.drop_last': False,
                 'subset_stream': 0,
                 'subset_design': 'random'}
-
-
-class IdentityError(store.StoreError):
-  """A workdir made by a run with other settings; diffs names the fields."""
-
-  def __init__(self, workdir, diffs, values=None):
-    values = values or {}
-    named = [f'{k} (stored {values[k][0]!r}, given {values[k][1]!r})'
-             if k in values else k for k in diffs]
-    super().__init__(f'{workdir} holds a run with other settings: '
-                     f'{", ".join(named)} differ; use a new --workdir or the '
-                     'old settings')
-    self.diffs = diffs
 
 
 _DTYPES = ('compute_dtype', 'momentum_dtype')
@@ -77,7 +61,7 @@ def recorded_config(workdir) -> dict | None:
     return None
   try:
     return read_identity(workdir)['config']
-  except store.StoreError:
+  except StoreError:
     return None
 
 
@@ -101,12 +85,12 @@ def check_identity(workdir, ident) -> None:
   the leader writes.
   """
   if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise store.StoreError(f'--workdir {workdir} is a file, not a directory')
+    raise StoreError(f'--workdir {workdir} is a file, not a directory')
   w = store.Workdir(workdir)
   results = store.list_chunks(workdir) or os.path.exists(w.estimates)
   if not os.path.exists(w.run_json) or not results:
     if results:
-      raise store.StoreError(f'{workdir} holds results but no run.json')
+      raise StoreError(f'{workdir} holds results but no run.json')
     if distributed.is_leader():
       store.write_json(w.run_json, dict(identity=ident, versions=_versions()))
     return
@@ -131,7 +115,7 @@ def read_identity(workdir) -> dict:
   except (OSError, ValueError, KeyError, TypeError) as e:
     # The reason, not the file: a repr of a decode error holds all of it.
     reason = f'{type(e).__name__}: {e}'[:200]
-    raise store.StoreError(f'{path} is unreadable ({reason}); it records what '
+    raise StoreError(f'{path} is unreadable ({reason}); it records what '
                            'the stored models depend on, so they cannot be '
                            'resumed: use a new --workdir') from e
   for k in config_lib.LOCATION_FIELDS:  # recorded by runs before them
@@ -144,51 +128,3 @@ def _versions():
   return dict(jax=jax.__version__, flax=flax.__version__,
               optax=optax.__version__, numpy=np.__version__,
               backend=jax.default_backend())
-
-
-def stored_models(workdir, num_models, quarantine):
-  """(num_models,) bool: which models have a readable chunk.
-
-  A corrupt chunk is reported and, with quarantine, moved to chunks/corrupt,
-  so its models train again.
-  """
-  have = np.zeros(num_models, bool)
-  if quarantine:
-    # A killed write's temporary files (the leader scans while no process
-    # writes).
-    for tmp in glob.glob(os.path.join(store.Workdir(workdir).chunks,
-                                      '.tmp-*')):
-      os.remove(tmp)
-  for start, stop, path in store.list_chunks(workdir):
-    try:
-      store.read_chunk(path)
-    except store.StoreError as e:
-      if quarantine:
-        logging.warning('%s; moving it to chunks/corrupt and retraining', e)
-        corrupt = store.Workdir(workdir).corrupt
-        os.makedirs(corrupt, exist_ok=True)
-        os.replace(path, os.path.join(corrupt, os.path.basename(path)))
-      continue
-    have[start:min(stop, num_models)] = True
-  return have
-
-
-def plan_cells(have, cell, process_index=0, process_count=1):
-  """The cells of `cell` consecutive models that this process must train.
-
-  Cells sit on a fixed grid (0, cell, 2 cell, ...), dealt round-robin over
-  processes, so each model always trains at the same place of the same
-  program: a resumed run recomputes lost models bit for bit.
-  Returns [(start, missing ids)] for cells with any model missing.
-  """
-  out = []
-  for c, start in enumerate(range(0, len(have), cell)):
-    missing = start + np.flatnonzero(~have[start:start + cell])
-    if c % process_count == process_index and len(missing):
-      out.append((start, missing))
-  return out
-
-
-def consecutive_runs(ids):
-  """Sorted ids -> list of arrays of consecutive ids."""
-  return np.split(ids, np.flatnonzero(np.diff(ids) != 1) + 1)

@@ -22,11 +22,12 @@ from matplotlib import figure as mpl_figure
 
 from feldman_zhang import config as config_lib
 from feldman_zhang import data as data_lib
+from feldman_zhang import errors
 from feldman_zhang import store
 
 # What a user can get wrong (a workdir, a data set that moved): main() shows
 # these as one line and exits non-zero.
-USER_ERRORS = (store.StoreError, data_lib.DataError)
+USER_ERRORS = errors.USER_ERRORS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,12 +42,15 @@ class Run:
     when estimated (read-only memory maps of their files); infl_top_* /
     infl_pair_* in the top-k form.
   dataset: the data set the models trained on (its noisy labels, if any).
+  resolved: the config as the job resolved it (every 'auto' concrete), as
+    the estimates record it; runs before they recorded it: config.
   """
   workdir: str
   config: dict
   summary: dict | None
   estimates: dict
   dataset: data_lib.Dataset
+  resolved: dict
 
 
 def read_json_or_fail(path: str,
@@ -79,6 +83,8 @@ def load_run(workdir: str, need_infl: bool = False) -> Run:
   estimates = store.load_estimates(workdir)
   # The config the estimates were made with; runs before they recorded it
   # need config.json.
+  resolved = (json.loads(str(estimates.pop('resolved_config_json')))
+              if 'resolved_config_json' in estimates else None)
   if 'config_json' in estimates:
     config = json.loads(str(estimates.pop('config_json')))
   elif os.path.exists(config_path):
@@ -91,12 +97,13 @@ def load_run(workdir: str, need_infl: bool = False) -> Run:
         f'{workdir}/estimates.npz holds no influence estimates (the run had '
         'estimate.infl=False and estimate.infl_topk=0); rerun with either set')
   config = config_lib.from_record(config)
+  resolved = config_lib.from_record(resolved) if resolved else config
   summary_path = w.summary_json
   summary = (read_json_or_fail(summary_path) if os.path.exists(summary_path)
              else None)
   dataset = load_dataset(config)
   _check_data(workdir, dataset, estimates)
-  return Run(workdir, config, summary, estimates, dataset)
+  return Run(workdir, config, summary, estimates, dataset, resolved)
 
 
 def load_run_or_exit(argv, workdir: str, need_infl: bool = False) -> Run:

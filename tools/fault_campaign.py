@@ -1,6 +1,6 @@
 """The fault-injection campaign of issue 17 on the digits job.
 
-  python tests/fault_campaign.py OUT_DIR [KILLS] [PAIRS]
+  python tools/fault_campaign.py OUT_DIR [KILLS] [PAIRS]
 
 1. SIGKILL at random times (KILLS trials, t = 48, K = 8), then a resume:
    every resumed run must be bit-identical to an uninterrupted one, and no

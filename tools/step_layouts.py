@@ -1,4 +1,9 @@
-"""Training-step layouts for K models, timed on one device (issue 5).
+r"""Training-step layouts for K models, timed on one device (issue 5).
+
+  python tools/step_layouts.py --config=configs/mnist_mlp.py \
+      --variants=gather,shared,map --ks=250,1000 --out=steps.json
+
+A one-off study, kept to repeat its BENCHMARKS.md rows; not the library.
 
 Each variant runs `steps` SGD steps of K models inside one jitted lax.scan
 (no host round-trips), from the same initial models:
@@ -14,15 +19,21 @@ Only per-step cost is measured; the trainer keeps `gather` (see BENCHMARKS.md
 for why).
 """
 
+import json
 import math
 import time
 
+from absl import app
+from absl import flags
 import jax
 import jax.numpy as jnp
+from ml_collections import config_flags
 import numpy as np
 
+from feldman_zhang import prepare as prepare_lib
 from feldman_zhang import subsets
 from feldman_zhang import train
+from feldman_zhang.bench import harness
 
 VARIANTS = ('gather', 'shared', 'map')
 
@@ -104,3 +115,45 @@ def time_variant(variant, model, config, ds, m, k, steps=50, reps=3) -> dict:
               param_storage=config.train.param_storage,
               final_loss=float(loss[-1].mean()),
               finite=bool(np.isfinite(loss).all()))
+
+
+def step_variants(config, variants, ks, steps) -> list:
+  """Per-step time of each layout at each K; prints a table as it goes."""
+  job = prepare_lib.prepare(config)
+  config, ds, m, model = job.config, job.ds, job.m, job.model
+  traffic = harness.bytes_per_param_step(config)
+  counted = traffic['total']
+  print(f'byte model: {counted} B per parameter and step ({traffic})')
+  print(f'{"variant":8} {"K":>6} {"ms/step":>9} {"us/step/model":>14} '
+        f'{"compile s":>9} {"loss":>7} {"XLA B/param":>11} {"GB/s":>7}')
+  rows = []
+  for k in ks:
+    for v in variants:
+      r = time_variant(v, model, config, ds, m, k, steps)
+      rows.append(r)
+      print(f'{v:8} {k:6d} {1e3 * r["step_s"]:9.3f} '
+            f'{1e6 * r["step_s_per_model"]:14.2f} {r["compile_s"]:9.1f} '
+            f'{r["final_loss"]:7.3f} {r["xla_bytes_per_param_step"]:11.1f} '
+            f'{counted * r["num_params"] / r["step_s_per_model"] / 1e9:7.0f}',
+            flush=True)
+      r['bytes_per_param_step'] = counted
+  return rows
+
+
+def main(argv):
+  del argv
+  rows = step_variants(FLAGS.config, FLAGS.variants,
+                       [int(k) for k in FLAGS.ks] or
+                       [FLAGS.config.models_per_device], FLAGS.steps)
+  with open(FLAGS.out, 'w') as f:
+    json.dump(rows, f, indent=2)
+
+
+if __name__ == '__main__':
+  config_flags.DEFINE_config_file('config', None, 'Experiment config file.')
+  flags.DEFINE_list('variants', ['gather'], 'Layouts: gather, shared, map.')
+  flags.DEFINE_list('ks', [], 'Models per device K (default: the config\'s).')
+  flags.DEFINE_integer('steps', 50, 'Steps timed.')
+  flags.DEFINE_string('out', 'steps.json', 'Where the JSON goes.')
+  FLAGS = flags.FLAGS
+  app.run(main)

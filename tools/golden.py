@@ -1,11 +1,14 @@
 """The bits a refactor must keep: sha256 of what five reference runs write.
 
-  python tests/golden.py OUT_DIR  ->  prints {run/file: sha256} as JSON
+  python tools/golden.py OUT_DIR  ->  prints {run/file[:member]: sha256}
+  python tools/golden.py --hash OUT_DIR  ->  the same of runs already there
 
 The runs: the README's default job (digits), the tests' planted config, a
 2-process run, and `--mode=drop` and `--mode=lastlayer` on a small digits
 run. Compare the JSON before and after a change (same machine, same jax):
-every hash must be equal. Not a test: the figures are hardware- and
+every hash must be equal. An npz is hashed member by member (a member's
+bytes, shape and dtype), so a member added by a change shows as one new key
+while every array it kept is compared bit for bit. Not a test: the figures are hardware- and
 version-specific, and the runs take minutes on 2 cores.
 """
 
@@ -75,7 +78,25 @@ def main(out):
                '--config.drop.num_models=2', '--config.drop.thresholds=(0.5,0.2)'))
   _check(_main(f'--workdir={out}/small', *SMALL, '--mode=lastlayer',
                '--config.lastlayer.epochs=2'))
-  hashes = {}
+  print(json.dumps(hashes(out), indent=1, sort_keys=True))
+
+
+def _members(path):
+  """{member: sha256} of an npz's arrays."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  out = {}
+  with np.load(path, allow_pickle=False) as f:
+    for k in f.files:
+      a = np.ascontiguousarray(f[k])
+      h = hashlib.sha256(f'{a.shape}{a.dtype.str}'.encode())
+      h.update(a.tobytes())
+      out[k] = h.hexdigest()
+  return out
+
+
+def hashes(out) -> dict:
+  """{run/file or run/file:member: sha256} of the files a refactor keeps."""
+  result = {}
   for run in ('digits', 'planted', 'two', 'small'):
     for top, _, files in sorted(os.walk(os.path.join(out, run))):
       for f in sorted(files):
@@ -84,10 +105,18 @@ def main(out):
         keep = (f == 'estimates.npz' or f.startswith('infl') or
                 f.endswith('.csv') or f.startswith('theta_') or
                 f == 'comparison.json')
-        if keep and '/chunks/' not in path:
-          hashes[rel] = _sha(path)
-  print(json.dumps(hashes, indent=1, sort_keys=True))
+        if not keep or '/chunks/' in path:
+          continue
+        if f.endswith('.npz'):
+          result.update({f'{rel}:{k}': v for k, v in _members(path).items()})
+        else:
+          result[rel] = _sha(path)
+  return result
 
 
 if __name__ == '__main__':
-  main(sys.argv[1])
+  if sys.argv[1] == '--hash':
+    print(json.dumps(hashes(os.path.abspath(sys.argv[2])), indent=1,
+                     sort_keys=True))
+  else:
+    main(sys.argv[1])

@@ -1,0 +1,1 @@
+"""What the analysis commands compute, importable from an installed package."""

@@ -1,0 +1,288 @@
+r"""One self-contained HTML page per finished run.
+
+  python -m feldman_zhang.analysis.report --workdir=runs/digits   # -> runs/digits/report.html
+
+The page holds the trained models' accuracy, the counts that matter (examples
+with mem over the run's bar, pairs selected, diverged models), label noise and
+convergence when the run has them, the galleries and the pair grid, and the
+config. Images are embedded as base64 data: URIs, so the one file can be
+mailed, attached to an issue or opened offline.
+"""
+
+import base64
+import html
+import os
+import sys
+
+from absl import app
+from absl import flags
+import numpy as np
+
+from feldman_zhang.analysis import common
+from feldman_zhang.analysis import experiment_figures
+from feldman_zhang.analysis import export_pairs
+from feldman_zhang.analysis import galleries
+from feldman_zhang import config as config_lib
+from feldman_zhang import estimate as estimate_lib
+from feldman_zhang import store
+from feldman_zhang.experiments import drop
+from feldman_zhang.experiments import lastlayer
+
+FLAGS = flags.FLAGS
+
+_STYLE = """
+body { font-family: sans-serif; max-width: 1100px; margin: 2em auto;
+       color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; }
+td, th { border: 1px solid #ccc; padding: 2px 8px; text-align: right; }
+th { background: #f3f3f3; }
+td.k { text-align: left; font-family: monospace; }
+table.kv td { text-align: left; }
+img { max-width: 100%; margin: 0.5em 0; }
+.row { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
+.note { color: #666; }
+"""
+
+
+def _e(x) -> str:
+  return html.escape(str(x))
+
+
+def _table(header, rows, key_column=False) -> str:
+  """An HTML table; cells are escaped."""
+  out = ['<table class="kv">' if key_column else '<table>']
+  if header:
+    out.append('<tr>' + ''.join(f'<th>{_e(h)}</th>' for h in header) + '</tr>')
+  for r in rows:
+    cells = [f'<td class="k">{_e(c)}</td>' if key_column and n == 0
+             else f'<td>{_e(c)}</td>' for n, c in enumerate(r)]
+    out.append('<tr>' + ''.join(cells) + '</tr>')
+  out.append('</table>')
+  return '\n'.join(out)
+
+
+def _img(png: bytes, alt: str) -> str:
+  data = base64.b64encode(png).decode('ascii')
+  return f'<img src="data:image/png;base64,{data}" alt="{_e(alt)}">'
+
+
+def headline(run: common.Run, num_pairs) -> list:
+  """[(name, value)]: the run's accuracy and the counts worth a glance.
+
+  num_pairs: pairs selected, or None if the run has no influence estimates.
+  """
+  s, est = run.summary or {}, run.estimates
+  threshold = common.mem_threshold(run)
+  mem = est['mem']
+  rows = [('data', f'{run.dataset.name}: n={run.dataset.num_train}, '
+                   f'n_test={run.dataset.num_test}, '
+                   f'{run.dataset.num_classes} classes'),
+          ('models', f'{int(est["num_models"])} in the estimates')]
+  if 'model_test_acc_mean' in s:
+    rows.append(('model test accuracy', f'{s["model_test_acc_mean"]:.4f} '
+                 f'(sd {s["model_test_acc_sd"]:.4f} across models)'))
+    # mem_i <= in_acc_i: a recipe that under-fits its subsets caps mem.
+    rows.append(('accuracy on their own subsets',
+                 f'{float(np.mean(est["in_acc"])):.4f}'))
+  else:
+    rows.append(('model test accuracy', 'unknown (no summary.json)'))
+  diverged = est.get('diverged_models')
+  rows.append(('diverged models', 'unknown' if diverged is None else
+               f'{len(diverged)}' + (f': {diverged[:10].tolist()}'
+                                     if len(diverged) else '')))
+  rows.append((f'examples with mem >= {threshold}',
+               f'{int((mem >= threshold).sum())} of {len(mem)}'))
+  rows.append(('median mem stderr',
+               f'{float(np.median(est["mem_stderr"])):.4f} (all examples), '
+               f'{estimate_lib.median_stderr(est):.4f} (held-out accuracy in '
+               '[0.1, 0.9])'))
+  rows.append(('pairs selected', 'no influence estimates in this run'
+               if num_pairs is None else str(num_pairs)))
+  if 'label_noise' in s:
+    ln = s['label_noise']
+    rows.append(('label noise',
+                 f'{ln["num_corrupted"]} corrupted labels; median mem '
+                 f'{ln["mem_median_corrupted"]:.3f} (corrupted) vs '
+                 f'{ln["mem_median_clean"]:.3f} (clean); mem >= '
+                 f'{s["mem_threshold"]}: {ln["memorized_corrupted"]} corrupted,'
+                 f' {ln["memorized_clean"]} clean'))
+  if s.get('stopped_at_target_stderr'):
+    rows.append(('stopped early', 'median mem stderr reached '
+                 'config.target_stderr'))
+  if 'timing' in s:
+    t = s['timing']
+    rows.append(('timing', f'{t["models_trained"]} models trained in '
+                 f'{t["train_s"]:.1f} s; estimates in {t["estimate_s"]:.1f} s'))
+    if t.get('phases'):
+      rows.append(('phases (s)', ', '.join(
+          f'{k} {v:.1f}' for k, v in sorted(t['phases'].items(),
+                                            key=lambda kv: -kv[1]))))
+  return rows
+
+
+def convergence_rows(summary) -> list:
+  return [(c['models'], f'{c["mean_abs_diff"]:.4f}', f'{c["max_abs_diff"]:.4f}',
+           'n/a' if c['correlation'] is None else f'{c["correlation"]:.4f}',
+           f'{c["median_stderr"]:.4f}')
+          for c in (summary or {}).get('convergence', [])]
+
+
+def pair_columns(table) -> tuple:
+  """export_pairs' columns, less infl_stderr where the run has none."""
+  return tuple(c for c in export_pairs.COLUMNS if c != 'infl_stderr' or
+               not np.all(np.isnan(table['infl_stderr'])))
+
+
+def pair_rows(table, limit) -> list:
+  def cell(c, r):
+    v = table[c][r]
+    return f'{v:.3f}' if np.issubdtype(np.asarray(v).dtype, np.floating) \
+        else int(v)
+  return [tuple(cell(c, r) for c in pair_columns(table))
+          for r in range(min(limit, len(table['tr_idx'])))]
+
+
+def experiment_parts(workdir, name: str = '', mem=None) -> list:
+  """The drop and lastlayer experiments' results, where they exist, with
+  their figures (analysis.experiment_figures); mem: the run's, for the
+  lastlayer histograms."""
+  parts = []
+  rows = drop.read_table(workdir)
+  if rows:
+    parts += ['<h2>Drop experiment</h2>',
+              '<p class="note">Test accuracy of models retrained without the '
+              'examples of mem &ge; theta, and without as many random ones; '
+              '*_se: the standard error of the mean over the models.</p>',
+              _table(list(rows[0]), [[_cell(v) for v in r.values()]
+                                     for r in rows])]
+    parts.append(_img(common.png_bytes(experiment_figures.drop_figure(
+        rows, name)), 'drop.png'))
+  c = lastlayer.read_comparison(workdir)
+  if c is not None:
+    parts += ['<h2>Last layer only</h2>',
+              _table(None, sorted((k, v if not isinstance(v, float) else
+                                   f'{v:.4f}') for k, v in c.items()), True)]
+    last = lastlayer.read_head_mem(workdir)
+    if last is not None and mem is not None:
+      parts.append(_img(common.png_bytes(experiment_figures.lastlayer_figure(
+          mem, last, name)), 'mem_histograms.png'))
+  return parts
+
+
+def _cell(v) -> str:
+  return f'{v:.6g}' if isinstance(v, float) else str(v)
+
+
+def build(run: common.Run, infl_threshold=0.15, mem_threshold=0.25, grids=8,
+          table_rows=20) -> str:
+  """The report of a run, as one HTML string."""
+  table = caveat = None
+  if common.has_influence(run.estimates):
+    table = export_pairs.with_labels(export_pairs.select_pairs(
+        run.estimates, infl_threshold, mem_threshold), run.dataset)
+    caveat = export_pairs.topk_caveat(run, infl_threshold, mem_threshold)
+  num_pairs = None if table is None else len(table['tr_idx'])
+  title = f'Memorization and influence: {run.dataset.name}'
+  parts = [f'<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
+           f'<title>{_e(title)}</title><style>{_STYLE}</style></head><body>',
+           f'<h1>{_e(title)}</h1>',
+           f'<p class="note">{_e(os.path.abspath(run.workdir))}</p>',
+           '<h2>Summary</h2>', _table(None, headline(run, num_pairs), True)]
+  conv = convergence_rows(run.summary)
+  if conv:
+    parts += ['<h2>Convergence</h2>',
+              '<p class="note">mem from the first models against mem from '
+              'all of them.</p>',
+              _table(('models', 'mean |change|', 'max |change|', 'correlation',
+                      'median stderr'), conv)]
+  parts.append('<h2>Memorization</h2>')
+  figs = galleries.figures(run)
+  # The class gallery is wide; the three plots sit side by side under it.
+  parts.append(_img(common.png_bytes(figs.pop('most_memorized.png')),
+                    'most_memorized.png'))
+  cscores = figs.pop('cscores.png', None)
+  parts.append('<div class="row">' + ''.join(
+      _img(common.png_bytes(fig), name) for name, fig in figs.items()) +
+               '</div>')
+  if cscores is not None:
+    c = (run.summary or {}).get('cscore', {})
+    parts += ['<h2>C-scores</h2>',
+              '<p class="note">Per example, the mean over subset ratios '
+              f'{_e(", ".join(f"{r:g}" for r in run.estimates["subset_ratios"]))}'
+              ' of the held-out accuracy of the models not trained on it '
+              '(Jiang et al. 2021).</p>',
+              _img(common.png_bytes(cscores), 'cscores.png')]
+    if c.get('lowest'):
+      parts.append(_table(('train', 'label', 'C-score', 'mem'),
+                          [(r['train'], r['label'], f'{r["cscore"]:.3f}',
+                            f'{r["mem"]:.3f}') for r in c['lowest']]))
+  parts.append('<h2>High-influence pairs</h2>')
+  if table is None:
+    parts.append('<p>The run estimated no influence (estimate.infl and '
+                 'estimate.infl_topk were off).</p>')
+  else:
+    shown = (f' (the first {table_rows} below; all in export_pairs\' '
+             'pairs.csv)' if num_pairs > table_rows else '')
+    parts.append(f'<p>{num_pairs} pairs with infl &ge; {infl_threshold} and '
+                 f'mem &ge; {mem_threshold}, strongest first{shown}.' +
+                 ('' if 'infl_stderr' in pair_columns(table) else
+                  ' No infl_stderr: the run did not set '
+                  'estimate.infl_stderr=True.') + '</p>')
+    if caveat:
+      parts.append(f'<p class="note">Note: {_e(caveat)}.</p>')
+    if num_pairs:
+      parts.append(_table(pair_columns(table), pair_rows(table, table_rows)))
+      fig = export_pairs.grid_figure(run.dataset, table, grids)
+      parts.append(_img(common.png_bytes(fig), 'pairs.png'))
+  parts += experiment_parts(run.workdir, run.dataset.name,
+                            run.estimates['mem'])
+  parts += ['<h2>Config</h2>',
+            _table(None, sorted(config_lib.flatten(run.resolved).items()), True),
+            '</body></html>\n']
+  return '\n'.join(parts)
+
+
+def write(path: str, page: str) -> str:
+  store.atomic_write(path, lambda f: f.write(page.encode('utf-8')))
+  return path
+
+
+def define_flags():
+  """Defined only when run as a script, like those of the modules it uses."""
+  flags.DEFINE_string('workdir', None, 'A finished estimate run.',
+                      required=True)
+  flags.DEFINE_string('out', None, 'The HTML file (default '
+                      'WORKDIR/report.html).')
+  flags.DEFINE_float('infl_threshold', 0.15, 'Pairs: infl >= this.')
+  flags.DEFINE_float('mem_threshold', None, 'Pairs: mem of the training '
+                     "example >= this (default: the run's "
+                     'summary.mem_threshold, the paper\'s 0.25).')
+  flags.DEFINE_integer('grids', 8, 'Test images in the pair grid.',
+                       lower_bound=0)
+  flags.DEFINE_integer('table_rows', 20, 'Pairs listed in the table.',
+                       lower_bound=1)
+
+
+def main(argv):
+  run = common.load_run_or_exit(argv, FLAGS.workdir)
+  mem_threshold = (common.mem_threshold(run) if FLAGS.mem_threshold is None
+                   else FLAGS.mem_threshold)
+  page = build(run, FLAGS.infl_threshold, mem_threshold, FLAGS.grids,
+               FLAGS.table_rows)
+  path = FLAGS.out or os.path.join(FLAGS.workdir, 'report.html')
+  try:
+    write(path, page)
+  except OSError as e:
+    sys.exit(f'error: cannot write {path}: {e.strerror}; name another file '
+             'with --out')
+  print(f'wrote {path}')
+
+
+def run():
+  """The command (python -m feldman_zhang.analysis.report)."""
+  define_flags()
+  app.run(main)
+
+
+if __name__ == '__main__':
+  run()
