@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from feldman_zhang import config as config_lib
 from feldman_zhang import estimate
 from feldman_zhang import models
+from feldman_zhang import schedule
 from feldman_zhang import train
 from feldman_zhang import units
 from feldman_zhang.errors import StoreError
@@ -100,6 +101,20 @@ class Plan(NamedTuple):
   floor_s: float | None  # at the devices' peak; None where none is known
 
 
+# A chunk's npz framing (zip and .npy headers of its 13 members), measured.
+CHUNK_OVERHEAD = 3600
+
+
+def chunk_bytes(models: int, n: int, n_test: int, epochs: int,
+                views: int) -> int:
+  """What store.write_chunk stores of `models` models, less the framing:
+  a model's mask and two correctness rows as bits, its p(true label) and
+  its margin per view as float16, its losses."""
+  bits = 2 * math.ceil(n / 8) + math.ceil(n_test / 8)
+  halves = 2 * (n + n_test) * (1 + views)
+  return models * (bits + halves + 4 * epochs + 8)
+
+
 def plan(config, ds, m: int, model, todo: int) -> Plan:
   """The work and disk of training `todo` models and estimating, from the
   config and the data alone (nothing compiles). FLOPs are counted only
@@ -110,11 +125,12 @@ def plan(config, ds, m: int, model, todo: int) -> Plan:
   if peak:
     c = count(model, config, ds, m, compile_fallback=False)
     flops = todo * (c['train_flops_per_model'] + c['eval_flops_per_model'])
-  steps = train.step_counts(m, config.train)[1]
+  per_epoch, steps = train.step_counts(m, config.train)
   n, n_test = ds.num_train, ds.num_test
-  # A stored model: its mask and two correctness rows as bits, its losses.
-  chunks = todo * (math.ceil(n / 8) * 2 + math.ceil(n_test / 8) +
-                   4 * math.ceil(config.train.epochs) + 8)
+  k, d = schedule.models_per_call(config)
+  chunks = (chunk_bytes(todo, n, n_test, math.ceil(steps / per_epoch),
+                        train.num_views(config.model.tta)) +
+            CHUNK_OVERHEAD * math.ceil(todo / (k * d)))
   estimates = 4 * 8 * n + 4 * 4 * n_test  # the per-example arrays
   dense = 0
   if config.estimate.infl is True:

@@ -5,6 +5,8 @@ change results, the data's fingerprint and the trainer and format versions,
 and a resume must match it exactly.
 """
 
+import hashlib
+import json
 import os
 
 import jax
@@ -50,6 +52,20 @@ def identity(config, ds) -> dict:
   return dict(config=fields, dtypes=dtypes,
               data=ds.fingerprint(), trainer_version=TRAINER_VERSION,
               format_version=store.FORMAT_VERSION)
+
+
+def run_id(workdir) -> str:
+  """A short hash of the identity run.json records (as written): every
+  chunk and the estimates carry it, so a file copied in from another run,
+  sound as it may be, is recognized and set aside."""
+  path = store.Workdir(workdir).run_json
+  try:
+    recorded = store.read_json(path)['identity']
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise StoreError(f'{path} is unreadable ({type(e).__name__}); use a new '
+                     '--workdir') from e
+  return hashlib.sha256(json.dumps(recorded, sort_keys=True).encode()
+                        ).hexdigest()[:16]
 
 
 def recorded_config(workdir) -> dict | None:

@@ -11,6 +11,7 @@ Several hosts share one workdir: start the same command on each with
 
 import logging as std_logging
 import os
+import signal
 import sys
 import tempfile
 
@@ -24,6 +25,7 @@ from feldman_zhang import distributed
 from feldman_zhang.experiments import drop
 from feldman_zhang.experiments import lastlayer
 from feldman_zhang import pipeline
+from feldman_zhang import runner
 from feldman_zhang.errors import USER_ERRORS
 
 FLAGS = flags.FLAGS
@@ -131,6 +133,42 @@ def use_compilation_cache(path: str) -> None:
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 
 
+def _interrupted(workdir: str) -> str:
+  return (f'interrupted: the models stored in {workdir} are kept; '
+          're-running the same command resumes')
+
+
+def stop_on_signals(workdir: str) -> None:
+  """SIGINT and SIGTERM end the job at the training loop's next safe point.
+
+  The first signal asks runner.run to stop once the calls in flight are
+  stored (it says how long that takes at most); the job then ends with
+  runner.Interrupted. Outside the loop (loading, the estimate) nothing is
+  worth waiting for: it ends at once. A second signal exits at once, as
+  the default action would; chunks are written whole or not at all, so
+  what was stored stays either way. A signal ignored when the job started
+  (nohup, a background job's SIGINT) stays ignored.
+  """
+  received = []
+
+  def handler(signum, frame):  # pylint: disable=unused-argument
+    name = signal.Signals(signum).name
+    if received:
+      print(f'{name} again: exiting at once. {_interrupted(workdir)}',
+            file=sys.stderr, flush=True)
+      os._exit(128 + signum)  # pylint: disable=protected-access
+    received.append(signum)
+    wait = runner.request_stop(signum)
+    if wait is None:
+      raise runner.Interrupted(signum)
+    print(f'{name}: stopping after {wait}, so that their models are '
+          f'stored; {name} again exits at once', file=sys.stderr, flush=True)
+
+  for signum in (signal.SIGINT, signal.SIGTERM):
+    if signal.getsignal(signum) != signal.SIG_IGN:
+      signal.signal(signum, handler)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -147,6 +185,7 @@ def main(argv):
   if FLAGS.distributed or FLAGS.coordinator_address:
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                            FLAGS.process_id)
+  stop_on_signals(FLAGS.workdir)
   try:
     if FLAGS.mode == 'estimate':
       summary = pipeline.run(FLAGS.config, FLAGS.workdir)
@@ -166,11 +205,11 @@ def main(argv):
       print(f'results: {os.path.abspath(FLAGS.workdir)}/ {where}')
   except USER_ERRORS as e:
     sys.exit(f'error: {e}')
-  except KeyboardInterrupt:
+  except KeyboardInterrupt as e:
     # Chunks are written whole or not at all: what was stored stays.
-    print(f'interrupted: the models stored in {FLAGS.workdir} are kept; '
-          're-running the same command resumes', file=sys.stderr)
-    sys.exit(130)
+    print(_interrupted(FLAGS.workdir), file=sys.stderr)
+    sys.exit(128 + (e.signum if isinstance(e, runner.Interrupted) else
+                    signal.SIGINT))
   except OSError as e:  # a full disk, a read-only or vanished workdir
     where = f' ({e.filename})' if e.filename else ''
     sys.exit(f'error: {e.strerror or e}{where}; finished results in '

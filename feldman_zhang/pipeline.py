@@ -72,9 +72,9 @@ def _leader_lock(workdir):
 def _run_on(job, workdir, show, phases):
   config, ds = job.config, job.ds
   with phases('scan_workdir'):
-    have = _scan(config, workdir, ds, job.m)
+    have, expect = _scan(config, workdir, ds, job.m)
   t0 = time.time()
-  trained = _train(job, workdir, have, phases)
+  trained = _train(job, workdir, have, expect, phases)
   train_s = time.time() - t0
   distributed.barrier('trained')
   if not distributed.is_leader():
@@ -87,7 +87,7 @@ def _run_on(job, workdir, show, phases):
     preds = trained.preds
     if preds is None:
       with phases('load_predictions'):
-        preds = _load_predictions(config, workdir, trained.stopped)
+        preds = _load_predictions(config, workdir, trained.stopped, expect)
     valid = estimate_lib.converged(preds['loss'])
     if not valid.any():
       raise TrainingError('every model diverged (a non-finite training '
@@ -95,7 +95,7 @@ def _run_on(job, workdir, show, phases):
                           'this one records the settings')
     _await_ahead(trained.ahead, phases)
     summary, est = _estimate_and_write(job, workdir, preds, valid, trained,
-                                       phases)
+                                       expect['run_id'], phases)
   summary['timing'] = dict(models_trained=trained.count, train_s=train_s,
                            estimate_s=(phases.seconds['estimate'] +
                                        phases.seconds['write_estimates']),
@@ -124,17 +124,21 @@ def _plan(job, workdir, phases) -> None:
 
 
 def _scan(config, workdir, ds, m):
-  """Checks the workdir's identity; (num_models,) bool of the stored models."""
+  """Checks the workdir's identity. Returns ((num_models,) bool of the
+  models stored, what every chunk of this run matches: read_chunk's
+  expect)."""
   identity_lib.check_identity(workdir, identity_lib.identity(config, ds))
   distributed.barrier('identity')
+  expect = dict(run_id=identity_lib.run_id(workdir), n=ds.num_train,
+                n_test=ds.num_test)
   if distributed.is_leader():
     logging.info('%s: n=%d, n_test=%d, %d classes, subsets of m=%d',
                  ds.name, ds.num_train, ds.num_test, ds.num_classes, m)
-    have = store.stored_models(workdir, config.num_models, quarantine=True)
+    have = store.stored_models(workdir, config.num_models, True, expect)
   distributed.barrier('scan')
   if not distributed.is_leader():
-    have = store.stored_models(workdir, config.num_models, quarantine=False)
-  return have
+    have = store.stored_models(workdir, config.num_models, False, expect)
+  return have, expect
 
 
 class _Trained(NamedTuple):
@@ -148,7 +152,7 @@ class _Trained(NamedTuple):
   ahead: concurrent.futures.Future | None = None
 
 
-def _train(job, workdir, have, phases) -> _Trained:
+def _train(job, workdir, have, expect, phases) -> _Trained:
   """Trains and stores this process's share of the missing models."""
   config, ds, m = job.config, job.ds, job.m
   k, d = schedule.models_per_call(config)
@@ -156,7 +160,7 @@ def _train(job, workdir, have, phases) -> _Trained:
                             jax.process_count())
   todo = sum(len(ids) for _, ids in cells)
   target = (sinks.StderrTarget(config.target_stderr, workdir,
-                                config.num_models)
+                                config.num_models, expect)
             if config.target_stderr > 0 else None)
   if not todo:
     logging.info('models 0..%d are all stored: nothing to train',
@@ -174,7 +178,8 @@ def _train(job, workdir, have, phases) -> _Trained:
            if distributed.is_leader() and target is None else None)
   with phases('compile'):
     program = runner.Program(job.model, config, ds, m, k)
-  sink = sinks.StoreSink(workdir, ds.num_train, cells, phases, keep, target)
+  sink = sinks.StoreSink(workdir, ds.num_train, cells, phases, keep, target,
+                         expect['run_id'])
   logging.info('training %d models, %d per call (%d per device on %d %s '
                'devices)', todo, k * d, k, d, jax.default_backend())
   _, ahead, stopped = runner.run(
@@ -194,15 +199,15 @@ def _await_ahead(ahead, phases):
                         ahead.exception())
 
 
-def _load_predictions(config, workdir, stopped) -> dict:
+def _load_predictions(config, workdir, stopped, expect) -> dict:
   if stopped or config.target_stderr > 0:
-    preds = store.load_predictions(workdir)
+    preds = store.load_predictions(workdir, expect=expect)
     return {k: v[preds['model_ids'] < config.num_models]
             for k, v in preds.items()}
-  return store.load_predictions(workdir, config.num_models)
+  return store.load_predictions(workdir, config.num_models, expect)
 
 
-def _estimate_and_write(job, workdir, preds, valid, trained,
+def _estimate_and_write(job, workdir, preds, valid, trained, run_id,
                         phases) -> tuple[dict, dict]:
   """Estimates from the converged models' predictions, written while the
   summary is made; returns (summary, estimates)."""
@@ -219,6 +224,7 @@ def _estimate_and_write(job, workdir, preds, valid, trained,
       if job.config.subset_ratios:
         est.update(ratios.fields(job.config, workdir, est))
       est['diverged_models'] = preds['model_ids'][~valid]
+      est['run_id'] = np.array(run_id)
       if job.ds.corrupted is not None:
         est['label_corrupted'] = job.ds.corrupted
     # The estimates are written while the summary is made: sealing the

@@ -11,6 +11,7 @@ keep them in memory, the benchmark drops them).
 
 import concurrent.futures
 import contextlib
+import threading
 import time
 from typing import Callable, Iterable
 
@@ -114,6 +115,46 @@ class Program:
 Sink = Callable[[object, np.ndarray, dict], bool]
 
 
+class Interrupted(KeyboardInterrupt):
+  """run() stopped on request (request_stop) at a safe point: every call it
+  dispatched was handed to its sink. signum: the signal that asked."""
+
+  def __init__(self, signum: int):
+    super().__init__(signum)
+    self.signum = signum
+
+
+class _Loop:
+  """The state a signal handler reads and sets (request_stop): whether run()
+  is training, how long its last call took, and a stop request."""
+
+  def __init__(self):
+    self.running = False
+    self.last_call_s = None  # seconds between the last two hand-overs
+    self.stop = threading.Event()
+    self.signum = 0
+
+
+_LOOP = _Loop()
+
+
+def request_stop(signum: int) -> str | None:
+  """Asks the running run() to stop once the calls it has dispatched are
+  handed to its sink (their models stored), then raise Interrupted(signum).
+  Returns what that waits for, as a phrase for the user, or None when no
+  run() is training: nothing to wait for (the caller stops at once)."""
+  if not _LOOP.running:
+    return None
+  _LOOP.signum = signum
+  _LOOP.stop.set()
+  last = _LOOP.last_call_s
+  if last is None:
+    return 'the first call (its time is not known yet)'
+  # The call being fetched and the one dispatched behind it (run()).
+  return (f'the calls in flight: at most about {units.duration(2 * last)} '
+          f'(a call takes {units.duration(last)})')
+
+
 def run(program: Program, calls: Iterable, sink: Sink, phases: Phases,
         after_compile: Callable | None = None,
         progress: Progress | None = None):
@@ -128,8 +169,25 @@ def run(program: Program, calls: Iterable, sink: Sink, phases: Phases,
   job compiles its estimate while the device trains). progress: restarted
   once compiled, so its rates are of training alone.
   Returns (compiled, future of after_compile or None, stopped).
+
+  A stop request (request_stop, from a signal handler) is honoured between
+  calls: the call dispatched is still handed to the sink, then run raises
+  Interrupted; a call never starts after the request.
   """
   calls = iter(calls)
+  _LOOP.running, _LOOP.last_call_s = True, None
+  _LOOP.stop.clear()
+  try:
+    result = _run(program, calls, sink, phases, after_compile, progress)
+    if _LOOP.stop.is_set():
+      raise Interrupted(_LOOP.signum)
+    return result
+  finally:
+    _LOOP.running = False
+    _LOOP.stop.clear()
+
+
+def _run(program, calls, sink, phases, after_compile, progress):
   with phases('compile'):
     compiling = program.compile_async()
     first = next(calls, None)
@@ -139,18 +197,23 @@ def run(program: Program, calls: Iterable, sink: Sink, phases: Phases,
   ahead = start(after_compile) if after_compile else None
   if progress:
     progress.restart()
-  pending = None
+  pending, handed = None, time.perf_counter()
   with phases('train'):
     call = first
-    while call is not None:
+    while call is not None and not _LOOP.stop.is_set():
       tag, keys, idx = call
       out = program.dispatch(compiled, keys, idx)
-      if pending and _hand(pending, sink, phases):
-        return compiled, ahead, True
+      if pending:
+        if _hand(pending, sink, phases):
+          return compiled, ahead, True
+        now = time.perf_counter()
+        _LOOP.last_call_s, handed = now - handed, now
       pending = (tag, idx, out)
       call = next(calls, None)
     if pending:
-      _hand(pending, sink, phases)  # the last: nothing is left to stop
+      # The last call, or the one in flight at a stop request: its models
+      # are trained, so they are handed (stored) before anything ends.
+      _hand(pending, sink, phases)
   return compiled, ahead, False
 
 

@@ -24,10 +24,10 @@ class StderrTarget:
   after each call.
   """
 
-  def __init__(self, target, workdir, num_models):
+  def __init__(self, target, workdir, num_models, expect=None):
     self.target, self.blocks = target, []
     if store.list_chunks(workdir):
-      preds = store.load_predictions(workdir)
+      preds = store.load_predictions(workdir, expect=expect)
       keep = preds['model_ids'] < num_models
       self.add(preds['masks'][keep], preds['train_correct'][keep],
                preds['loss'][keep])
@@ -61,8 +61,9 @@ class StoreSink:
   """
 
   def __init__(self, workdir, num_train, cells, phases, keep=False,
-               target=None):
+               target=None, run_id=''):
     self.workdir, self.num_train, self.phases = workdir, num_train, phases
+    self.run_id = run_id
     self.missing = dict(cells)
     self.last = cells[-1][0]
     self.keep, self.target = keep, target
@@ -103,6 +104,8 @@ class StoreSink:
           test_correct=out['test_correct'][rows].astype(bool),
           train_ptrue=out['train_ptrue'][rows].astype(np.float16),
           test_ptrue=out['test_ptrue'][rows].astype(np.float16),
+          train_margin=out['train_margin'][rows].astype(store.MARGIN_DTYPE),
+          test_margin=out['test_margin'][rows].astype(store.MARGIN_DTYPE),
           loss=out['loss'][rows].astype(np.float32)))
     return runs
 
@@ -114,9 +117,7 @@ class StoreSink:
           logging.warning('models %s diverged (non-finite loss); they are '
                           'kept in the store and excluded from the estimates',
                           run['model_ids'][bad].tolist())
-        store.write_chunk(self.workdir, run['model_ids'], run['masks'],
-                          run['train_correct'], run['test_correct'],
-                          run['train_ptrue'], run['test_ptrue'], run['loss'])
+        store.write_chunk(self.workdir, **run, run_id=self.run_id)
         if self.target:
           self.target.add(run['masks'], run['train_correct'], run['loss'])
     done = sum(len(run['model_ids']) for run in runs)

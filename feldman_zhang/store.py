@@ -31,7 +31,9 @@ from absl import logging
 from feldman_zhang import units
 from feldman_zhang.errors import StoreError
 
-FORMAT_VERSION = 1
+# 2: chunks carry each model's margins per view and the id of the run that
+# wrote them (readers of version-1 chunks get neither).
+FORMAT_VERSION = 2
 _CHUNK_RE = re.compile(r'models_(\d+)-(\d+)\.npz$')
 # Bits are packed along the example axis: a (t, n) bool matrix costs n/8 bytes
 # per model, so 2,000 MNIST models keep all their predictions in ~40 MB.
@@ -173,44 +175,99 @@ def atomic_write(path: str, write) -> None:
     raise
 
 
+def lock_directory(path: str) -> int | None:
+  """An fd holding an exclusive flock on the directory path itself (released
+  when the fd is closed, or the process dies), or None if another process
+  holds it. OSError where the file system cannot lock a directory (some
+  NFS mounts)."""
+  import fcntl  # pylint: disable=import-outside-toplevel  (POSIX only)
+  fd = os.open(path, os.O_RDONLY | getattr(os, 'O_DIRECTORY', 0))
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    os.close(fd)
+    return None
+  except OSError:
+    os.close(fd)
+    raise
+  return fd
+
+
+def _lock_note_file(path: str) -> int | None:
+  """The fallback where a directory cannot be locked: flock on the note
+  file, kept only if the path still names the file locked (a file removed
+  or replaced between open and flock is not the lock). Removing the note
+  of a holder lets another process in here: the directory lock has no such
+  hole."""
+  import fcntl  # pylint: disable=import-outside-toplevel
+  while True:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      os.close(fd)
+      return None
+    try:
+      if os.stat(path).st_ino == os.fstat(fd).st_ino:
+        return fd
+    except FileNotFoundError:
+      pass
+    os.close(fd)
+
+
 @contextlib.contextmanager
 def locked(workdir: str):
   """Holds the workdir's exclusive lock for the block.
 
-  An OS lock (flock) on WORKDIR/.lock: it dies with its process, so a
-  SIGKILL never leaves a workdir locked. A second process is refused in one
-  line naming the holder. Inside the lock no other process writes, so the
+  An OS lock (flock) on the workdir directory itself: it dies with its
+  process, so a SIGKILL never leaves a workdir locked, and no file inside
+  can be removed to break it. WORKDIR/.lock is only the holder's note
+  ("pid N on host"), which a second process, refused, names in one line.
+  (Where a directory cannot be locked, some NFS mounts, the note file is
+  locked instead.) Inside the lock no other process writes, so the
   temporary files of killed writes are removed here. In a multi-process
   (jax.distributed) run the leader holds it for all processes: they write
   disjoint chunks under its plan.
   """
-  import fcntl  # pylint: disable=import-outside-toplevel  (POSIX only)
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise StoreError(f'--workdir {workdir} is a file, not a directory')
+  note = Workdir(workdir).lock
   try:
     os.makedirs(workdir, exist_ok=True)
-    fd = os.open(Workdir(workdir).lock, os.O_RDWR | os.O_CREAT,
-                 0o666 & ~_UMASK)
+    try:
+      fd = lock_directory(workdir)
+    except OSError:
+      fd = _lock_note_file(note)
+    if fd is None:
+      raise StoreError(f'{workdir} is in use by another process '
+                       f'({_holder(note)}); wait for it to end, or use '
+                       'another --workdir')
   except OSError as e:
     raise StoreError(f'cannot use --workdir {workdir}: {e.strerror} '
-                     f'({e.filename})') from e
+                     f'({e.filename or workdir})') from e
   try:
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      holder = os.pread(fd, 200, 0).decode(errors='replace').strip()
-      raise StoreError(f'{workdir} is in use by another process '
-                       f'({holder or "unknown"}); wait for it to end, or use '
-                       'another --workdir') from None
     import socket  # pylint: disable=import-outside-toplevel
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f'pid {os.getpid()} on {socket.gethostname()}\n'.encode(), 0)
+    try:
+      with open(note, 'w') as f:
+        f.write(f'pid {os.getpid()} on {socket.gethostname()}\n')
+    except OSError as e:
+      raise StoreError(f'cannot use --workdir {workdir}: {e.strerror} '
+                       f'({e.filename})') from e
     for tmp in Workdir(workdir).temp_files():
       with contextlib.suppress(FileNotFoundError):
         os.remove(tmp)
     yield
   finally:
     os.close(fd)  # releases the lock
+
+
+def _holder(note: str) -> str:
+  """The holder's note, or 'unknown' (removed, or not written yet)."""
+  try:
+    with open(note, 'rb') as f:
+      return f.read(200).decode(errors='replace').strip() or 'unknown'
+  except OSError:
+    return 'unknown'
 
 
 def write_json(path: str, obj) -> None:
@@ -239,8 +296,14 @@ def _checksum(arrays) -> str:
   return h.hexdigest()
 
 
+# Margins are stored as float16: BENCHMARKS.md ("Margins: float16 against
+# float32") measures what the rounding changes in the attacks' AUC and LDS.
+MARGIN_DTYPE = np.float16
+
+
 def write_chunk(workdir: str, model_ids, masks, train_correct, test_correct,
-                train_ptrue, test_ptrue, loss) -> str:
+                train_ptrue, test_ptrue, loss, train_margin=None,
+                test_margin=None, run_id: str = '') -> str:
   """Writes the predictions of consecutive models; returns the file's path.
 
   Args:
@@ -249,6 +312,10 @@ def write_chunk(workdir: str, model_ids, masks, train_correct, test_correct,
     train_correct, test_correct: (K, n), (K, n_test) bool.
     train_ptrue, test_ptrue: same shapes, probability of the true label.
     loss: (K, epochs) float, mean training loss of each epoch.
+    train_margin, test_margin: (K, n, V), (K, n_test, V) float, each view's
+      margin of the true class (train.margin), or None.
+    run_id: identity.run_id of the run writing it: a reader sets aside a
+      chunk of another run (`read_chunk`'s expect).
   """
   model_ids = np.asarray(model_ids, np.int64)
   if np.any(np.diff(model_ids) != 1):
@@ -258,7 +325,10 @@ def write_chunk(workdir: str, model_ids, masks, train_correct, test_correct,
       n=np.int64(masks.shape[1]), n_test=np.int64(test_correct.shape[1]),
       train_ptrue=np.asarray(train_ptrue, np.float16),
       test_ptrue=np.asarray(test_ptrue, np.float16),
-      loss=np.asarray(loss, np.float32))
+      loss=np.asarray(loss, np.float32), run_id=np.array(str(run_id)))
+  if train_margin is not None:
+    arrays['train_margin'] = np.asarray(train_margin, MARGIN_DTYPE)
+    arrays['test_margin'] = np.asarray(test_margin, MARGIN_DTYPE)
   for k, v in (('masks', masks), ('train_correct', train_correct),
                ('test_correct', test_correct)):
     arrays[k] = np.packbits(np.asarray(v, bool), axis=1)
@@ -268,8 +338,14 @@ def write_chunk(workdir: str, model_ids, masks, train_correct, test_correct,
   return path
 
 
-def read_chunk(path: str) -> dict:
-  """The arrays of one chunk, unpacked; StoreError if torn or corrupt."""
+class ForeignChunkError(StoreError):
+  """A sound chunk that another run wrote (or of other shapes)."""
+
+
+def read_chunk(path: str, expect: dict | None = None) -> dict:
+  """The arrays of one chunk, unpacked; StoreError if torn or corrupt,
+  ForeignChunkError if it does not match expect: {'run_id': str, 'n': int,
+  'n_test': int} (any subset of the keys)."""
   try:
     with np.load(path, allow_pickle=False) as f:
       arrays = {k: f[k] for k in f.files}
@@ -287,6 +363,15 @@ def read_chunk(path: str) -> dict:
     raise StoreError(f'chunk {path} holds models {got}, not the models '
                      f'{int(named[1])}-{int(named[2])} its name says')
   n, n_test = int(arrays.pop('n')), int(arrays.pop('n_test'))
+  run_id = str(arrays.pop('run_id', ''))
+  if expect:
+    got = dict(run_id=run_id, n=n, n_test=n_test)
+    wrong = [k for k in expect if got[k] != expect[k]]
+    if wrong:
+      raise ForeignChunkError(
+          f'chunk {path} belongs to another run ({", ".join(wrong)} '
+          f'{"differ" if len(wrong) > 1 else "differs"})')
+  arrays['run_id'] = run_id  # so write_chunk(**read_chunk(path)) copies it
   for k in _PACKED:
     count = n_test if k == 'test_correct' else n
     # unpackbits gives 0/1 bytes: viewed as bool, not copied.
@@ -304,12 +389,15 @@ def list_chunks(workdir: str):
   return sorted(out)
 
 
-def stored_models(workdir: str, num_models: int, quarantine: bool):
-  """(num_models,) bool: which models have a readable chunk.
+def stored_models(workdir: str, num_models: int, quarantine: bool,
+                  expect: dict | None = None):
+  """(num_models,) bool: which models have a readable chunk of this run.
 
-  A corrupt chunk is reported and, with quarantine, moved to chunks/corrupt,
-  so its models train again; quarantine also removes the temporary files of
-  killed writes (the leader scans while no process writes).
+  A corrupt chunk, or one that does not match expect (read_chunk: another
+  run's, copied in), is reported and, with quarantine, moved to
+  chunks/corrupt, so its models train again; quarantine also removes the
+  temporary files of killed writes (the leader scans while no process
+  writes).
   """
   have = np.zeros(num_models, bool)
   w = Workdir(workdir)
@@ -319,7 +407,7 @@ def stored_models(workdir: str, num_models: int, quarantine: bool):
         os.remove(tmp)
   for start, stop, path in list_chunks(workdir):
     try:
-      read_chunk(path)
+      read_chunk(path, expect)
     except StoreError as e:
       if quarantine:
         logging.warning('%s; moving it to chunks/corrupt and retraining', e)
@@ -330,22 +418,32 @@ def stored_models(workdir: str, num_models: int, quarantine: bool):
   return have
 
 
-def load_predictions(workdir: str, num_models: int = 0) -> dict:
+def load_predictions(workdir: str, num_models: int = 0,
+                     expect: dict | None = None) -> dict:
   """All stored predictions, ordered by model id.
 
   Args:
     workdir: the run's directory.
     num_models: if > 0, only models 0..num_models-1, which must all be there.
+    expect: what every chunk must match (read_chunk); StoreError if one
+      does not.
   Returns:
     dict of numpy arrays: model_ids (t,), masks (t, n) bool, train_correct
     (t, n) bool, test_correct (t, n_test) bool, train_ptrue (t, n) float16,
-    test_ptrue (t, n_test) float16, loss (t, epochs) float32.
+    test_ptrue (t, n_test) float16, loss (t, epochs) float32, and where
+    every chunk has them (format 2), train_margin (t, n, V) and test_margin
+    (t, n_test, V) float16.
   """
   chunks = [c for c in list_chunks(workdir)
             if not num_models or c[0] < num_models]
   if not chunks:
     raise StoreError(f'no prediction chunks in {workdir}/chunks')
-  parts = [read_chunk(path) for _, _, path in chunks]
+  parts = [read_chunk(path, expect) for _, _, path in chunks]
+  for p in parts:
+    del p['run_id']
+  shared = set.intersection(*(set(p) for p in parts))
+  if any(set(p) != shared for p in parts):  # margins of format-2 chunks only
+    parts = [{k: p[k] for k in shared} for p in parts]
   # Copies are avoided where they would change nothing: at MNIST scale each
   # full copy of the predictions costs about a second.
   out = (parts[0] if len(parts) == 1 else

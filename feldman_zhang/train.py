@@ -362,20 +362,43 @@ def tta_views(x, tta: str):
   return jnp.stack(views), jnp.array([0.25, 0.25] + [0.125] * 4)
 
 
+def margin(logits, y):
+  """The margin, or scaled log-odds, of the true class: phi = logit_y -
+  logsumexp_{y' != y} logit_y' = log p_y - log(1 - p_y), in float32.
+
+  logits: (..., C); y: (...) int -> (...) float32. Computed from the logits,
+  never from p: a float16 p saturates at phi ~ 7.6, and even a float32 p at
+  ~ 17, where the examples LiRA and the datamodels separate live.
+  """
+  logits = logits.astype(jnp.float32)
+  true = jnp.take_along_axis(logits, y[..., None], axis=-1)[..., 0]
+  is_true = jax.nn.one_hot(y, logits.shape[-1], dtype=bool)
+  return true - jax.nn.logsumexp(jnp.where(is_true, -jnp.inf, logits), -1)
+
+
+def num_views(tta: str) -> int:
+  """V, the views tta_views gives (the margins stored per example)."""
+  return {'none': 1, 'mirror': 2, 'mirror_translate': 6}[tta]
+
+
 def make_evaluate(model, batch_size: int, tta: str = 'none'):
   """Returns evaluate((params, state), x, y) -> (correct (N,) bool,
-  p_true (N,) f32), of the argmax of the logits averaged over `tta`'s
-  views (the classifier whose correctness mem and infl count)."""
+  p_true (N,) f32, margins (N, V) f32): correctness and p of the argmax of
+  the logits averaged over `tta`'s views (the classifier whose correctness
+  mem and infl count), and each view's own margin (`margin`: what LiRA and
+  the datamodels score; V = num_views(tta))."""
 
   def logits_of(params, state, xb):
+    """(averaged logits (B, C), per-view logits (V, B, C) float32)."""
     if tta == 'none':
-      return apply(model, params, state, xb, train=False)[0]
+      logits = apply(model, params, state, xb, train=False)[0]
+      return logits, logits.astype(jnp.float32)[None]
     views, weights = tta_views(xb, tta)
     v, b = views.shape[:2]
     logits, _ = apply(model, params, state, views.reshape(v * b, *xb.shape[1:]),
                       train=False)
     logits = logits.astype(jnp.float32).reshape(v, b, -1)
-    return jnp.einsum('v,vbc->bc', weights, logits)
+    return jnp.einsum('v,vbc->bc', weights, logits), logits
 
   def evaluate(variables, x, y):
     params, state = variables
@@ -387,15 +410,17 @@ def make_evaluate(model, batch_size: int, tta: str = 'none'):
 
     def one_batch(batch):
       xb, yb = batch
-      logits = logits_of(params, state, xb)
+      logits, views = logits_of(params, state, xb)
       p = jax.nn.softmax(logits.astype(jnp.float32))
       p_true = jnp.take_along_axis(p, yb[:, None], axis=1)[:, 0]
-      return jnp.argmax(logits, -1) == yb, p_true
+      margins = margin(views, jnp.broadcast_to(yb, views.shape[:2])).T
+      return jnp.argmax(logits, -1) == yb, p_true, margins
 
-    correct, p_true = jax.lax.map(
+    correct, p_true, margins = jax.lax.map(
         one_batch, (xp.reshape(nb, batch_size, *x.shape[1:]),
                     yp.reshape(nb, batch_size)))
-    return correct.reshape(-1)[:n], p_true.reshape(-1)[:n]
+    return (correct.reshape(-1)[:n], p_true.reshape(-1)[:n],
+            margins.reshape(nb * batch_size, -1)[:n])
 
   return evaluate
 
@@ -424,7 +449,8 @@ def make_chunk_fn(model, config, m: int, mesh=None) -> Callable:
 
   Returns fn(keys (D*K,), idx (D*K, m) int32, x_train, y_train, x_test,
   y_test) -> dict(train_correct (D*K, n) bool, train_ptrue (D*K, n) f32,
-  test_correct (D*K, n_test) bool, test_ptrue (D*K, n_test) f32,
+  train_margin (D*K, n, V) f32, test_correct (D*K, n_test) bool,
+  test_ptrue (D*K, n_test) f32, test_margin (D*K, n_test, V) f32,
   loss (D*K, epochs) f32).
   """
   train_one = make_trainer(model, config, m)
@@ -432,10 +458,12 @@ def make_chunk_fn(model, config, m: int, mesh=None) -> Callable:
 
   def one_model(key, idx, x_train, y_train, x_test, y_test):
     variables, losses = train_one(key, idx, x_train, y_train)
-    train_correct, train_ptrue = evaluate(variables, x_train, y_train)
-    test_correct, test_ptrue = evaluate(variables, x_test, y_test)
+    train_correct, train_ptrue, train_margin = evaluate(variables, x_train,
+                                                        y_train)
+    test_correct, test_ptrue, test_margin = evaluate(variables, x_test, y_test)
     return dict(train_correct=train_correct, train_ptrue=train_ptrue,
-                test_correct=test_correct, test_ptrue=test_ptrue, loss=losses)
+                train_margin=train_margin, test_correct=test_correct,
+                test_ptrue=test_ptrue, test_margin=test_margin, loss=losses)
 
   if config.vectorize == 'map':
     def fn(keys, idx, *data):

@@ -320,3 +320,90 @@ def test_a_call_beyond_device_memory_is_refused_first(tiny_config, tmp_path):
                      r' needs at least .* TB on a device'):
     pipeline.run(tiny_config, str(workdir))
   assert not workdir.exists()
+
+
+def _hold_lock(workdir):
+  """A process holding workdir's lock until killed."""
+  holder = subprocess.Popen(
+      [sys.executable, '-c',
+       'import sys, time; from feldman_zhang import store\n'
+       f'with store.locked({workdir!r}):\n'
+       '  print("held", flush=True); time.sleep(60)'],
+      cwd=ROOT, stdout=subprocess.PIPE, text=True)
+  assert holder.stdout.readline().strip() == 'held'
+  return holder
+
+
+def test_deleting_the_lock_file_lets_no_second_process_in(tmp_path):
+  workdir = str(tmp_path / 'run')
+  holder = _hold_lock(workdir)
+  try:
+    os.remove(os.path.join(workdir, store.LOCK_FILE))
+    with pytest.raises(store.StoreError, match='in use by another process'):
+      with store.locked(workdir):
+        pass
+  finally:
+    holder.kill()
+    holder.wait()
+  with store.locked(workdir):  # free once the holder is gone
+    pass
+
+
+def _start_job(workdir, *extra):
+  """The digits job, long enough to be stopped, with SIGINT deliverable."""
+  # A suite started in the background (`pytest &` from a script) has SIGINT
+  # ignored, and a child inherits that; a handled signal is reset by exec.
+  ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+  if ignored:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    return subprocess.Popen(
+        [sys.executable, '-m', 'feldman_zhang.main',
+         '--config=configs/digits_mlp.py', f'--workdir={workdir}',
+         '--config.num_models=4000', '--config.models_per_device=20',
+         '--compilation_cache=', *extra],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  finally:
+    if ignored:
+      signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _first_chunk(proc, workdir):
+  deadline = time.time() + 120
+  while not glob.glob(str(workdir / 'chunks' / 'models_*.npz')):
+    assert time.time() < deadline and proc.poll() is None
+    time.sleep(0.1)
+
+
+def test_sigterm_stops_at_the_next_call_and_keeps_what_was_trained(tmp_path):
+  workdir = tmp_path / 'run'
+  proc = _start_job(workdir)
+  _first_chunk(proc, workdir)
+  proc.send_signal(signal.SIGTERM)
+  begin = time.time()
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 143, err
+  assert time.time() - begin < 30  # not the 4,000 models
+  lines = err.strip().splitlines()
+  assert lines[-1] == (f'interrupted: the models stored in {workdir} are '
+                       'kept; re-running the same command resumes')
+  assert sum('SIGTERM: stopping after the ' in line for line in lines) == 1, err
+  assert 'Traceback' not in err
+  chunks = store.list_chunks(str(workdir))
+  assert chunks and not glob.glob(str(workdir / 'chunks' / '.tmp-*'))
+  for _, _, path in chunks:
+    store.read_chunk(path)
+  # Each call trained is stored: nothing is lost but the calls not started.
+  assert sum(stop - start for start, stop, _ in chunks) % 20 == 0
+
+
+def test_a_second_signal_exits_at_once(tmp_path):
+  workdir = tmp_path / 'run'
+  proc = _start_job(workdir, '--config.train.epochs=200')  # slow calls
+  _first_chunk(proc, workdir)
+  proc.send_signal(signal.SIGINT)
+  time.sleep(0.5)
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=60)
+  assert proc.returncode == 130, err
+  assert 'Traceback' not in err

@@ -246,3 +246,58 @@ def test_a_failed_estimate_still_waits_for_and_reports_the_last_write(
     pipeline.run(tiny_config, str(tmp_path / 'run'))
   assert len(calls) == 3
   assert 'storing the last models failed too: disk full' in caplog.text
+
+
+def test_a_chunk_of_another_run_is_set_aside_and_retrained(tiny_config,
+                                                           tmp_path):
+  # Issue 27, items 1 and 2: a sound chunk with the right name, copied in
+  # from a run of another seed (or another epoch count), is not this run's.
+  c = tiny_config
+  c.update(num_models=6, models_per_device=3)
+  c.train.epochs = 2
+  a, b, e = (str(tmp_path / x) for x in 'abe')
+  pipeline.run(c, a)
+  want = store.load_estimates(a)
+  other = c.copy_and_resolve_references()
+  other.seed = 1
+  pipeline.run(other, b)
+  longer = c.copy_and_resolve_references()
+  longer.train.epochs = 3
+  pipeline.run(longer, e)
+  for source in (b, e):
+    name = os.path.basename(store.Workdir(a).chunk(3, 6))
+    os.replace(store.Workdir(source).chunk(3, 6), store.Workdir(a).chunk(3, 6))
+    pipeline.run(c, a)
+    assert name in os.listdir(store.Workdir(a).corrupt)
+    got = store.load_estimates(a)
+    for k in ('mem', 'infl', 'heldout_acc'):
+      np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    assert str(got['run_id']) == str(want['run_id'])
+
+
+def test_margins_are_stored_for_every_model_and_view(finished):
+  c, workdir, _ = finished
+  preds = store.load_predictions(workdir)
+  t = c.num_models
+  assert preds['train_margin'].shape == (t, 1300, 1)
+  assert preds['test_margin'].shape == (t, 497, 1)
+  assert preds['train_margin'].dtype == store.MARGIN_DTYPE
+  # The log-odds of p(true label), both stored as float16.
+  p = 1 / (1 + np.exp(-preds['test_margin'][..., 0].astype(np.float32)))
+  np.testing.assert_allclose(p, preds['test_ptrue'].astype(np.float32),
+                             atol=2e-3)
+
+
+def test_the_plan_counts_what_the_run_writes(tiny_config, tmp_path):
+  # Issue 27, item 12: within 10% of the bytes written.
+  from feldman_zhang import cost, prepare  # pylint: disable=g-import-not-at-top
+  c = tiny_config
+  c.train.epochs = 2
+  job = prepare.prepare(c)
+  p = cost.plan(job.config, job.ds, job.m, job.model, c.num_models)
+  workdir = str(tmp_path / 'run')
+  pipeline.run(c, workdir)
+  written = sum(os.path.getsize(os.path.join(top, f))
+                for top, _, files in os.walk(workdir) for f in files
+                if f.endswith(('.npz', '.npy')))
+  assert abs(p.disk_bytes - written) < 0.1 * written, (p.disk_bytes, written)

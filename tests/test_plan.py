@@ -91,7 +91,9 @@ def test_the_plan_counts_what_is_left_and_the_disk_it_takes(
   p = cost.plan(c, ds, m, model, todo=c.num_models)
   assert p.steps == -(-m // c.train.batch_size) * c.train.epochs
   dense = 4 * ds.num_train * ds.num_test
-  assert dense < p.disk_bytes < dense + 64 * 1024
+  chunks = cost.chunk_bytes(c.num_models, ds.num_train, ds.num_test,
+                            c.train.epochs, 1)
+  assert dense + chunks < p.disk_bytes < dense + chunks + 64 * 1024
   half = cost.plan(c, ds, m, model, todo=c.num_models // 2)
   assert half.disk_bytes < p.disk_bytes
   # No FLOPs or floor where no peak is known (the CPU): nothing lowered.
@@ -138,3 +140,19 @@ def test_the_job_logs_its_plan_before_training(tiny_config, tmp_path,
   training = [i for i, l in enumerate(lines) if l.startswith('training ')]
   assert plan and training and plan[0] < training[0]
   assert lines[plan[0]].startswith(f'plan: {tiny_config.num_models} models')
+
+
+@pytest.mark.parametrize('shape', [(5, 1300, 497, 4, 1),      # digits
+                                   (4, 60000, 10000, 10, 1),  # MNIST
+                                   (2, 50000, 10000, 10, 6)])  # CIFAR, TTA
+def test_the_plan_counts_a_chunk_within_ten_percent(tmp_path, shape):
+  k, n, n_test, epochs, views = shape
+  rng = np.random.default_rng(0)
+  bits = lambda *s: rng.random(s) < 0.5
+  floats = lambda *s: rng.standard_normal(s).astype(np.float32)
+  path = store.write_chunk(
+      str(tmp_path), np.arange(k), bits(k, n), bits(k, n), bits(k, n_test),
+      floats(k, n), floats(k, n_test), floats(k, epochs),
+      floats(k, n, views), floats(k, n_test, views), run_id='0' * 16)
+  planned = cost.chunk_bytes(k, n, n_test, epochs, views) + cost.CHUNK_OVERHEAD
+  assert abs(planned - os.path.getsize(path)) < 0.1 * os.path.getsize(path)

@@ -85,3 +85,25 @@ def test_phases_add_up_and_progress_counts():
   progress.update(4)
   progress.update(6)
   assert progress.done == 10
+
+
+def test_a_stop_request_hands_the_call_in_flight_then_raises(job):
+  c, ds, m, program = job
+  seen = []
+
+  def sink(tag, idx, out):
+    seen.append(tag)
+    if tag == 2:  # as a signal handler would, while call 4 is in flight
+      assert runner.request_stop(15) is not None
+    return False
+
+  with pytest.raises(runner.Interrupted) as raised:
+    runner.run(program, iter(_calls(c, ds, m, [0, 2, 4, 6, 8], 2)), sink,
+               runner.Phases())
+  assert raised.value.signum == 15
+  assert seen == [0, 2, 4]  # 4 was dispatched: it is handed, not lost
+  assert runner.request_stop(15) is None  # no loop runs: nothing to wait for
+  # The request ended with its run: the next run trains every call.
+  seen.clear()
+  runner.run(program, iter(_calls(c, ds, m, [0, 2], 2)), sink, runner.Phases())
+  assert seen == [0, 2]

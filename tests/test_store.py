@@ -131,3 +131,76 @@ def test_a_full_disk_is_a_store_error_not_a_crash(tmp_path, monkeypatch):
   with pytest.raises(store.StoreError, match=r'no room for a .* \(300, 200\)'):
     store.new_dense(str(tmp_path), (300, 200))
   assert not os.listdir(tmp_path)
+
+
+# -- chunks -------------------------------------------------------------------
+
+
+def _chunk_arrays(k=3, n=20, n_test=6, views=2, seed=0):
+  rng = np.random.default_rng(seed)
+  bits = lambda *s: rng.random(s) < 0.5
+  floats = lambda *s: rng.standard_normal(s).astype(np.float32)
+  return dict(model_ids=np.arange(4, 4 + k), masks=bits(k, n),
+              train_correct=bits(k, n), test_correct=bits(k, n_test),
+              train_ptrue=floats(k, n), test_ptrue=floats(k, n_test),
+              loss=floats(k, 2), train_margin=10 * floats(k, n, views),
+              test_margin=10 * floats(k, n_test, views))
+
+
+def test_a_chunk_keeps_its_margins_and_the_run_that_wrote_it(tmp_path):
+  workdir, arrays = str(tmp_path), _chunk_arrays()
+  path = store.write_chunk(workdir, **arrays, run_id='run-a')
+  got = store.read_chunk(path, dict(run_id='run-a', n=20, n_test=6))
+  assert got['run_id'] == 'run-a'
+  for k in ('train_margin', 'test_margin'):
+    assert got[k].dtype == store.MARGIN_DTYPE and got[k].shape[-1] == 2
+    np.testing.assert_array_equal(got[k], arrays[k].astype(np.float16))
+  for k in ('masks', 'train_correct', 'test_correct'):
+    np.testing.assert_array_equal(got[k], arrays[k])
+  # A copy of a chunk keeps its run (the tests rewrite chunks so).
+  again = store.write_chunk(str(tmp_path / 'b'), **got)
+  assert store.read_chunk(again)['run_id'] == 'run-a'
+
+
+@pytest.mark.parametrize('expect', [dict(run_id='run-b'), dict(n=21),
+                                    dict(n_test=5)])
+def test_a_chunk_of_another_run_is_foreign(tmp_path, expect):
+  path = store.write_chunk(str(tmp_path), **_chunk_arrays(), run_id='run-a')
+  with pytest.raises(store.ForeignChunkError, match='belongs to another run'):
+    store.read_chunk(path, expect)
+
+
+def test_stored_models_set_a_foreign_chunk_aside(tmp_path):
+  workdir = str(tmp_path)
+  mine = _chunk_arrays()
+  store.write_chunk(workdir, **mine, run_id='run-a')
+  theirs = dict(_chunk_arrays(seed=1), model_ids=np.arange(7, 10))
+  store.write_chunk(workdir, **theirs, run_id='run-b')
+  expect = dict(run_id='run-a', n=20, n_test=6)
+  have = store.stored_models(workdir, 10, quarantine=True, expect=expect)
+  np.testing.assert_array_equal(np.flatnonzero(have), [4, 5, 6])
+  assert os.listdir(store.Workdir(workdir).corrupt) == [
+      'models_0000007-0000010.npz']
+  preds = store.load_predictions(workdir, expect=expect)
+  np.testing.assert_array_equal(preds['model_ids'], [4, 5, 6])
+
+
+def test_format_1_chunks_read_without_margins(tmp_path):
+  workdir = str(tmp_path)
+  new = store.read_chunk(store.write_chunk(workdir, **_chunk_arrays(),
+                                           run_id='x'))
+  # A format-1 chunk: no margins, no run id, its own checksum.
+  path = store.Workdir(workdir).chunk(4, 7)
+  with np.load(path) as f:
+    old = {k: f[k] for k in f.files
+           if k not in ('train_margin', 'test_margin', 'run_id', 'checksum')}
+  old['checksum'] = np.array(store._checksum(old))  # pylint: disable=protected-access
+  with open(path, 'wb') as f:
+    np.savez(f, **old)
+  got = store.read_chunk(path)
+  assert 'train_margin' not in got and got['run_id'] == ''
+  np.testing.assert_array_equal(got['masks'], new['masks'])
+  # Loaded beside a format-2 chunk: the fields both have.
+  store.write_chunk(workdir, **dict(_chunk_arrays(), model_ids=np.arange(7, 10)))
+  preds = store.load_predictions(workdir)
+  assert 'train_margin' not in preds and len(preds['model_ids']) == 6

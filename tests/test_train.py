@@ -204,3 +204,62 @@ def test_epochs_field_takes_fractions_through_copies():
       assert str(e).startswith('train.epochs must be') and '\n' not in str(e)
     else:
       raise AssertionError(f'epochs={bad!r} was accepted')
+
+
+def _margin64(logits, y):
+  logits = np.asarray(logits, np.float64)
+  out = np.empty(logits.shape[:-1])
+  for idx in np.ndindex(*logits.shape[:-1]):
+    row = logits[idx]
+    others = np.delete(row, y[idx])
+    top = others.max()
+    out[idx] = row[y[idx]] - (top + np.log(np.exp(others - top).sum()))
+  return out
+
+
+def test_margin_is_the_log_odds_of_the_true_class_at_any_scale():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(0, 3, (6, 5, 10)).astype(np.float32)
+  logits[0, 0] = [100, -100, 0, 0, 0, 0, 0, 0, 0, 0]   # one class dominant
+  logits[0, 1] = [-100, 100, 0, 0, 0, 0, 0, 0, 0, 0]   # the true one, beaten
+  logits[1, :] = 100.0                                  # all tied, large
+  logits[2, 0] = -100.0
+  y = rng.integers(0, 10, (6, 5))
+  y[0, 0], y[0, 1] = 0, 0
+  got = np.asarray(train.margin(logits, y))
+  want = _margin64(logits, y)
+  assert got.dtype == np.float32 and np.isfinite(got).all()
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+  assert abs(got[0, 0] - (100 - np.log(8))) < 1e-4 and got[0, 1] < -199
+  # log p_y - log (1 - p_y), where p is representable.
+  small = logits[3:]
+  p = np.exp(small - small.max(-1, keepdims=True))
+  p = np.take_along_axis(p / p.sum(-1, keepdims=True), y[3:, :, None], -1)[..., 0]
+  np.testing.assert_allclose(got[3:], np.log(p) - np.log1p(-p), rtol=1e-4,
+                             atol=1e-4)
+
+
+def test_each_view_has_its_margin_and_the_plain_view_matches_p_and_correct(
+    tiny_config):
+  c = tiny_config
+  c.train.epochs = 2
+  _, _, run = _setup(c)
+  out = run(np.arange(2))
+  for part, n in (('train', 1300), ('test', 497)):
+    margin = out[f'{part}_margin']
+    assert margin.shape == (2, n, train.num_views('none')) == (2, n, 1)
+    margin = margin[..., 0]
+    # One view: the margin is the averaged logits' log-odds.
+    np.testing.assert_allclose(1 / (1 + np.exp(-margin)),
+                               out[f'{part}_ptrue'], atol=1e-5)
+    # phi > 0 is p_y > 1/2, so the arg max; a wrong arg max has p_y <= 1/2.
+    correct = out[f'{part}_correct']
+    assert correct[margin > 1e-4].all() and (margin[~correct] < 1e-4).all()
+    assert (~correct).any() and (margin < 0).any()
+
+
+def test_tta_views_each_get_a_margin(tiny_config):
+  x = np.random.default_rng(0).integers(0, 255, (4, 8, 8, 1), np.uint8)
+  for tta in train.TTA:
+    views, weights = train.tta_views(x, tta)
+    assert views.shape[0] == len(weights) == train.num_views(tta)
