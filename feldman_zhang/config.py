@@ -144,6 +144,10 @@ def base() -> ml_collections.ConfigDict:
   # --config.estimate.infl=True parses as a bool.)
   c.estimate.infl = ml_collections.FieldReference(AUTO, field_type=object)
   c.estimate.infl_stderr = False
+  # The estimates on the margin too (margins.py): mem_margin (n,) always,
+  # infl_margin (n, n_test) float32 where infl is dense. Runs whose chunks
+  # hold no margins (format 1) skip them.
+  c.estimate.margin = True
   # > 0: the top-k influence of each test example, computed tile by tile
   # without the full matrix (for runs where n x n_test does not fit; set
   # infl = False there), and every pair with infl >= pair_threshold (at most
@@ -243,6 +247,7 @@ def validate(c) -> None:
       (c.estimate.infl in (AUTO, True, False),
        'estimate.infl must be auto, True or False'),
       (c.estimate.infl_topk >= 0, 'estimate.infl_topk must be >= 0'),
+      (c.estimate.margin in (True, False), 'estimate.margin must be True or False'),
       (c.summary.top_pairs >= 0, 'summary.top_pairs must be >= 0'),
       (len(c.drop.thresholds) >= 1, 'drop.thresholds must not be empty'),
       (c.drop.num_models >= 1, 'drop.num_models must be >= 1'),

@@ -135,7 +135,7 @@ def plan(config, ds, m: int, model, todo: int) -> Plan:
   dense = 0
   if config.estimate.infl is True:
     dense = config_lib.dense_bytes(n, n_test) * (
-        2 if config.estimate.infl_stderr else 1)
+        1 + bool(config.estimate.infl_stderr) + bool(config.estimate.margin))
   if config.estimate.infl_topk:
     # Each test example's top k (value and index), and at most MAX_PAIRS
     # pairs (train, test, infl): few models make many noisy pairs.

@@ -21,6 +21,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from feldman_zhang import config as config_lib
 from feldman_zhang import distributed
 from feldman_zhang.experiments import drop
 from feldman_zhang.experiments import lastlayer
@@ -64,8 +65,8 @@ def parse_flags(argv):
           'their meaning: feldman_zhang/config.py and the README).')
     sys.exit(0)
   path = _config_path(argv)
-  if path is not None and not os.path.isfile(path):
-    sys.exit(f'error: --config file {path} does not exist')
+  if path is not None:
+    _check_config_file(*path)
   try:
     argv = FLAGS(argv)
   except flags.Error as e:
@@ -101,7 +102,9 @@ def parse_flags(argv):
 
 
 def _config_path(argv):
-  """The file --config names (without a ':arg' suffix), or None."""
+  """(file, arg) of the --config that counts (the last, as absl reads it;
+  arg: what follows a ':', '' if nothing), or None."""
+  found = None
   for i, a in enumerate(argv[1:], 1):
     if a.startswith('--config='):
       value = a.split('=', 1)[1]
@@ -109,8 +112,33 @@ def _config_path(argv):
       value = argv[i + 1]
     else:
       continue
-    return value.split(':', 1)[0] if value else None
-  return None
+    found = tuple(value.split(':', 1)) + ('',) if value else None
+  return found[:2] if found else None
+
+
+def _check_config_file(path: str, arg: str) -> None:
+  """Runs the config file's get_config once, before absl does: its errors
+  (a syntax error, a failed import, no get_config) end the command in one
+  line naming the file, not in absl's traceback or as an unknown field."""
+  if not os.path.isfile(path):
+    sys.exit(f'error: --config file {path} does not exist')
+  try:
+    config_lib.from_file(path, arg)
+  except AttributeError as e:
+    if "no attribute 'get_config'" not in str(e):
+      _config_error(path, e)
+    sys.exit(f'error: cannot load --config {path}: it has no get_config() '
+             '(a config file defines get_config() returning a ConfigDict; '
+             'see configs/)')
+  except Exception as e:  # pylint: disable=broad-except
+    # The user's code: any error it raises is theirs to fix.
+    _config_error(path, e)
+
+
+def _config_error(path, e):
+  message = ' '.join(str(e).split())
+  sys.exit(f'error: cannot load --config {path}: {type(e).__name__}: '
+           f'{message}')
 
 
 def use_compilation_cache(path: str) -> None:

@@ -22,6 +22,7 @@ from feldman_zhang import distributed
 from feldman_zhang import estimate as estimate_lib
 from feldman_zhang import prepare as prepare_lib
 from feldman_zhang import identity as identity_lib
+from feldman_zhang import margins
 from feldman_zhang import ratios
 from feldman_zhang import runner
 from feldman_zhang import schedule
@@ -215,12 +216,18 @@ def _estimate_and_write(job, workdir, preds, valid, trained, run_id,
   masks, train_correct, test_correct = (
       (preds[k] if valid.all() else preds[k][valid])
       for k in ('masks', 'train_correct', 'test_correct'))
+  margin = None
+  if job.config.estimate.margin and 'train_margin' in preds:
+    margin = tuple(preds[k] if valid.all() else preds[k][valid]
+                   for k in ('train_margin', 'test_margin'))
   # Each new_dense file is removed if anything below fails before it is
   # sealed (at MNIST's size it is 2.4 GB).
   with store.dense_files(workdir) as new_dense:
     with phases('estimate'):
       est = _estimate(job.config, masks, train_correct, test_correct,
                       new_dense)
+      if margin is not None:
+        est.update(_estimate_margin(job.config, masks, *margin, new_dense))
       if job.config.subset_ratios:
         est.update(ratios.fields(job.config, workdir, est))
       est['diverged_models'] = preds['model_ids'][~valid]
@@ -258,6 +265,17 @@ def _estimate(config, masks, train_correct, test_correct, new_dense) -> dict:
     est.update(estimate_lib.topk_estimates(
         masks, test_correct, est['mem'], c.infl_topk, c.pair_threshold,
         c.pair_mem_threshold))
+  return est
+
+
+def _estimate_margin(config, masks, train_margin, test_margin,
+                     new_dense) -> dict:
+  """mem and (where infl is dense) infl on the margin (margins.py)."""
+  est = dict(mem_margin=margins.mem_margin(masks, train_margin))
+  if config.estimate.infl:
+    est['infl_margin'] = margins.infl_margin(
+        masks, test_margin,
+        out=new_dense((masks.shape[1], test_margin.shape[1])))
   return est
 
 

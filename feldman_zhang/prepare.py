@@ -4,10 +4,10 @@ m and the model, checked before the workdir is touched.
 `prepare(config)` loads the data, resolves the config once (config.resolve:
 every 'auto' made concrete for this backend and this data's size), builds
 the model, and refuses in one line what cannot run: subsets that hold none
-or all of the data, batches larger than a subset, a model that cannot take
-the data's shape, and requests that cannot fit host or device memory. Every
-later step reads `Prepared.config`; the config as given travels beside it
-only to be recorded.
+or all of the data, batches larger than a subset, training of no step, a
+model that cannot take the data's shape, and requests that cannot fit host
+or device memory. Every later step reads `Prepared.config`; the config as
+given travels beside it only to be recorded.
 """
 
 import math
@@ -64,6 +64,7 @@ def prepare(config, recorded: dict | None = None) -> Prepared:
       raise config_lib.ConfigError(
           f'train.batch_size={config.train.batch_size} exceeds the subsets\' '
           f'm={m} examples')
+    check_steps(config.train, m)
   m = subsets.subset_size(ds.num_train, config.subset_ratio)
   if (config.subset_design == 'balanced' and
       config.num_models * m > subsets.MAX_BALANCED_ENTRIES):
@@ -88,6 +89,20 @@ def prepare(config, recorded: dict | None = None) -> Prepared:
         f'{ds.name}\'s {tuple(ds.x_train.shape[1:])}')
   _check_device_memory(config, ds, _param_count(config, ds, model))
   return Prepared(ml_collections.FrozenConfigDict(config), given, ds, m, model)
+
+
+def check_steps(train_config, m: int, field: str = 'train') -> None:
+  """Refuses training of no step on subsets of m examples (an epochs so
+  small that its steps round to zero): its models would be their random
+  initializations, and every estimate noise. field: where train_config
+  comes from, for the message ('lastlayer' for the heads)."""
+  steps, total = train.step_counts(m, train_config)
+  if total < 1:
+    raise config_lib.ConfigError(
+        f'{field}.epochs={train_config.epochs:g} trains no step on subsets '
+        f'of m={m} examples ({steps} steps an epoch at batch size '
+        f'{train_config.batch_size}); {field}.epochs must be at least '
+        f'{1 / steps:.2g}')
 
 
 def derived(given, config, ds, m: int, model) -> Prepared:

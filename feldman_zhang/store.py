@@ -6,6 +6,7 @@ WORKDIR/                    (every path: `Workdir`)
   estimates.npz             mem, mem_stderr, heldout_acc, ..., its config
   infl-CRC.npy              the (n, n_test) float32 matrices, named in
   infl_stderr-CRC.npy       estimates.npz
+  infl_margin-CRC.npy
   config.json               the config, readable (written after the estimates)
   summary.json              what the job printed, and its timing
 
@@ -89,9 +90,11 @@ class Workdir:
 
   def temp_files(self) -> list[str]:
     """Temporary files of writes a kill interrupted, in the folders the
-    holder of the lock writes (the lastlayer heads' and the ratios' runs
-    are workdirs of their own, with their own lock)."""
-    folders = ('', 'chunks', 'drop')
+    holder of the lock writes: the run's, its chunks', the experiments'
+    (lastlayer/ itself: the comparison and the backbone's checksum; the
+    heads' chunks are their own run's, as the ratios' runs are, each with
+    its own lock) and the report's (report.html: the run's folder)."""
+    folders = ('', 'chunks', 'drop', 'lastlayer')
     return sorted(p for f in folders
                   for p in glob.glob(self._join(f, '.tmp-*')))
 
@@ -124,6 +127,11 @@ class Workdir:
   def backbone(self) -> str:
     """The backbone's orbax checkpoint (a folder)."""
     return os.path.abspath(self._join('lastlayer', 'backbone'))
+
+  @property
+  def backbone_checksum(self) -> str:
+    """The sha256 of the backbone's weights, beside its checkpoint."""
+    return self._join('lastlayer', 'backbone.sha256.json')
 
   @property
   def comparison_json(self) -> str:
@@ -477,7 +485,7 @@ def load_predictions(workdir: str, num_models: int = 0,
 # by the crc32 of its data (the array, not the .npy header) and estimates.npz
 # names the file it goes with, so a kill between the writes leaves the old
 # estimates.npz with the old file.
-DENSE = ('infl', 'infl_stderr')
+DENSE = ('infl', 'infl_stderr', 'infl_margin')
 _DENSE_TMP = '.tmp-dense-'
 
 

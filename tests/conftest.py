@@ -1,4 +1,5 @@
 import os
+import shutil
 import sys
 
 import pytest
@@ -31,3 +32,40 @@ def make_tiny_config():
 @pytest.fixture
 def tiny_config():
   return make_tiny_config()
+
+
+# -- finished runs, trained once per session ------------------------------------
+# Most tests read a finished run; those that change it get a copy. Runs and
+# subprocesses are what the suite's time goes to (issue 25).
+
+
+@pytest.fixture(scope='session')
+def tiny_template(tmp_path_factory):
+  """(workdir, summary) of make_tiny_config()'s finished run. Not to be
+  changed: `finished` gives each test a copy."""
+  from feldman_zhang import pipeline  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path_factory.mktemp('tiny_template') / 'run')
+  return workdir, pipeline.run(make_tiny_config(), workdir)
+
+
+@pytest.fixture
+def finished(tiny_template, tmp_path):
+  """(config, workdir, summary): a copy of the tiny finished run, the test's
+  own to change, and the config that made it."""
+  template, summary = tiny_template
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(template, workdir)
+  return make_tiny_config(), workdir, summary
+
+
+@pytest.fixture(scope='session')
+def tiny_run(tmp_path_factory):
+  """(config, workdir) of one finished digits run with dense influence, 16
+  models: read it, do not change it."""
+  from feldman_zhang import pipeline  # pylint: disable=g-import-not-at-top
+  c = make_tiny_config()
+  c.num_models = 16
+  c.models_per_device = 8
+  workdir = str(tmp_path_factory.mktemp('tiny_run') / 'run')
+  pipeline.run(c, workdir)
+  return c, workdir

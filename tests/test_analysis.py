@@ -25,6 +25,8 @@ from feldman_zhang.analysis import common
 from feldman_zhang.analysis import export_pairs
 from feldman_zhang.analysis import galleries
 from feldman_zhang.analysis import report
+
+pytestmark = pytest.mark.integration  # runs and subprocesses
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 # A plant whose arbitrary label is what models predict for noise anyway is
@@ -367,3 +369,208 @@ def test_a_recorded_config_reads_with_the_fields_it_predates():
   assert c['summary']['mem_threshold'] == 0.25
   from feldman_zhang import data  # pylint: disable=g-import-not-at-top
   assert data.from_config(c).name == data.load('digits').name
+
+
+# -- damaged inputs, full disks, Ctrl-C: one line, a non-zero exit ----------
+
+
+def _lines(result):
+  return result.stderr.strip().splitlines()
+
+
+def _one_line_error(result):
+  lines = _lines(result)
+  assert result.returncode != 0 and 'Traceback' not in result.stderr, (
+      result.stderr[-3000:])
+  assert len(lines) == 1 and lines[0].startswith('error: '), lines
+  return lines[0]
+
+
+def _patched(name, patch, *args):
+  """analysis.NAME run with `patch` (Python source) executed first."""
+  code = ('import runpy, sys\n' + patch + '\nsys.argv = sys.argv[1:]\n'
+          f"runpy.run_module('analysis.{name}', run_name='__main__')")
+  return subprocess.run([sys.executable, '-c', code, name, *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+
+
+_DROP_CSV = ('theta,num_removed,fraction_removed,acc_high_mem_removed,'
+             'acc_high_mem_removed_se,acc_random_removed,'
+             'acc_random_removed_se\n0.5,12,0.009,0.91,0.004,0.93,0.003\n')
+
+
+def _with_experiments(planted_run, dest):
+  """A copy of the run with a drop table, a comparison and heads' mem."""
+  workdir = str(shutil.copytree(planted_run[0], dest))
+  os.makedirs(os.path.join(workdir, 'drop'))
+  with open(os.path.join(workdir, 'drop', 'drop.csv'), 'w') as f:
+    f.write(_DROP_CSV)
+  heads = os.path.join(workdir, 'lastlayer')
+  mem = store.load_estimates(workdir)['mem']
+  store.write_estimates(heads, dict(mem=mem * 0.5, num_models=np.int64(3)))
+  store.write_json(os.path.join(heads, 'comparison.json'),
+                   dict(threshold=0.25, memorized_full=40, memorized_last=2,
+                        median_full=0.01, median_last=0.0, mean_full=0.05,
+                        mean_last=0.01, correlation=0.31234567,
+                        head_test_acc_mean=0.87, full_test_acc_mean=0.95,
+                        num_models_full=96, num_models_last=96))
+  return workdir
+
+
+def _garbage_csv(workdir):
+  path = os.path.join(workdir, 'drop', 'drop.csv')
+  open(path, 'wb').write(bytes(range(128, 256)) * 4)
+  return path
+
+
+def _truncated_comparison(workdir):
+  path = os.path.join(workdir, 'lastlayer', 'comparison.json')
+  data = open(path, 'rb').read()
+  open(path, 'wb').write(data[:len(data) // 2])
+  return path
+
+
+def _flipped_head_estimates(workdir):
+  path = os.path.join(workdir, 'lastlayer', 'estimates.npz')
+  data = bytearray(open(path, 'rb').read())
+  data[len(data) // 2] ^= 0xFF
+  open(path, 'wb').write(bytes(data))
+  return path
+
+
+@pytest.mark.parametrize('damage, rebuild', [
+    (_garbage_csv, '--mode=drop'),
+    (_truncated_comparison, '--mode=lastlayer'),
+    (_flipped_head_estimates, '--mode=lastlayer'),
+])
+def test_a_damaged_experiment_file_is_one_line(planted_run, tmp_path, damage,
+                                               rebuild):
+  workdir = _with_experiments(planted_run, tmp_path / 'run')
+  path = damage(workdir)
+  for name in ('report', 'experiment_figures'):
+    if name == 'experiment_figures' and 'comparison' in path:
+      continue  # the figures do not read it
+    line = _one_line_error(_script(name, f'--workdir={workdir}'))
+    assert path in line and rebuild in line, (name, line)
+    assert len(line) < 400
+
+
+_FULL_DISK = ('import errno, os\n'
+              'def full(fd):\n'
+              '  raise OSError(errno.ENOSPC, "No space left on device")\n'
+              'os.fsync = full')
+
+
+def _temp_files(root):
+  return [os.path.join(r, n) for r, _, names in os.walk(root)
+          for n in names if n.startswith('.tmp-')]
+
+
+@pytest.mark.parametrize('name, args, written', [
+    ('export_pairs', ['--grids=2'], 'pairs/pairs.csv'),
+    ('galleries', [], 'figures/'),
+    ('report', ['--grids=2'], 'report.html'),
+    ('experiment_figures', [], 'drop/drop.png'),
+    ('release', ['--write_classes=RUN/classes.npz'], 'classes.npz'),
+])
+def test_a_full_disk_is_one_line_naming_the_file(planted_run, tmp_path, name,
+                                                 args, written):
+  workdir = _with_experiments(planted_run, tmp_path / 'run')
+  args = [a.replace('RUN', workdir) for a in args]
+  line = _one_line_error(_patched(name, _FULL_DISK, f'--workdir={workdir}',
+                                  *args))
+  assert f'cannot write {workdir}/{written}' in line, line
+  assert 'No space left on device' in line
+  assert not _temp_files(workdir)
+
+
+def test_a_full_disk_in_consistency_is_one_line(planted_run, tmp_path):
+  workdir = planted_run[0]
+  out = tmp_path / 'out'
+  line = _one_line_error(_patched(
+      'consistency', _FULL_DISK, f'--runs={workdir}', f'--reference={workdir}',
+      f'--out={out}'))
+  assert f'cannot write {out}/consistency.csv: No space left' in line
+  assert not _temp_files(out)
+
+
+@pytest.mark.parametrize('name', ['export_pairs', 'galleries'])
+def test_an_unwritable_out_is_one_line(planted_run, tmp_path, name):
+  afile = tmp_path / 'afile'
+  afile.write_text('x')
+  line = _one_line_error(_script(name, f'--workdir={planted_run[0]}',
+                                 f'--out={afile}/out'))
+  assert f'{afile}/out' in line and 'Not a directory' in line, line
+  assert '--out' in line
+
+
+def test_compare_runs_on_an_unfinished_run_is_one_line(planted_run, tmp_path):
+  workdir = planted_run[0]
+  unfinished = tmp_path / 'unfinished'
+  unfinished.mkdir()
+  shutil.copy(os.path.join(workdir, 'run.json'), unfinished)
+  shutil.copytree(os.path.join(workdir, 'chunks'), unfinished / 'chunks')
+  line = _one_line_error(_script('compare_runs', f'--a={workdir}',
+                                 f'--b={unfinished}'))
+  assert line == (f'error: {unfinished} has no estimates.npz: the run has '
+                  'not finished; run the estimate there first'), line
+  assert 'Errno' not in line
+
+
+@pytest.mark.parametrize('name', ['report', 'export_pairs'])
+def test_ctrl_c_in_an_analysis_command_is_one_line(planted_run, name):
+  # Ctrl-C as the run is loaded (where the time goes).
+  patch = ('from feldman_zhang.analysis import common\n'
+           'def ctrl_c(*args, **kwargs):\n'
+           '  raise KeyboardInterrupt\n'
+           'common.load_run = ctrl_c')
+  result = _patched(name, patch, f'--workdir={planted_run[0]}')
+  assert result.returncode == 130, result.stderr[-3000:]
+  assert _lines(result) == ['interrupted']
+
+
+def test_a_killed_export_never_leaves_a_partial_set(planted_run, tmp_path,
+                                                   monkeypatch):
+  run = common.load_run(planted_run[0], need_infl=True)
+  out = tmp_path / 'pairs'
+  export_pairs.export(run, str(out), grids=0)
+  (out / '.tmp-stale').write_bytes(b'a killed write')
+  replace = os.replace
+
+  def killed_at_json(src, dst):
+    if str(dst).endswith('pairs.json'):
+      raise KeyboardInterrupt  # a kill between the files' renames
+    replace(src, dst)
+
+  monkeypatch.setattr(os, 'replace', killed_at_json)
+  with pytest.raises(KeyboardInterrupt):
+    export_pairs.export(run, str(out), max_pairs=3, grids=0)
+  monkeypatch.setattr(os, 'replace', replace)
+
+  def consistent():
+    """pairs.npz, where there is one, holds the pairs of pairs.csv."""
+    if not (out / 'pairs.npz').exists():
+      return not (out / 'pairs.csv').exists()
+    with open(out / 'pairs.csv') as f:
+      rows = list(csv.DictReader(f))
+    with np.load(out / 'pairs.npz') as f:
+      return [int(r['tr_idx']) for r in rows] == f['tr_idx'].tolist()
+
+  assert consistent()
+  export_pairs.export(run, str(out), max_pairs=4, grids=0)
+  assert consistent() and sorted(os.listdir(out)) == [
+      'pairs.csv', 'pairs.json', 'pairs.npz']
+
+
+def test_analysis_commands_clear_stale_temporary_files(planted_run, tmp_path):
+  workdir = _with_experiments(planted_run, tmp_path / 'run')
+  stale = [os.path.join(workdir, d, '.tmp-killed')
+           for d in ('pairs', 'figures', 'drop', 'lastlayer', '')]
+  for path in stale:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    open(path, 'wb').write(b'torn')
+  for name in ('export_pairs', 'galleries', 'experiment_figures'):
+    result = _script(name, f'--workdir={workdir}', *(
+        ['--grids=1'] if name == 'export_pairs' else []))
+    assert result.returncode == 0, result.stderr[-3000:]
+  assert not _temp_files(workdir)

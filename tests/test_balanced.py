@@ -11,6 +11,8 @@ from feldman_zhang import identity as identity_lib
 from feldman_zhang import store
 from feldman_zhang import subsets
 
+pytestmark = pytest.mark.integration  # runs and subprocesses
+
 
 @pytest.mark.parametrize('n,ratio,t', [(100, 0.5, 10), (60, 0.7, 30),
                                        (1797, 0.7, 1000), (13, 0.7, 7)])

@@ -9,6 +9,8 @@ import pytest
 
 from conftest import ROOT
 
+pytestmark = pytest.mark.integration  # runs and subprocesses
+
 
 def _cli(workdir, *overrides, env=None):
   # No compilation cache in the user's home unless a test names one.
@@ -49,7 +51,10 @@ def _cli(workdir, *overrides, env=None):
     ('--config.lastlayer.models_per_device=0',
      'lastlayer.models_per_device must be >= 1'),
     ('--config.data.source=random:8x8x1:10:-5:10', 'bad random source'),
-    ('--config=configs/no_such.py', "cannot load --config: OSError"),
+    ('--config=configs/no_such.py',
+     'error: --config file configs/no_such.py does not exist'),
+    ('--config.train.epochs=1e-9',
+     'train.epochs=1e-09 trains no step on subsets of m=910'),
     ('--config=configs/digits_mlp.py:arg',
      'TypeError: get_config() takes 0 positional arguments'),
 ])
@@ -61,6 +66,25 @@ def test_bad_input(tmp_path, override, message):
   assert last.startswith('error: ') and message in last, result.stderr
   assert 'Traceback' not in result.stderr
   assert not workdir.exists()
+
+
+@pytest.mark.parametrize('text, message', [
+    ('def get_config(:\n  pass\n', 'SyntaxError: invalid syntax (broken.py, '
+     'line 1)'),
+    ('X = 1\n', 'has no get_config()'),
+    ('import no_such_module_zz\n', "ModuleNotFoundError: No module named "
+     "'no_such_module_zz'"),
+    ('def get_config():\n  return 1 / 0\n', 'ZeroDivisionError'),
+])
+def test_a_broken_config_file_is_one_line(tmp_path, text, message):
+  path = tmp_path / 'broken.py'
+  path.write_text(text)
+  result = _cli(tmp_path / 'run', f'--config={path}')
+  assert result.returncode != 0
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(
+      f'error: cannot load --config {path}: ') and message in lines[0], lines
+  assert not (tmp_path / 'run').exists()
 
 
 def test_labels_out_of_range_in_file(tmp_path):

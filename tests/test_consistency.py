@@ -10,27 +10,22 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from conftest import make_tiny_config
 from feldman_zhang import estimate
-from feldman_zhang import pipeline
 from feldman_zhang import store
 
 from feldman_zhang.analysis import consistency
+
+pytestmark = pytest.mark.integration  # runs and subprocesses
 
 MEM_THETAS = consistency.thresholds('0.05:0.95:0.05')
 INFL_THETAS = consistency.thresholds('0.05:0.5:0.05')
 
 
-@pytest.fixture(scope='module')
-def tiny_run(tmp_path_factory):
-  """The workdir of one finished digits run with dense influence."""
-  c = make_tiny_config()
-  c.num_models = 16
-  c.models_per_device = 8
-  workdir = str(tmp_path_factory.mktemp('consistency') / 'run')
-  pipeline.run(c, workdir)
-  return workdir
 
+@pytest.fixture
+def tiny_workdir(tiny_run):
+  """The workdir of conftest's shared tiny run (read only)."""
+  return tiny_run[1]
 
 def _copy_run(workdir, dest, estimates=None, identity=None):
   """A workdir with the run's files but other estimates or identity."""
@@ -89,8 +84,8 @@ def test_pair_consistency_looks_up_pairs_outside_a_set():
   assert got['jaccard'][0] == 1.0 and np.isnan(got['mean_abs_diff'][0])
 
 
-def test_a_run_agrees_with_itself(tiny_run, tmp_path):
-  result = _script(f'--runs={tiny_run}', f'--reference={tiny_run}',
+def test_a_run_agrees_with_itself(tiny_workdir, tmp_path):
+  result = _script(f'--runs={tiny_workdir}', f'--reference={tiny_workdir}',
                    f'--out={tmp_path}')
   assert result.returncode == 0, result.stderr
   assert sorted(os.listdir(tmp_path)) == ['consistency.csv',
@@ -111,11 +106,11 @@ def test_a_run_agrees_with_itself(tiny_run, tmp_path):
   assert sum(int(r['union']) > 0 for r in rows if r['kind'] == 'mem') >= 3
 
 
-def test_shuffled_mem_is_inconsistent(tiny_run, tmp_path):
-  est = dict(store.load_estimates(tiny_run))
+def test_shuffled_mem_is_inconsistent(tiny_workdir, tmp_path):
+  est = dict(store.load_estimates(tiny_workdir))
   est['mem'] = np.random.default_rng(0).permutation(est['mem'])
-  shuffled = consistency.Estimates(_copy_run(tiny_run, tmp_path / 's', est))
-  rows = consistency.consistency(consistency.Estimates(tiny_run), [shuffled],
+  shuffled = consistency.Estimates(_copy_run(tiny_workdir, tmp_path / 's', est))
+  rows = consistency.consistency(consistency.Estimates(tiny_workdir), [shuffled],
                                  MEM_THETAS, INFL_THETAS)
   mem = [r for r in _rows(rows, 'mem') if r['union']]
   assert max(r['jaccard'] for r in mem) < 0.7
@@ -126,14 +121,14 @@ def test_shuffled_mem_is_inconsistent(tiny_run, tmp_path):
   assert not any(r['baseline'] for r in rows)  # same settings, not a seed
 
 
-def test_topk_only_run_agrees_where_its_list_is_whole(tiny_run, tmp_path):
-  preds = store.load_predictions(tiny_run)
-  est = {k: v for k, v in store.load_estimates(tiny_run).items()
+def test_topk_only_run_agrees_where_its_list_is_whole(tiny_workdir, tmp_path):
+  preds = store.load_predictions(tiny_workdir)
+  est = {k: v for k, v in store.load_estimates(tiny_workdir).items()
          if not k.startswith('infl')}
   est.update(estimate.topk_estimates(preds['masks'], preds['test_correct'],
                                      est['mem'], 2, 0.15, 0.25))
-  topk = consistency.Estimates(_copy_run(tiny_run, tmp_path / 'k', est))
-  rows = consistency.consistency(consistency.Estimates(tiny_run), [topk],
+  topk = consistency.Estimates(_copy_run(tiny_workdir, tmp_path / 'k', est))
+  rows = consistency.consistency(consistency.Estimates(tiny_workdir), [topk],
                                  MEM_THETAS, INFL_THETAS)
   pairs = _rows(rows, 'pairs')
   whole = [r for r in pairs if r['theta'] >= 0.15]
@@ -145,11 +140,11 @@ def test_topk_only_run_agrees_where_its_list_is_whole(tiny_run, tmp_path):
   assert all(r['compared'] <= r['union'] for r in below)
 
 
-def test_seed_baseline_is_labelled(tiny_run, tmp_path):
-  ref = consistency.Estimates(tiny_run)
-  seed = consistency.Estimates(_copy_run(tiny_run, tmp_path / 'seed1',
+def test_seed_baseline_is_labelled(tiny_workdir, tmp_path):
+  ref = consistency.Estimates(tiny_workdir)
+  seed = consistency.Estimates(_copy_run(tiny_workdir, tmp_path / 'seed1',
                                          identity={'config.seed': 1}))
-  lr = consistency.Estimates(_copy_run(tiny_run, tmp_path / 'lr',
+  lr = consistency.Estimates(_copy_run(tiny_workdir, tmp_path / 'lr',
                                        identity={'config.seed': 1,
                                                  'config.train.lr': 0.5}))
   assert consistency.is_seed_baseline(ref, seed)
@@ -164,9 +159,9 @@ def test_seed_baseline_is_labelled(tiny_run, tmp_path):
   assert [l.get_linestyle() for l in ax.get_lines()] == ['--', '-']
 
 
-def test_other_data_is_refused_in_one_line(tiny_run, tmp_path):
-  other = _copy_run(tiny_run, tmp_path / 'other', identity={'data': 'f' * 64})
-  result = _script(f'--runs={other}', f'--reference={tiny_run}',
+def test_other_data_is_refused_in_one_line(tiny_workdir, tmp_path):
+  other = _copy_run(tiny_workdir, tmp_path / 'other', identity={'data': 'f' * 64})
+  result = _script(f'--runs={other}', f'--reference={tiny_workdir}',
                    f'--out={tmp_path / "out"}')
   assert result.returncode != 0
   lines = result.stderr.strip().splitlines()

@@ -15,6 +15,8 @@ from feldman_zhang import pipeline
 from feldman_zhang import prepare
 from feldman_zhang import store
 
+pytestmark = pytest.mark.integration  # runs and subprocesses
+
 
 @pytest.fixture(scope='module')
 def planted_run(tmp_path_factory):
@@ -198,3 +200,86 @@ def test_experiments_refuse_several_processes(planted_run, monkeypatch):
   monkeypatch.setattr(jax, 'process_count', lambda: 2)
   with pytest.raises(config_lib.ConfigError, match='one process'):
     drop_lib.drop(c, workdir)
+
+
+def test_no_step_of_training_is_refused_for_heads_and_drop_arms(tiny_config):
+  from feldman_zhang import train
+  head = lastlayer_lib.make_head_config(tiny_config)
+  with head.unlocked():
+    head.train.epochs = 1e-9
+  with pytest.raises(config_lib.ConfigError,
+                     match='lastlayer.epochs=1e-09 trains no step'):
+    prepare.check_steps(head.train, 910, 'lastlayer')
+  # An arm left with fewer examples than one batch, which drop_last drops.
+  tiny_config.train.drop_last = True
+  ds = prepare.prepare(tiny_config).ds
+  removed = np.arange(ds.num_train - tiny_config.train.batch_size + 1)
+  assert train.step_counts(ds.num_train - len(removed),
+                           tiny_config.train)[1] == 0
+  with pytest.raises(config_lib.ConfigError, match='trains no step'):
+    drop_lib.drop_one(tiny_config, ds, None, removed, 0.1, 0)
+
+
+def _backbone_files(path):
+  return [os.path.join(root, name) for root, _, names in os.walk(path)
+          for name in names]
+
+
+def test_flipped_bytes_in_the_backbone_checkpoint_are_caught(tiny_config,
+                                                            tmp_path, caplog):
+  tiny_config.train.epochs = 2
+  job = prepare.prepare(tiny_config)
+  workdir = str(tmp_path)
+  _, params, _ = lastlayer_lib.backbone(job, workdir)
+  path = store.Workdir(workdir).backbone
+  # The weights' own bytes (the largest file): orbax reads them back
+  # without complaint, as other weights.
+  weights = max(_backbone_files(path), key=os.path.getsize)
+  data = bytearray(open(weights, 'rb').read())
+  for i in range(4):
+    data[len(data) // 2 + i] ^= 0x01
+  open(weights, 'wb').write(bytes(data))
+  _, again, _ = lastlayer_lib.backbone(job, workdir)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(again)):
+    np.testing.assert_array_equal(a, b)
+  assert f'the backbone checkpoint {path} fails its checksum' in caplog.text
+  # Trained again and saved with its checksum: the next run restores it.
+  caplog.clear()
+  caplog.set_level('INFO')
+  lastlayer_lib.backbone(job, workdir)
+  assert 'restored the backbone' in caplog.text
+  assert 'training it again' not in caplog.text
+
+
+def test_a_full_disk_while_saving_the_backbone_is_one_line(tiny_config,
+                                                          tmp_path,
+                                                          monkeypatch):
+  import errno
+  import orbax.checkpoint as ocp
+  tiny_config.train.epochs = 2
+  job = prepare.prepare(tiny_config)
+  workdir = str(tmp_path)
+  path = store.Workdir(workdir).backbone
+  real_save = ocp.StandardCheckpointer.save
+
+  def full(self, directory, *args, **kwargs):
+    # Where orbax writes before it renames, then tensorstore's failure.
+    os.makedirs(f'{directory}.orbax-checkpoint-tmp-1234/d')
+    open(f'{directory}.orbax-checkpoint-tmp-1234/d/x', 'wb').write(b'x')
+    raise ValueError(
+        'RESOURCE_EXHAUSTED: Error writing local file "'
+        f'{directory}.orbax-checkpoint-tmp-1234/d/x": No space left on '
+        f'device [os_error_code={errno.ENOSPC}] [source locations=...]\n'
+        + 'tensorstore detail\n' * 300)
+
+  monkeypatch.setattr(ocp.StandardCheckpointer, 'save', full)
+  with pytest.raises(store.StoreError) as raised:
+    lastlayer_lib.backbone(job, workdir)
+  message = str(raised.value)
+  assert '\n' not in message and len(message) < 400, message
+  assert f'cannot save the backbone checkpoint {path}' in message
+  assert 'No space left on device' in message
+  assert os.listdir(os.path.join(workdir, 'lastlayer')) == []
+  monkeypatch.setattr(ocp.StandardCheckpointer, 'save', real_save)
+  lastlayer_lib.backbone(job, workdir)  # with room again, it saves
+  assert os.path.exists(path)

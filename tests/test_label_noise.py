@@ -1,8 +1,11 @@
 import numpy as np
+import pytest
 
 from feldman_zhang import data
 from feldman_zhang import pipeline
 from feldman_zhang import store
+
+pytestmark = pytest.mark.integration  # runs and subprocesses
 
 
 def test_with_label_noise_changes_exactly_the_recorded_labels():

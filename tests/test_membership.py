@@ -17,7 +17,8 @@ from feldman_zhang.analysis import membership
 
 def logpdf_ref(x, mu, sd):
   sd = sd + 1e-30
-  return -0.5 * ((x - mu) / sd) ** 2 - math.log(sd) - 0.5 * math.log(2 * math.pi)
+  return (-0.5 * ((x - mu) / sd) ** 2 - math.log(sd) -
+          0.5 * math.log(2 * math.pi))
 
 
 def log_cdf_ref(z):
@@ -279,7 +280,10 @@ def test_threshold_at_fpr():
   out = np.arange(100.0)
   assert membership.threshold_at_fpr(out, 0.01) == 99  # none above: FPR 0
   assert membership.threshold_at_fpr(out, 0.05) == 95  # 4 above: FPR 0.04
+  assert membership.threshold_at_fpr(out, 1.0) == 0  # all but the least
   assert math.isnan(membership.threshold_at_fpr([np.nan], 0.01))
+  with pytest.raises(ValueError, match='FPR level'):
+    membership.threshold_at_fpr(out, 0)
 
 
 # -- the reference's folder layout --------------------------------------------

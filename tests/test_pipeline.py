@@ -2,6 +2,7 @@
 
 import os
 import time
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -11,12 +12,7 @@ from feldman_zhang import pipeline
 from feldman_zhang import store
 from feldman_zhang import subsets
 
-
-@pytest.fixture
-def finished(tiny_config, tmp_path):
-  workdir = str(tmp_path / 'run')
-  summary = pipeline.run(tiny_config, workdir)
-  return tiny_config, workdir, summary
+pytestmark = pytest.mark.integration  # runs and subprocesses
 
 
 def test_store_and_estimates(capsys, finished):
@@ -48,6 +44,9 @@ def test_store_and_estimates(capsys, finished):
   assert summary['num_memorized'] == int((est['mem'] >= 0.25).sum())
   best = summary['top_pairs'][0]
   assert best['infl'] == pytest.approx(est['infl'].max())
+  # The job prints its summary (here, a rerun with nothing left to train).
+  capsys.readouterr()
+  assert pipeline.run(c, workdir) == dict(summary, timing=mock.ANY)
   out = capsys.readouterr().out
   assert 'examples with mem >= 0.25' in out and 'influence pairs' in out
 

@@ -1,11 +1,14 @@
 """The estimator finds what was planted: end to end, through the CLI's job."""
 
 import numpy as np
+import pytest
 
 import planted
 from feldman_zhang import pipeline
 from feldman_zhang import store
 from feldman_zhang import pairs
+
+pytestmark = pytest.mark.integration  # runs and subprocesses
 
 
 def test_planted_pairs_top_infl_and_planted_mem_high(tmp_path):

@@ -15,6 +15,8 @@ from feldman_zhang import store
 from feldman_zhang import streams
 from feldman_zhang import subsets
 
+pytestmark = pytest.mark.integration  # runs and subprocesses
+
 
 def _reference_cscore(heldout, num_out):
   """The definition, one example at a time."""

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from conftest import make_tiny_config
 from feldman_zhang import estimate
 from feldman_zhang import pipeline
 from feldman_zhang import paper_files
@@ -20,16 +19,7 @@ from feldman_zhang.analysis import common
 from feldman_zhang.analysis import export_pairs
 from feldman_zhang.analysis import release as release_script
 
-
-@pytest.fixture(scope='module')
-def tiny_run(tmp_path_factory):
-  """(config, workdir) of one finished digits run with dense influence."""
-  c = make_tiny_config()
-  c.num_models = 16
-  c.models_per_device = 8
-  workdir = str(tmp_path_factory.mktemp('release') / 'run')
-  pipeline.run(c, workdir)
-  return c, workdir
+pytestmark = pytest.mark.integration  # runs and subprocesses
 
 
 def _assert_blocks_are_dense(blocks, ds, infl):
@@ -119,7 +109,7 @@ def test_pair_file_of_export_pairs_reads(tiny_run, tmp_path):
   table, _ = export_pairs.export(run, str(tmp_path), grids=0)
   pairs = paper_files.read_pair_file(str(tmp_path / 'pairs.npz'))
   assert len(pairs['tr_idx']) > 0
-  for k in release.PAIR_FIELDS:
+  for k in paper_files.PAIR_FIELDS:
     np.testing.assert_array_equal(pairs[k], table[k])
 
 
@@ -158,7 +148,7 @@ def test_compare_with_other_files_disagrees(tiny_run, tmp_path):
   # Half the pairs, with the test indices of the other half: another run.
   rng = np.random.default_rng(0)
   half = len(table['tr_idx']) // 2
-  other = {k: np.asarray(table[k]).copy() for k in release.PAIR_FIELDS}
+  other = {k: np.asarray(table[k]).copy() for k in paper_files.PAIR_FIELDS}
   other['tt_idx'][:half] = rng.permutation(other['tt_idx'][:half])
   other['mem'] = rng.permutation(other['mem'])
   path = str(tmp_path / 'other.npz')

@@ -14,6 +14,8 @@ from conftest import ROOT
 from feldman_zhang import schedule
 from feldman_zhang import store
 
+pytestmark = pytest.mark.integration  # runs and subprocesses
+
 TINY = ['--config=configs/digits_mlp.py', '--config.model.hidden=(32,)',
         '--config.train.epochs=4', '--config.models_per_device=2',
         '--compilation_cache=']  # none in the user's home

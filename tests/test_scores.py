@@ -12,8 +12,6 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from conftest import make_tiny_config
-from feldman_zhang import pipeline
 from feldman_zhang import store
 from feldman_zhang.analysis import common
 from feldman_zhang.analysis import scores
@@ -197,14 +195,10 @@ def test_read_released_refusals_are_one_line(tmp_path):
 # -- on a finished run, through the command line ------------------------------
 
 
-@pytest.fixture(scope='module')
-def tiny_run(tmp_path_factory):
-  """The workdir of one finished digits run, without influence."""
-  c = make_tiny_config()
-  c.estimate.infl = False
-  workdir = str(tmp_path_factory.mktemp('scores') / 'run')
-  pipeline.run(c, workdir)
-  return workdir
+@pytest.fixture
+def tiny_workdir(tiny_run):
+  """The workdir of conftest's shared tiny run (read only)."""
+  return tiny_run[1]
 
 
 def _script(*args):
@@ -212,12 +206,12 @@ def _script(*args):
                         cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
-def test_compare_scores_with_the_runs_own_heldout_acc(tiny_run, tmp_path):
-  run = common.load_run(tiny_run)
+def test_compare_scores_with_the_runs_own_heldout_acc(tiny_workdir, tmp_path):
+  run = common.load_run(tiny_workdir)
   est, ds = run.estimates, run.dataset
   path = str(tmp_path / 'cscores.npz')
   np.savez(path, labels=ds.y_train, scores=est['heldout_acc'])
-  result = _script(f'--workdir={tiny_run}', f'--compare_scores={path}:scores',
+  result = _script(f'--workdir={tiny_workdir}', f'--compare_scores={path}:scores',
                    f'--out={tmp_path}')
   assert result.returncode == 0, result.stderr
   assert 'spearman' in result.stdout and 'AUC of -heldout_acc' in result.stdout
@@ -238,8 +232,8 @@ def test_compare_scores_with_the_runs_own_heldout_acc(tiny_run, tmp_path):
   assert got['labels_agreement'] < 0.5
 
 
-def test_compare_scores_refusals_on_the_command_line(tiny_run, tmp_path):
-  n = common.load_run(tiny_run).dataset.num_train
+def test_compare_scores_refusals_on_the_command_line(tiny_workdir, tmp_path):
+  n = common.load_run(tiny_workdir).dataset.num_train
   short, ok = str(tmp_path / 'short.npy'), str(tmp_path / 'ok.npy')
   np.save(short, np.zeros(n - 1))
   np.save(ok, np.zeros(n))
@@ -247,7 +241,7 @@ def test_compare_scores_refusals_on_the_command_line(tiny_run, tmp_path):
                      f'{n - 1} values, the run {n} training examples'),
                     ((f'--compare_scores={ok}', '--score=cscore'),
                      'the estimates hold no cscore')):
-    result = _script(f'--workdir={tiny_run}', *args, f'--out={tmp_path}')
+    result = _script(f'--workdir={tiny_workdir}', *args, f'--out={tmp_path}')
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith('error: '), lines

@@ -10,7 +10,10 @@ through the Agg canvas whatever the user's backend, hold no global state, and
 the scripts either save them (`save_png`) or embed them (`png_bytes`).
 """
 
+import contextlib
 import dataclasses
+import functools
+import glob
 import io
 import json
 import os
@@ -28,6 +31,110 @@ from feldman_zhang import store
 # What a user can get wrong (a workdir, a data set that moved): main() shows
 # these as one line and exits non-zero.
 USER_ERRORS = errors.USER_ERRORS
+
+
+class OutputError(errors.UserError):
+  """An output that cannot be written (a full disk, a read-only folder, a
+  path under a file); the message names the path and what to change."""
+
+
+# -- the commands -------------------------------------------------------------
+
+
+def command(main):
+  """An analysis command's main, as every command's run() hands it to
+  app.run: what a user can cause ends as one line and a non-zero exit --
+  a UserError (a damaged or unfinished run, an output that cannot be
+  written), any other OSError (named by its path), and Ctrl-C
+  ('interrupted', exit 130). Every write is atomic, so none of these
+  leaves a torn or temporary file. Anything else is a bug and keeps its
+  traceback."""
+  @functools.wraps(main)
+  def wrapped(argv):
+    try:
+      return main(argv)
+    except USER_ERRORS as e:
+      sys.exit(f'error: {e}')
+    except OSError as e:
+      where = f' ({e.filename})' if e.filename else ''
+      sys.exit(f'error: {e.strerror or e}{where}')
+    except KeyboardInterrupt:
+      print('interrupted', file=sys.stderr)
+      sys.exit(130)
+  return wrapped
+
+
+def run_command(define_flags, main) -> None:
+  """Defines a command's flags and runs its main through `command`."""
+  define_flags()
+  app.run(command(main))
+
+
+_OUT = 'name another folder with --out'
+
+
+@contextlib.contextmanager
+def writing(path: str, remedy: str = _OUT):
+  """An OSError in the block (a full disk's has no file name) becomes an
+  OutputError naming path and the remedy."""
+  try:
+    yield
+  except OSError as e:
+    raise OutputError(f'cannot write {path}: {e.strerror or e}; free space '
+                      f'or {remedy}') from e
+
+
+def write_file(path: str, write, remedy: str = _OUT) -> str:
+  """store.atomic_write(path, write), a failure named (`writing`); returns
+  path."""
+  with writing(path, remedy):
+    store.atomic_write(path, write)
+  return path
+
+
+@contextlib.contextmanager
+def output_folder(path: str):
+  """The folder a command writes into: made if missing, held for the block
+  (a second command writing it is refused in one line), and cleared first
+  of the temporary files (.tmp-*) of writes a kill interrupted. Where the
+  file system cannot lock a folder, it is neither held nor cleared."""
+  with writing(path):
+    os.makedirs(path, exist_ok=True)
+  try:
+    fd = store.lock_directory(path)
+  except OSError:
+    fd = -1
+  if fd is None:
+    raise OutputError(f'{path} is being written by another command; wait '
+                      f'for it to end, or {_OUT}')
+  try:
+    if fd >= 0:
+      for tmp in glob.glob(os.path.join(glob.escape(path), '.tmp-*')):
+        with contextlib.suppress(FileNotFoundError):
+          os.remove(tmp)
+    yield path
+  finally:
+    if fd >= 0:
+      os.close(fd)
+
+
+def clear_if_idle(workdir: str) -> None:
+  """Removes the temporary files of killed writes in a run's folders
+  (store.Workdir.temp_files: the report's and the experiment figures' are
+  there) if no job holds the run's lock; a job that does removes them
+  itself when it next starts."""
+  try:
+    fd = store.lock_directory(workdir)
+  except OSError:
+    return
+  if fd is None:
+    return
+  try:
+    for tmp in store.Workdir(workdir).temp_files():
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(tmp)
+  finally:
+    os.close(fd)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,7 +287,7 @@ def png_bytes(fig: mpl_figure.Figure, dpi: int = 100) -> bytes:
 
 
 def save_png(fig: mpl_figure.Figure, path: str, dpi: int = 100) -> str:
-  """Writes the figure (atomically, as the store does); returns the path."""
+  """Writes the figure (atomically, as the store does); returns the path.
+  OutputError naming it if it cannot be written."""
   data = png_bytes(fig, dpi)
-  store.atomic_write(path, lambda f: f.write(data))
-  return path
+  return write_file(path, lambda f: f.write(data))

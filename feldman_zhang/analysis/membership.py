@@ -185,14 +185,18 @@ def _logpdf(x, loc, scale):
   return -0.5 * z * z - np.log(scale) - 0.5 * math.log(2 * math.pi)
 
 
+# One compiled program, not one per primitive of an eager call.
+_log_ndtr = jax.jit(jax_special.log_ndtr)
+
+
 def _log_cdf(z):
   """log Phi(z) of float64 z: jax's log_ndtr (float32 inside, relative
   error ~1e-7) down to z = -10, the asymptotic series of the Mills ratio
   in float64 below, where float32 would overflow (a one-shadow group's sd
   of 1e-30 gives z ~ 1e30)."""
   far = z < -10
-  near = np.asarray(jax_special.log_ndtr(
-      np.where(far, -10, z).astype(np.float32)), np.float64)
+  near = np.asarray(_log_ndtr(np.where(far, -10, z).astype(np.float32)),
+                    np.float64)
   zf = np.where(far, z, -10)
   r = 1 / (zf * zf)
   far_value = (-0.5 * zf * zf - np.log(-zf) - 0.5 * math.log(2 * math.pi) +
@@ -216,10 +220,8 @@ def _score(name, s, pooled):
     v = -_logpdf(x, s['med_out'], pooled[1])
   elif name == 'offline_onesided':
     v = _log_cdf((x - s['med_out']) / (s['sd_out'] + _EPS))
-  elif name == 'global':
+  else:  # global
     v = x
-  else:
-    raise ValueError(f'unknown attack {name!r}: one of {", ".join(ATTACKS)}')
   return v.mean(-1)
 
 
@@ -262,6 +264,10 @@ def lira_scores(masks, phi_train, targets, attacks=ATTACKS,
     {attack: (T, n) float64}, higher = member, NaN where undefined.
   """
   masks, phi_train = _check(masks, phi_train)
+  unknown = set(attacks) - set(ATTACKS)
+  if unknown:
+    raise ValueError(f'unknown attacks {sorted(unknown)}: choose from '
+                     f'{", ".join(ATTACKS)}')
   targets = np.asarray(targets, np.int64)
   out = {a: np.empty((len(targets), masks.shape[1])) for a in attacks}
   for start, stop, scores in _score_tiles(masks, phi_train, targets, attacks,
@@ -379,14 +385,14 @@ def attack_all(masks, phi_train, targets=None, *, attacks=ATTACKS,
 def threshold_at_fpr(score_out, level: float) -> float:
   """v such that `score > v` has the largest FPR below level over the
   non-members' scores score_out (NaN left out): the (K+1)-th largest, K =
-  ceil(level N) - 1; -inf keeps them all (level > 1), NaN if none."""
+  ceil(level N) - 1 (ties at v may leave fewer above it); NaN if none."""
+  if not 0 < level <= 1:
+    raise ValueError(f'the FPR level must lie in (0, 1], not {level}')
   s = np.asarray(score_out, np.float64)
   s = s[~np.isnan(s)]
   if not len(s):
     return float('nan')
   k = math.ceil(level * len(s)) - 1
-  if k >= len(s):
-    return -math.inf
   return float(-np.partition(-s, k)[k])
 
 

@@ -12,6 +12,7 @@ import time
 import numpy as np
 from absl import logging
 
+from feldman_zhang import config as config_lib
 from feldman_zhang import runner
 from feldman_zhang import store
 from feldman_zhang import streams
@@ -43,6 +44,13 @@ def drop_one(config, ds, model, removed, theta, theta_index) -> dict:
   r = len(removed)
   if r >= n:
     raise store.StoreError(f'mem >= {theta} removes every training example')
+  if train.step_counts(n - r, config.train)[1] < 1:
+    raise config_lib.ConfigError(
+        f'mem >= {theta} leaves {n - r} training examples, on which '
+        f'train.epochs={config.train.epochs:g} at train.batch_size='
+        f'{config.train.batch_size} (drop_last={config.train.drop_last}) '
+        'trains no step; lower the batch size or leave that threshold out '
+        'of drop.thresholds')
   random_removed = np.stack([random_removal(config.drop.seed, theta_index, j,
                                             n, r) for j in range(num)])
   keep = lambda gone: np.setdiff1d(np.arange(n), gone).astype(np.int32)

@@ -7,7 +7,10 @@ experiment_figures draws the histograms.
 """
 
 import dataclasses
+import glob
+import hashlib
 import os
+import re
 import shutil
 
 import jax
@@ -29,23 +32,22 @@ from feldman_zhang.experiments import common
 def backbone(job, workdir):
   """(model, params, state) of job's model trained on the whole training
   set, saved with orbax under workdir/lastlayer/backbone and restored on a
-  rerun."""
+  rerun.
+
+  orbax reads back flipped bits in the weights' files as other weights: a
+  sha256 of the weights (checksum) sits beside the checkpoint, and a
+  checkpoint that fails it, or has none, is unreadable. Unreadable, it is
+  trained again: the backbone is deterministic.
+  """
   config, ds, model = job.config, job.ds, job.model
-  path = store.Workdir(workdir).backbone
+  w = store.Workdir(workdir)
+  path = w.backbone
   params, state = train.init(model, jax.random.key(0), ds.x_train)
   target = {'params': params, **state}
-  checkpointer = ocp.StandardCheckpointer()
+  _remove_partial_saves(path)
   restored = None
   if os.path.exists(path):
-    try:
-      restored = checkpointer.restore(path, target)
-      logging.info('restored the backbone from %s', path)
-    except Exception as e:  # pylint: disable=broad-except
-      # Orbax and TensorStore raise many types for a damaged checkpoint; the
-      # backbone is deterministic, so training it again gives it back.
-      logging.warning('the backbone checkpoint %s is unreadable (%s); '
-                      'training it again', path, str(e).splitlines()[0])
-      (shutil.rmtree if os.path.isdir(path) else os.remove)(path)
+    restored = _restore(path, w.backbone_checksum, target)
   if restored is None:
     logging.info('training the backbone on all %d examples', ds.num_train)
     train_one = jax.jit(train.make_trainer(model, config, ds.num_train))
@@ -55,10 +57,104 @@ def backbone(job, workdir):
     if not np.isfinite(np.asarray(losses)).all():
       raise store.StoreError('the backbone diverged; lower train.lr')
     restored = {'params': params, **state}
-    checkpointer.save(path, restored)
-    checkpointer.wait_until_finished()
+    _save(path, w.backbone_checksum, restored)
   params = restored.pop('params')
   return model, params, restored
+
+
+def checksum(tree) -> str:
+  """sha256 of a pytree's leaves: each one's path, dtype, shape and bytes."""
+  h = hashlib.sha256()
+  for key, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    a = np.ascontiguousarray(np.asarray(leaf))
+    h.update(f'{jax.tree_util.keystr(key)}{a.dtype.str}{a.shape}'.encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
+
+
+def _restore(path, checksum_path, target):
+  """The checkpoint at path if it is whole and passes its checksum; else
+  None, with a warning naming it, and it is removed."""
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      restored = checkpointer.restore(path, target)
+    want = store.read_json(checksum_path)['sha256']
+  except FileNotFoundError:
+    why = (f'has no checksum ({checksum_path}: cut off while it was saved, '
+           'or saved by an older version)')
+  except Exception as e:  # pylint: disable=broad-except
+    # Orbax and TensorStore raise many types for a damaged checkpoint, json
+    # and KeyError a damaged checksum file.
+    why = f'is unreadable ({_short(e)})'
+  else:
+    if checksum(restored) == want:
+      logging.info('restored the backbone from %s', path)
+      return restored
+    why = f'fails its checksum ({checksum_path})'
+  logging.warning('the backbone checkpoint %s %s; training it again', path,
+                  why)
+  _remove(path)
+  _remove(checksum_path)
+  return None
+
+
+def _save(path, checksum_path, tree):
+  """Saves tree with orbax and its checksum beside it; a failed write (a
+  full disk: orbax's RESOURCE_EXHAUSTED) is a StoreError in one line
+  naming the path, with no partial checkpoint left behind."""
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      checkpointer.save(path, tree)
+      checkpointer.wait_until_finished()
+    store.write_json(checksum_path, dict(sha256=checksum(tree)))
+  except Exception as e:  # pylint: disable=broad-except
+    _remove_partial_saves(path)
+    _remove(path)
+    _remove(checksum_path)
+    if not _is_storage_error(e):
+      raise
+    raise store.StoreError(
+        f'cannot save the backbone checkpoint {path}: {_short(e)}; free '
+        'space (or make the workdir writable) and rerun the same command'
+    ) from e
+
+
+# TensorStore raises ValueError with the status first: these are the
+# storage's failures (a full or read-only disk, a vanished folder).
+_STORAGE_STATUS = ('RESOURCE_EXHAUSTED', 'PERMISSION_DENIED', 'NOT_FOUND',
+                   'os_error_code')
+
+
+def _is_storage_error(e) -> bool:
+  return isinstance(e, OSError) or any(s in str(e) for s in _STORAGE_STATUS)
+
+
+def _short(e) -> str:
+  """An exception in a short line: TensorStore's messages run to pages
+  (the whole spec of the store they failed on)."""
+  if isinstance(e, OSError) and e.strerror:
+    return e.strerror
+  text = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
+  for cut in (' [tensorstore_spec', ' [source locations'):
+    text = text.split(cut)[0]
+  match = re.search(r'"([^"]*)": (.*?)( \[os_error_code=\d+\])?$', text)
+  if match and 'os_error_code' in text:
+    return match.group(2)  # "...": No space left on device [os_error_code]
+  return text[:200]
+
+
+def _remove_partial_saves(path):
+  """orbax writes into PATH.orbax-checkpoint-tmp-* (or a partial_save one)
+  and renames: a kill or a failed write leaves that folder."""
+  for tmp in glob.glob(f'{glob.escape(path)}.*orbax-checkpoint-tmp*'):
+    _remove(tmp)
+
+
+def _remove(path):
+  if os.path.isdir(path):
+    shutil.rmtree(path, ignore_errors=True)
+  elif os.path.exists(path):
+    os.remove(path)
 
 
 def features(model, params, state, x, batch_size=1024):
@@ -117,12 +213,13 @@ def _lastlayer(parent, est, workdir, job) -> dict:
                     config.num_models, int(est['num_models']),
                     int(est['num_models']))
   out_dir = store.Workdir(workdir).lastlayer.root
+  head_config = make_head_config(config)
+  prepare_lib.check_steps(head_config.train, m, 'lastlayer')
   model, params, state = backbone(parent, workdir)
   feats = dataclasses.replace(
       ds, name=f'{ds.name} (frozen features)',
       x_train=features(model, params, state, ds.x_train),
       x_test=features(model, params, state, ds.x_test))
-  head_config = make_head_config(config)
   # The same seed, n and m: every head trains on its full model's subset.
   try:
     summary = job(prepare_lib.derived(head_config, head_config, feats, m,
