@@ -375,6 +375,10 @@ def resolve(c, backend: str | None = None, recorded: dict | None = None,
           'the pairs instead (--config.estimate.infl=True writes it)',
           f'{sizes[0]:,}', f'{sizes[1]:,}',
           units.human_bytes(dense_bytes(*sizes)), out.estimate.infl_topk)
+    else:
+      logging.info('estimate.infl=auto: writing the dense %s x %s influence '
+                   'matrix (%s)', f'{sizes[0]:,}', f'{sizes[1]:,}',
+                   units.human_bytes(dense_bytes(*sizes)))
   return out
 
 

@@ -180,9 +180,20 @@ def _digits() -> Dataset:
   bunch = skdatasets.load_digits()
   x = np.round(bunch.images * (255 / 16)).astype(np.uint8)[..., None]
   y = bunch.target.astype(np.int32)
-  test = _stratified_test_indices(y, DIGITS_TEST_SIZE, DIGITS_SPLIT_SEED)
-  train = np.setdiff1d(np.arange(len(y)), test)
+  train, test = digits_split(y)
   return Dataset('digits', x[train], y[train], x[test], y[test], 10)
+
+
+def digits_split(y=None) -> tuple[np.ndarray, np.ndarray]:
+  """(train (1300,), test (497,)) int: the indices into scikit-learn's
+  load_digits() of our digits' training and test examples, in our order,
+  so an example's index in a run maps back: train index i is
+  load_digits().images[digits_split()[0][i]]. y: load_digits().target."""
+  if y is None:
+    from sklearn import datasets as skdatasets  # pylint: disable=g-import-not-at-top
+    y = skdatasets.load_digits().target
+  test = _stratified_test_indices(y, DIGITS_TEST_SIZE, DIGITS_SPLIT_SEED)
+  return np.setdiff1d(np.arange(len(y)), test), test
 
 
 def _stratified_test_indices(y, size, seed):

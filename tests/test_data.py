@@ -202,3 +202,16 @@ def test_random_source_for_timing():
   assert ds.fingerprint() == data.load('random:32x32x3:100:50:20').fingerprint()
   with pytest.raises(data.DataError, match='bad random source'):
     data.load('random:32x32:10:5:5')
+
+
+def test_digits_indices_map_back_to_scikit_learn():
+  from sklearn import datasets as skdatasets  # pylint: disable=g-import-not-at-top
+  bunch = skdatasets.load_digits()
+  ds = data.load('digits')
+  train, test = data.digits_split()
+  assert len(train) == ds.num_train and len(test) == ds.num_test
+  assert not set(train) & set(test) and len(set(train) | set(test)) == 1797
+  np.testing.assert_array_equal(ds.y_train, bunch.target[train])
+  np.testing.assert_array_equal(ds.y_test, bunch.target[test])
+  np.testing.assert_array_equal(
+      ds.x_train[..., 0], np.round(bunch.images[train] * (255 / 16)))

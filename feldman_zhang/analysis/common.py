@@ -12,10 +12,12 @@ the scripts either save them (`save_png`) or embed them (`png_bytes`).
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import glob
 import io
 import json
+import logging
 import os
 import sys
 
@@ -67,6 +69,8 @@ def command(main):
 def run_command(define_flags, main) -> None:
   """Defines a command's flags and runs its main through `command`."""
   define_flags()
+  # JAX logs its probe for a TPU on every CPU host: not the user's concern.
+  logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
   app.run(command(main))
 
 
@@ -74,22 +78,59 @@ _OUT = 'name another folder with --out'
 
 
 @contextlib.contextmanager
-def writing(path: str, remedy: str = _OUT):
-  """An OSError in the block (a full disk's has no file name) becomes an
-  OutputError naming path and the remedy."""
+def writing(path: str, remedy: str | None = _OUT):
+  """An OSError in the block (a full disk's names no file) becomes an
+  OutputError naming path and what to do: free space (a full disk), or
+  remedy (None: nothing to name)."""
   try:
     yield
   except OSError as e:
-    raise OutputError(f'cannot write {path}: {e.strerror or e}; free space '
-                      f'or {remedy}') from e
+    fixes = (['free space'] if e.errno in (errno.ENOSPC, errno.EDQUOT)
+             else []) + ([remedy] if remedy else [])
+    raise OutputError(f'cannot write {path}: {e.strerror or e}' +
+                      (f'; {" or ".join(fixes)}' if fixes else '')) from e
 
 
-def write_file(path: str, write, remedy: str = _OUT) -> str:
+def write_file(path: str, write, remedy: str | None = _OUT) -> str:
   """store.atomic_write(path, write), a failure named (`writing`); returns
   path."""
   with writing(path, remedy):
     store.atomic_write(path, write)
   return path
+
+
+def write_set(files: dict, remedy: str | None = _OUT) -> list:
+  """Writes {path: write(file object)} as one set that a kill never leaves
+  mixed: every file is written to a temporary name first; then the last
+  path's old file is removed, the others are renamed into place, and the
+  last one last. A folder with some of the set but not its last file holds
+  a partial set (`remove_partial_set`). Returns the paths."""
+  paths, staged = list(files), {}
+  try:
+    for path, write in files.items():
+      tmp = os.path.join(os.path.dirname(path),
+                         f'.tmp-set-{os.getpid()}-{os.path.basename(path)}')
+      with writing(path, remedy):
+        store.atomic_write(tmp, write)
+      staged[path] = tmp
+    with writing(paths[-1], remedy):
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(paths[-1])
+      for path in paths:
+        os.replace(staged[path], path)
+  finally:
+    for tmp in staged.values():  # those not renamed, if anything failed
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(tmp)
+  return paths
+
+
+def remove_partial_set(paths: list) -> None:
+  """Removes the files of a set (write_set) whose last file is missing."""
+  if not os.path.exists(paths[-1]):
+    for path in paths[:-1]:
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
 
 
 @contextlib.contextmanager
@@ -286,8 +327,9 @@ def png_bytes(fig: mpl_figure.Figure, dpi: int = 100) -> bytes:
   return buf.getvalue()
 
 
-def save_png(fig: mpl_figure.Figure, path: str, dpi: int = 100) -> str:
+def save_png(fig: mpl_figure.Figure, path: str, dpi: int = 100,
+             remedy: str | None = _OUT) -> str:
   """Writes the figure (atomically, as the store does); returns the path.
-  OutputError naming it if it cannot be written."""
+  OutputError naming it if it cannot be written (`writing`)."""
   data = png_bytes(fig, dpi)
-  return write_file(path, lambda f: f.write(data))
+  return write_file(path, lambda f: f.write(data), remedy)

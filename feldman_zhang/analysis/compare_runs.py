@@ -6,7 +6,6 @@ Reports how many correctness entries differ (models trained with another
 models-per-device K may reorder float sums) and the largest estimate change.
 """
 
-import sys
 
 from absl import app
 from absl import flags
@@ -14,6 +13,7 @@ import numpy as np
 
 from feldman_zhang import identity as identity_lib
 from feldman_zhang import store
+from feldman_zhang.analysis import common
 
 
 
@@ -29,6 +29,9 @@ def settings_differ(a: str, b: str) -> list:
 
 
 def compare(a: str, b: str) -> dict:
+  """StoreError in one line if either run is unfinished or damaged."""
+  common.check_finished(a)
+  common.check_finished(b)
   pa, pb = store.load_predictions(a), store.load_predictions(b)
   t = min(len(pa['model_ids']), len(pb['model_ids']))
   # Runs of other settings differ by design, not by reproducibility.
@@ -52,11 +55,7 @@ def compare(a: str, b: str) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  try:
-    result = compare(flags.FLAGS.a, flags.FLAGS.b)
-  except (store.StoreError, OSError, KeyError, ValueError) as e:
-    sys.exit(f'error: {e}')
-  for k, v in result.items():
+  for k, v in compare(flags.FLAGS.a, flags.FLAGS.b).items():
     print(f'{k}: {v}')
 
 
@@ -67,8 +66,7 @@ def define_flags():
 
 def run():
   """The command (python -m feldman_zhang.analysis.compare_runs)."""
-  define_flags()
-  app.run(main)
+  common.run_command(define_flags, main)
 
 
 if __name__ == '__main__':

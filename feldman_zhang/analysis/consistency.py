@@ -295,8 +295,8 @@ def write_csv(path: str, rows) -> str:
   for r in rows:
     writer.writerow([f'{r[k]:.6g}' if isinstance(r[k], float) else r[k]
                      for k in COLUMNS])
-  store.atomic_write(path, lambda f: f.write(text.getvalue().encode()))
-  return path
+  return common.write_file(path,
+                           lambda f: f.write(text.getvalue().encode()))
 
 
 def figure(rows, reference_name: str):
@@ -378,10 +378,10 @@ def main(argv):
   except common.USER_ERRORS as e:
     sys.exit(f'error: {e}')
   out = FLAGS.out or os.path.join(FLAGS.reference, 'consistency')
-  os.makedirs(out, exist_ok=True)
-  paths = [write_csv(os.path.join(out, 'consistency.csv'), rows),
-           common.save_png(figure(rows, ref.name),
-                           os.path.join(out, 'consistency.png'))]
+  with common.output_folder(out):
+    paths = [write_csv(os.path.join(out, 'consistency.csv'), rows),
+             common.save_png(figure(rows, ref.name),
+                             os.path.join(out, 'consistency.png'))]
   print(render(rows))
   if not ref.has_influence():
     print('the reference holds no influence estimates: pairs not compared')
@@ -390,8 +390,7 @@ def main(argv):
 
 def run():
   """The command (python -m feldman_zhang.analysis.consistency)."""
-  define_flags()
-  app.run(main)
+  common.run_command(define_flags, main)
 
 
 if __name__ == '__main__':

@@ -12,7 +12,6 @@ last layer alone). The report embeds the same figures.
 import os
 import sys
 
-from absl import app
 from absl import flags
 import numpy as np
 
@@ -76,14 +75,13 @@ def figures(run: common.Run) -> dict:
 
 def main(argv):
   run = common.load_run_or_exit(argv, FLAGS.workdir)
-  try:
-    made = figures(run)
-  except common.USER_ERRORS as e:
-    sys.exit(f'error: {e}')
+  common.clear_if_idle(FLAGS.workdir)  # the figures' killed writes
+  made = figures(run)
   if not made:
     sys.exit(f'error: {FLAGS.workdir} holds no drop or lastlayer results: run '
              'python -m feldman_zhang.main --mode=drop (or lastlayer) first')
-  paths = [common.save_png(fig, os.path.join(FLAGS.workdir, rel))
+  paths = [common.save_png(fig, os.path.join(FLAGS.workdir, rel),
+                           remedy=None)
            for rel, fig in made.items()]
   print(f'wrote {", ".join(paths)}')
 
@@ -95,8 +93,7 @@ def define_flags():
 
 def run():
   """The command (python -m feldman_zhang.analysis.experiment_figures)."""
-  define_flags()
-  app.run(main)
+  common.run_command(define_flags, main)
 
 
 if __name__ == '__main__':

@@ -5,7 +5,9 @@ r"""Exports the high-influence train -> test pairs of a finished run.
 
 A pair (i, j) is selected, as in the paper, when infl[i, j] >= infl_threshold
 and mem[i] >= mem_threshold; pairs are sorted by infl, largest first. Writes
-under --out (default WORKDIR/pairs):
+under --out (default WORKDIR/pairs), as one set (pairs.npz last: a kill
+never mixes two exports; files without pairs.npz are a killed export's,
+and the next one removes them):
 
   pairs.csv, pairs.json  tr_idx, tt_idx, train_label, test_label, infl,
                          infl_stderr (NaN / null if not estimated), mem,
@@ -26,13 +28,11 @@ import io
 import json
 import os
 
-from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
 
 from feldman_zhang.analysis import common
-from feldman_zhang import store
 from feldman_zhang import pairs
 
 FLAGS = flags.FLAGS
@@ -88,26 +88,38 @@ def _records(table):
            for k, v in cols} for r in range(len(table['tr_idx']))]
 
 
-def write_pairs(out_dir: str, table: dict, meta: dict) -> list:
-  """Writes pairs.csv, pairs.json, pairs.npz; returns their paths.
+# The files of one export, pairs.npz last: a folder holding some of them
+# without pairs.npz holds what a kill left of a set (common.write_set).
+FILES = ('pairs.csv', 'pairs.json', 'pairs.png', 'pairs.npz')
+
+
+def write_pairs(out_dir: str, table: dict, meta: dict, grid=None) -> list:
+  """Writes pairs.csv, pairs.json, pairs.png (grid: a Figure, or None for
+  none) and pairs.npz as one set: a kill leaves the old set or the new
+  one, or files without pairs.npz, which the next export removes. Returns
+  their paths.
 
   table: with_labels' columns; meta: the selection's settings, for the JSON.
   """
-  os.makedirs(out_dir, exist_ok=True)
-  paths = [os.path.join(out_dir, f'pairs.{e}') for e in ('csv', 'json', 'npz')]
+  paths = dict(zip(FILES, (os.path.join(out_dir, f) for f in FILES)))
   text = io.StringIO()
   writer = csv.writer(text, lineterminator='\n')
   writer.writerow(COLUMNS)
   for r in range(len(table['tr_idx'])):
     writer.writerow([f'{table[k][r]:.6g}' if table[k].dtype.kind == 'f'
                      else int(table[k][r]) for k in COLUMNS])
-  store.atomic_write(paths[0], lambda f: f.write(text.getvalue().encode()))
   doc = json.dumps(dict(meta, num_pairs=len(table['tr_idx']),
                         pairs=_records(table)), indent=1, allow_nan=False)
-  store.atomic_write(paths[1], lambda f: f.write(doc.encode()))
   arrays = {k: table[k] for k in ('tr_idx', 'tt_idx', 'infl', 'mem')}
-  store.atomic_write(paths[2], lambda f: np.savez(f, **arrays))
-  return paths
+  files = {paths['pairs.csv']: lambda f: f.write(text.getvalue().encode()),
+           paths['pairs.json']: lambda f: f.write(doc.encode())}
+  if grid is not None:
+    png = common.png_bytes(grid)
+    files[paths['pairs.png']] = lambda f: f.write(png)
+  elif os.path.exists(paths['pairs.png']):
+    os.remove(paths['pairs.png'])  # another selection's grid
+  files[paths['pairs.npz']] = lambda f: np.savez(f, **arrays)
+  return common.write_set(files)
 
 
 # -- the grid -----------------------------------------------------------------
@@ -181,11 +193,11 @@ def export(run: common.Run, out_dir: str, infl_threshold=0.15,
               data=run.dataset.name, infl_threshold=infl_threshold,
               mem_threshold=mem_threshold, max_pairs=max_pairs,
               influence='dense' if 'infl' in run.estimates else 'top-k')
-  paths = write_pairs(out_dir, table, meta)
   fig = grid_figure(run.dataset, table, grids, per_test, random_per_test,
                     seed) if grids else None
-  if fig is not None:
-    paths.append(common.save_png(fig, os.path.join(out_dir, 'pairs.png')))
+  with common.output_folder(out_dir):
+    common.remove_partial_set([os.path.join(out_dir, f) for f in FILES])
+    paths = write_pairs(out_dir, table, meta, fig)
   return table, paths
 
 
@@ -225,8 +237,7 @@ def main(argv):
 
 def run():
   """The command (python -m feldman_zhang.analysis.export_pairs)."""
-  define_flags()
-  app.run(main)
+  common.run_command(define_flags, main)
 
 
 if __name__ == '__main__':

@@ -13,7 +13,6 @@ Writes under --out (default WORKDIR/figures):
 
 import os
 
-from absl import app
 from absl import flags
 import numpy as np
 
@@ -179,15 +178,16 @@ def define_flags():
 def main(argv):
   run = common.load_run_or_exit(argv, FLAGS.workdir)
   out = FLAGS.out or os.path.join(FLAGS.workdir, 'figures')
-  paths = [common.save_png(fig, os.path.join(out, name))
-           for name, fig in figures(run, FLAGS.per_class).items()]
+  figs = figures(run, FLAGS.per_class)
+  with common.output_folder(out):
+    paths = [common.save_png(fig, os.path.join(out, name))
+             for name, fig in figs.items()]
   print(f'wrote {", ".join(paths)}')
 
 
 def run():
   """The command (python -m feldman_zhang.analysis.galleries)."""
-  define_flags()
-  app.run(main)
+  common.run_command(define_flags, main)
 
 
 if __name__ == '__main__':

@@ -299,7 +299,9 @@ def main(argv):
                                 need_infl=bool(FLAGS.compare))
   try:
     if FLAGS.write_classes:
-      path = write_classes(run, FLAGS.write_classes)
+      with common.writing(FLAGS.write_classes,
+                          'name another file with --write_classes'):
+        path = write_classes(run, FLAGS.write_classes)
       print(f'wrote {run.dataset.num_classes} class blocks to {path}')
       return
     if FLAGS.compare_scores:
@@ -324,18 +326,17 @@ def main(argv):
 def _write(result: dict, name: str, table: str):
   """Writes result as JSON to --out/name and prints the table."""
   out = FLAGS.out or os.path.join(FLAGS.workdir, 'release')
-  os.makedirs(out, exist_ok=True)
   path = os.path.join(out, name)
   doc = json.dumps(result, indent=1, allow_nan=False)
-  store.atomic_write(path, lambda f: f.write(doc.encode()))
+  with common.output_folder(out):
+    common.write_file(path, lambda f: f.write(doc.encode()))
   print(table)
   print(f'wrote {path}')
 
 
 def run():
   """The command (python -m feldman_zhang.analysis.release)."""
-  define_flags()
-  app.run(main)
+  common.run_command(define_flags, main)
 
 
 if __name__ == '__main__':

@@ -12,9 +12,7 @@ mailed, attached to an issue or opened offline.
 import base64
 import html
 import os
-import sys
 
-from absl import app
 from absl import flags
 import numpy as np
 
@@ -243,8 +241,8 @@ def build(run: common.Run, infl_threshold=0.15, mem_threshold=0.25, grids=8,
 
 
 def write(path: str, page: str) -> str:
-  store.atomic_write(path, lambda f: f.write(page.encode('utf-8')))
-  return path
+  return common.write_file(path, lambda f: f.write(page.encode('utf-8')),
+                           'name another file with --out')
 
 
 def define_flags():
@@ -265,23 +263,19 @@ def define_flags():
 
 def main(argv):
   run = common.load_run_or_exit(argv, FLAGS.workdir)
+  common.clear_if_idle(FLAGS.workdir)  # report.html's killed writes
   mem_threshold = (common.mem_threshold(run) if FLAGS.mem_threshold is None
                    else FLAGS.mem_threshold)
   page = build(run, FLAGS.infl_threshold, mem_threshold, FLAGS.grids,
                FLAGS.table_rows)
-  path = FLAGS.out or os.path.join(FLAGS.workdir, 'report.html')
-  try:
-    write(path, page)
-  except OSError as e:
-    sys.exit(f'error: cannot write {path}: {e.strerror}; name another file '
-             'with --out')
+  path = FLAGS.out or store.Workdir(FLAGS.workdir).analysis('report.html')
+  write(path, page)
   print(f'wrote {path}')
 
 
 def run():
   """The command (python -m feldman_zhang.analysis.report)."""
-  define_flags()
-  app.run(main)
+  common.run_command(define_flags, main)
 
 
 if __name__ == '__main__':
