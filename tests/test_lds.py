@@ -1,14 +1,25 @@
 """The linear datamodeling score and the margin influence (analysis/lds.py)
 against plain loops written from the definitions, and on planted linear
-datamodels."""
+datamodels; then the command on two finished runs."""
 
+import json
 import math
+import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
+from conftest import ROOT
+from conftest import make_tiny_config
 from feldman_zhang import margins
+from feldman_zhang import pipeline
+from feldman_zhang import store
+from feldman_zhang.analysis import common
 from feldman_zhang.analysis import lds as lds_lib
+from feldman_zhang.analysis import lira_files
 
 # -- plain references ---------------------------------------------------------
 
@@ -159,3 +170,75 @@ def test_infl_margin_recovers_a_planted_datamodel_and_its_curve_rises():
   again = lds_lib.lds_curve([score(c) for c in counts], counts, eval_masks,
                             eval_out, num_bootstrap=20)
   assert [r['value'] for r in again] == values
+
+
+# -- the command --------------------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def eval_run(tmp_path_factory):
+  """A second finished digits run, as tiny_run but with its own seed and
+  half subsets: the models that judge tiny_run's scores."""
+  c = make_tiny_config()
+  c.update(num_models=16, models_per_device=8, seed=1, subset_ratio=0.5)
+  workdir = str(tmp_path_factory.mktemp('lds_eval') / 'run')
+  pipeline.run(c, workdir)
+  return workdir
+
+
+def _command(*args):
+  return subprocess.run([sys.executable, '-m', 'analysis.lds', *args],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.integration
+def test_recomputed_scores_are_the_estimates(tiny_run):
+  """Where A's estimates lack the dense matrices, the command recomputes
+  them from the stored predictions: the same matrices, bit for bit."""
+  run = common.load_run(tiny_run[1])
+  preds = lira_files.converged_predictions(run)
+  recomputed = lds_lib.score_functions(preds, {})
+  for name in ('infl', 'infl_margin'):
+    np.testing.assert_array_equal(recomputed[name](16), run.estimates[name])
+
+
+@pytest.mark.integration
+def test_command_scores_a_run_on_another(tiny_run, eval_run, tmp_path):
+  _, workdir = tiny_run
+  result = _command(f'--scores={workdir}', f'--eval={eval_run}',
+                    f'--out={tmp_path}')
+  assert result.returncode == 0, result.stderr
+  assert 'infl_margin' in result.stdout and 'random' in result.stdout
+  with open(tmp_path / 'lds.json') as f:
+    doc = json.load(f)
+  assert doc['models_a'] == doc['models_b'] == 16
+  for name in lds_lib.SCORES:
+    r = doc[name]
+    assert set(r) == {'value', 'lo', 'hi', 'excluded'}, name
+    assert -1 <= r['lo'] <= r['value'] <= r['hi'] <= 1, (name, r)
+  assert sorted(doc['curve']) == ['infl', 'infl_margin']
+  for name, rows in doc['curve'].items():
+    assert [r[0] for r in rows] == [2, 4, 8, 16], name
+    assert rows[-1][1:] == [doc[name][k] for k in ('value', 'lo', 'hi')]
+  assert os.path.getsize(tmp_path / 'lds_curve.png') > 0
+
+
+@pytest.mark.integration
+def test_runs_on_other_data_are_refused(tiny_run, tmp_path):
+  _, workdir = tiny_run
+  # Another data set's fingerprint (label noise changes it too): only
+  # run.json is read before the refusal.
+  other = tmp_path / 'other'
+  other.mkdir()
+  shutil.copy(os.path.join(workdir, 'estimates.npz'), other)
+  record = store.read_json(os.path.join(workdir, 'run.json'))
+  record['identity']['data'] = '0' * 64
+  store.write_json(str(other / 'run.json'), record)
+  result = _command(f'--scores={workdir}', f'--eval={other}',
+                    f'--out={tmp_path / "out"}')
+  assert result.returncode != 0
+  lines = result.stderr.strip().splitlines()
+  assert lines == [f'error: {workdir} and {other} trained on different data '
+                   '(the data fingerprints in their run.json differ): the '
+                   'LDS judges scores on models of the same data'], lines
+  assert not os.path.exists(tmp_path / 'out')

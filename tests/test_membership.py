@@ -1,16 +1,24 @@
 """LiRA membership inference (analysis/membership.py) against plain loops
 written from the definitions: each attack's score of every (target,
-example) pair, the ROC statistics by counting pairs, the per-example view,
-degenerate pools, and the reference folder layout."""
+example) pair, the ROC statistics by counting pairs (roc.py), the
+per-example view, degenerate pools, and the reference folder layout
+(lira_files.py); then the command on a finished run."""
 
 import math
 import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
+from conftest import ROOT
 from feldman_zhang import errors
+from feldman_zhang import store
+from feldman_zhang.analysis import lira_files
 from feldman_zhang.analysis import membership
+from feldman_zhang.analysis import roc
 
 # -- plain references: one pair at a time, float64 ----------------------------
 
@@ -179,7 +187,7 @@ def test_roc_statistics_count_pairs_with_ties():
   member = rng.random(150) < 0.4
   score[member] += rng.integers(0, 2, member.sum())
   levels = (0.05, 0.2, 0.5)
-  got = membership.summary(*membership.roc(score, member), levels)
+  got = roc.summary(*roc.roc(score, member), levels)
   auc, acc, tpr = stats_ref(score, member, levels)
   assert got['auc'] == pytest.approx(auc)
   assert got['acc'] == pytest.approx(acc)
@@ -192,8 +200,8 @@ def test_weights_count_pairs_that_many_times():
   member = rng.random(60) < 0.5
   weight = rng.integers(0, 4, 60)
   levels = (0.1, 0.4)
-  got = membership.summary(*membership.roc(score, member, weight), levels)
-  want = membership.summary(*membership.roc(np.repeat(score, weight),
+  got = roc.summary(*roc.roc(score, member, weight), levels)
+  want = roc.summary(*roc.roc(np.repeat(score, weight),
                                             np.repeat(member, weight)),
                             levels)
   assert got['auc'] == pytest.approx(want['auc'])
@@ -278,12 +286,12 @@ def test_per_example_against_the_loops():
 
 def test_threshold_at_fpr():
   out = np.arange(100.0)
-  assert membership.threshold_at_fpr(out, 0.01) == 99  # none above: FPR 0
-  assert membership.threshold_at_fpr(out, 0.05) == 95  # 4 above: FPR 0.04
-  assert membership.threshold_at_fpr(out, 1.0) == 0  # all but the least
-  assert math.isnan(membership.threshold_at_fpr([np.nan], 0.01))
+  assert roc.threshold_at_fpr(out, 0.01) == 99  # none above: FPR 0
+  assert roc.threshold_at_fpr(out, 0.05) == 95  # 4 above: FPR 0.04
+  assert roc.threshold_at_fpr(out, 1.0) == 0  # all but the least
+  assert math.isnan(roc.threshold_at_fpr([np.nan], 0.01))
   with pytest.raises(ValueError, match='FPR level'):
-    membership.threshold_at_fpr(out, 0)
+    roc.threshold_at_fpr(out, 0)
 
 
 # -- the reference's folder layout --------------------------------------------
@@ -291,12 +299,19 @@ def test_threshold_at_fpr():
 
 def test_lira_dir_round_trip(tmp_path):
   masks, phi = pool(t=5, n=7)
-  membership.write_lira_dir(str(tmp_path), masks, phi)
+  lira_files.write_lira_dir(str(tmp_path), masks, phi)
   assert sorted(os.listdir(tmp_path)) == [f'experiment-{k}' for k in range(5)]
-  got_masks, got_phi = membership.read_lira_dir(str(tmp_path))
+  got_masks, got_phi, ids = lira_files.read_lira_dir(str(tmp_path))
   np.testing.assert_array_equal(got_masks, masks)
   np.testing.assert_array_equal(got_phi, phi)
+  np.testing.assert_array_equal(ids, np.arange(5))
   assert got_masks.dtype == bool and got_phi.dtype == np.float32
+  # Named by model id: a run's pool with a diverged model left out.
+  lira_files.write_lira_dir(str(tmp_path / 'ids'), masks, phi,
+                            model_ids=[0, 1, 3, 10, 11])
+  got = lira_files.read_lira_dir(str(tmp_path / 'ids'))
+  np.testing.assert_array_equal(got.model_ids, [0, 1, 3, 10, 11])
+  np.testing.assert_array_equal(got.phi, phi)
 
 
 def test_lira_dir_reads_the_reference_names_in_model_order(tmp_path):
@@ -307,9 +322,10 @@ def test_lira_dir_reads_the_reference_names_in_model_order(tmp_path):
     np.save(folder / 'keep.npy', masks[k])
     np.save(folder / 'scores' / '0000000010.npy', phi[k] - 1)
     np.save(folder / 'scores' / '0000000020.npy', phi[k])  # the last epoch
-  got_masks, got_phi = membership.read_lira_dir(str(tmp_path))
+  got_masks, got_phi, ids = lira_files.read_lira_dir(str(tmp_path))
   np.testing.assert_array_equal(got_masks, masks)
   np.testing.assert_array_equal(got_phi, phi)
+  np.testing.assert_array_equal(ids, np.arange(12))
 
 
 @pytest.mark.parametrize('breakage, message', [
@@ -327,7 +343,7 @@ def test_lira_dir_refusals(tmp_path, breakage, message):
   if breakage != 'missing':
     root.mkdir()
   if breakage not in ('missing', 'empty'):
-    membership.write_lira_dir(str(root), masks, phi)
+    lira_files.write_lira_dir(str(root), masks, phi)
   one = root / 'experiment-1'
   if breakage == 'no_keep':
     os.remove(one / 'keep.npy')
@@ -339,8 +355,94 @@ def test_lira_dir_refusals(tmp_path, breakage, message):
   elif breakage == 'short_scores':
     np.save(one / 'scores' / '0.npy', np.zeros((3, 2), np.float32))
   elif breakage == 'twice':
-    membership.write_lira_dir(str(tmp_path / 'other'), masks, phi)
+    lira_files.write_lira_dir(str(tmp_path / 'other'), masks, phi)
     os.rename(tmp_path / 'other' / 'experiment-1', root / 'experiment-1_3')
   with pytest.raises(errors.StoreError, match=message) as e:
-    membership.read_lira_dir(str(root))
+    lira_files.read_lira_dir(str(root))
   assert '\n' not in str(e.value)
+
+
+# -- the command --------------------------------------------------------------
+
+
+def _command(*args):
+  return subprocess.run([sys.executable, '-m', 'analysis.membership', *args],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope='module')
+def attacked(tiny_run, tmp_path_factory):
+  """(workdir, out, lira): the command on tiny_run, every model a target,
+  its pool exported to lira (the run itself is not written to)."""
+  _, workdir = tiny_run
+  root = tmp_path_factory.mktemp('membership')
+  out, lira = str(root / 'out'), str(root / 'lira')
+  result = _command(f'--workdir={workdir}', f'--out={out}',
+                    f'--lira_dir={lira}', '--targets=all')
+  assert result.returncode == 0, result.stderr
+  assert 'online_fixed' in result.stdout and 'TPR@0.1%' in result.stdout
+  return workdir, out, lira
+
+
+@pytest.mark.integration
+def test_command_writes_every_attack_with_intervals(attacked):
+  workdir, out, _ = attacked
+  doc = store.read_json(os.path.join(out, 'membership.json'))
+  assert doc['attacks'] == list(membership.ATTACKS)
+  assert doc['models'] == 16 and doc['views'] == 1
+  assert doc['targets'] == list(range(16)) and doc['pairs'] == 16 * 1300
+  for a in membership.ATTACKS:
+    r = doc[a]
+    assert set(r) == {'auc', 'acc', 'tpr_at_fpr', 'excluded'}, a
+    assert set(r['tpr_at_fpr']) == {'0.01', '0.001', '0.0001'}, a
+    for stat in [r['auc'], r['acc'], *r['tpr_at_fpr'].values()]:
+      assert 0 <= stat['lo'] <= stat['value'] <= stat['hi'] <= 1, (a, stat)
+  assert os.path.getsize(os.path.join(out, 'roc.png')) > 0
+  assert os.path.getsize(os.path.join(out, 'mem_vs_vulnerability.png')) > 0
+  est = store.load_estimates(workdir)
+  with np.load(os.path.join(out, 'per_example.npz')) as f:
+    for k in ('in_minus_out', 'tpr', 'num_in', 'num_out', 'mem'):
+      assert f[k].shape == (1300,), k
+    np.testing.assert_array_equal(f['mem'], est['mem'])
+    np.testing.assert_array_equal(f['num_in'] + f['num_out'] <= 16, True)
+
+
+@pytest.mark.integration
+def test_lira_dir_export_is_the_run_and_scores_the_same(attacked, tmp_path):
+  workdir, out, lira = attacked
+  preds = store.load_predictions(workdir)
+  pool = lira_files.read_lira_dir(lira)
+  np.testing.assert_array_equal(pool.model_ids, preds['model_ids'])
+  np.testing.assert_array_equal(pool.masks, preds['masks'])
+  np.testing.assert_array_equal(pool.phi,
+                                preds['train_margin'].astype(np.float32))
+  result = _command(f'--from_lira_dir={lira}', f'--out={tmp_path}',
+                    '--targets=all')
+  assert result.returncode == 0, result.stderr
+  theirs = store.read_json(str(tmp_path / 'membership.json'))
+  ours = store.read_json(os.path.join(out, 'membership.json'))
+  for a in membership.ATTACKS:
+    assert theirs[a]['auc'] == ours[a]['auc'], a
+    assert theirs[a]['tpr_at_fpr'] == ours[a]['tpr_at_fpr'], a
+  assert sorted(os.listdir(tmp_path)) == ['membership.json',
+                                          'per_example.npz', 'roc.png']
+  with np.load(tmp_path / 'per_example.npz') as f:
+    assert 'mem' not in f.files
+
+
+@pytest.mark.integration
+def test_old_format_and_missing_workdirs_are_refused(tiny_run, tmp_path):
+  _, workdir = tiny_run
+  old = str(tmp_path / 'old')
+  shutil.copytree(workdir, old)
+  for _, _, path in store.list_chunks(old):
+    chunk = store.read_chunk(path)
+    del chunk['train_margin'], chunk['test_margin']  # as format 1 wrote them
+    store.write_chunk(old, **chunk)
+  for bad, message in ((old, 're-run the estimate with this version'),
+                       (str(tmp_path / 'none'), 'has no run.json')):
+    result = _command(f'--workdir={bad}', f'--out={tmp_path / "out"}')
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: '), lines
+    assert message in lines[0], lines

@@ -1,4 +1,6 @@
-r"""A pool of models in the layout of the LiRA reference (tensorflow/privacy,
+r"""The pools of models the attacks read (`Pool`): a run's converged models
+(`run_pool`, from `converged_predictions`, which analysis/lds.py reads too),
+or a folder in the layout of the LiRA reference (tensorflow/privacy,
 research/mi_lira_2021), so a pool trained there can be attacked here
 (`python -m analysis.membership --from_lira_dir`) and ours there:
 
@@ -12,13 +14,25 @@ writes one scores file per saved epoch; the last in name order is read.
 
 import os
 import re
+from typing import NamedTuple
 
 import numpy as np
 
 from feldman_zhang import errors
+from feldman_zhang import estimate
 from feldman_zhang import store
+from feldman_zhang.analysis import common
 
 _EXPERIMENT = re.compile(r'experiment-(\d+)(?:_\d+)?$')
+
+
+class Pool(NamedTuple):
+  """The models an attack reads: masks (t, n) bool, phi (t, n, V) float
+  (each model's margin of each training example in each view), model_ids
+  (t,) int64 (the k of experiment-<k>, or the run's model ids)."""
+  masks: np.ndarray
+  phi: np.ndarray
+  model_ids: np.ndarray
 
 
 def _save(path: str, array) -> None:
@@ -76,15 +90,10 @@ def _read_experiment(folder: str):
   return keep.astype(bool), scores.astype(np.float32)
 
 
-def read_lira_dir(path: str):
-  """(masks (t, n) bool, phi (t, n, V) float32) of a folder of the
-  reference layout (write_lira_dir, or the reference's own
-  experiment-<k>_<count> folders), rows by increasing k."""
-  return read_lira_dir_ids(path)[:2]
-
-
-def read_lira_dir_ids(path: str):
-  """read_lira_dir's (masks, phi) and each row's k (t,) int64."""
+def read_lira_dir(path: str) -> Pool:
+  """The Pool of a folder of the reference layout (write_lira_dir, or the
+  reference's own experiment-<k>_<count> folders), rows by increasing k;
+  phi float32."""
   if not os.path.isdir(path):
     raise errors.StoreError(f'{path} is not a folder')
   found = {}
@@ -104,5 +113,46 @@ def read_lira_dir_ids(path: str):
   if len(shapes) > 1:
     raise errors.StoreError(f'{path} is ragged: its models hold scores of '
                             f'shapes {sorted(shapes)}')
-  return (np.stack([k for k, _ in read]), np.stack([s for _, s in read]),
-          np.asarray(ids, np.int64))
+  return Pool(np.stack([k for k, _ in read]), np.stack([s for _, s in read]),
+              np.asarray(ids, np.int64))
+
+
+# -- a run's models -----------------------------------------------------------
+
+
+def converged_predictions(run: common.Run) -> dict:
+  """The stored predictions of the models the run's estimates came from:
+  ids below the config's num_models (as the job reads them), diverged ones
+  (a non-finite loss, estimate.converged) left out as the estimates leave
+  them out; rows by model id.
+
+  Returns store.load_predictions' dict, margins included. StoreError in one
+  line where a chunk is another run's, where the chunks hold no margins (a
+  run of store format 1) or where they hold another number of converged
+  models than estimates.npz records.
+  """
+  est = run.estimates
+  expect = (dict(run_id=str(est['run_id']), n=len(est['mem']),
+                 n_test=run.dataset.num_test) if 'run_id' in est else None)
+  preds = store.load_predictions(run.workdir, expect=expect)
+  if 'train_margin' not in preds:
+    raise store.StoreError(
+        f'{run.workdir} stores no margins (a run of store format 1): re-run '
+        'the estimate with this version, in a new --workdir')
+  keep = ((preds['model_ids'] < int(run.config['num_models'])) &
+          estimate.converged(preds['loss']))
+  if not keep.all():
+    preds = {k: v[keep] for k, v in preds.items()}
+  if len(preds['model_ids']) != int(est['num_models']):
+    raise store.StoreError(
+        f'{run.workdir}/chunks holds {len(preds["model_ids"])} converged '
+        f'models but estimates.npz was made from {int(est["num_models"])}: '
+        'rerun the estimate there so the two agree')
+  return preds
+
+
+def run_pool(run: common.Run) -> Pool:
+  """The run's converged models as the attacks read them: masks, their
+  margins on the training examples (t, n, V) float16, their ids."""
+  preds = converged_predictions(run)
+  return Pool(preds['masks'], preds['train_margin'], preds['model_ids'])

@@ -1,5 +1,9 @@
 r"""Membership inference against the run's models: LiRA (Carlini et al. 2022,
-"Membership Inference Attacks From First Principles").
+"Membership Inference Attacks From First Principles"), and the command
+
+  python -m analysis.membership --workdir=runs/digits [--targets=64|all]
+  python -m analysis.membership --workdir=runs/digits --lira_dir=lira/
+  python -m analysis.membership --from_lira_dir=lira/ --out=DIR
 
 Every model is a target in turn; its shadow pool is every OTHER model. For a
 target k, example i and view v, the shadow scores of i split into IN (the
@@ -31,30 +35,49 @@ from the OUT scores, as its offline attack does.
 A group left empty by the pool (an example every shadow trained on, or
 none) has no location: the scores that need it are NaN, left out of the
 ROC, and counted (`excluded`). Groups of one shadow have sd 0, i.e. 1e-30.
+The statistics of the (target, example) pairs, label masks[k, i], and their
+intervals (bootstrap over the targets) are roc.py's.
 
-Metrics over the (target, example) pairs, label masks[k, i]: the ROC (a
-pair is called a member when its score >= a threshold, one point per
-distinct score, from (0, 0)), the AUC (trapezoids: ties count 1/2), the
-reference's balanced accuracy max(1 - (fpr + 1 - tpr) / 2), and TPR at FPR
-level: the largest TPR whose FPR is strictly below the level (the
-reference's tpr[np.where(fpr < level)[0][-1]]). Intervals: 2.5 and 97.5
-percentiles over bootstrap resamples of the targets.
+The command reads the run's converged models (or a pool in the reference's
+layout, lira_files.py) and writes under --out (default WORKDIR/membership):
+
+  membership.json           per attack: auc, acc, tpr_at_fpr {"0.01",
+                            "0.001", "0.0001"}, each {value, lo, hi}, and
+                            excluded; beside them attacks (their names),
+                            targets (model ids), pairs, models, views,
+                            examples, per_example_level, seconds (reading
+                            the pool and attacking it, not the files)
+  roc.png                   every attack's ROC on log-log axes
+  per_example.npz           per_example() of the online attack, every model
+                            a target: in_minus_out, tpr, fpr, num_in,
+                            num_out, threshold, level; mem (--workdir only)
+  mem_vs_vulnerability.png  mem against each example's TPR (--workdir only)
+
+--lira_dir=OUT also writes the run's pool in the reference's layout.
 """
 
+import json
 import math
 import os
-import re
+import time
 
+from absl import app
+from absl import flags
 import jax
 import jax.numpy as jnp
 from jax.scipy import special as jax_special
 import numpy as np
 
-from feldman_zhang import errors
+from feldman_zhang import store
+from feldman_zhang.analysis import common
+from feldman_zhang.analysis import lira_files
+from feldman_zhang.analysis import roc
+
+FLAGS = flags.FLAGS
 
 ATTACKS = ('online', 'online_fixed', 'offline', 'offline_fixed',
            'offline_onesided', 'global')
-LEVELS = (0.01, 0.001, 0.0001)
+LEVELS = roc.LEVELS
 # Added to every scale, as the reference does: a one-shadow group has sd 0.
 _EPS = 1e-30
 # Training examples per tile: the device sorts t * tile * V scores, about
@@ -277,61 +300,6 @@ def lira_scores(masks, phi_train, targets, attacks=ATTACKS,
   return out
 
 
-# -- the ROC and its statistics -----------------------------------------------
-
-
-def _sorted_pairs(score, member):
-  """Pairs with a score, by decreasing score: (keep, order, member sorted,
-  index of each distinct score's last pair)."""
-  keep = ~np.isnan(score)
-  order = np.argsort(-score[keep], kind='stable')
-  s = score[keep][order]
-  ends = (np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1] if len(s)
-          else np.zeros(0, np.int64))
-  return keep, order, member[keep][order], ends
-
-
-def _curve(member_sorted, ends, weight):
-  """(fpr, tpr) float64 from (0, 0) over the thresholds; NaN if a class has
-  no weight."""
-  pos = np.cumsum(np.where(member_sorted, weight, 0))[ends]
-  neg = np.cumsum(np.where(member_sorted, 0, weight))[ends]
-  total_pos, total_neg = (pos[-1], neg[-1]) if len(ends) else (0, 0)
-  with np.errstate(invalid='ignore', divide='ignore'):
-    return np.r_[0, neg] / total_neg, np.r_[0, pos] / total_pos
-
-
-def roc(score, member, weight=None):
-  """(fpr, tpr) float64 of the rule score >= threshold, one point per
-  distinct score, from (0, 0); NaN scores left out.
-
-  score: (P,) float; member: (P,) bool; weight: (P,) non-negative, each
-  pair counted that many times (default 1).
-  """
-  score, member = np.asarray(score, np.float64), np.asarray(member, bool)
-  keep, order, member_sorted, ends = _sorted_pairs(score, member)
-  weight = np.ones(len(score)) if weight is None else np.asarray(weight)
-  return _curve(member_sorted, ends, weight[keep][order])
-
-
-def summary(fpr, tpr, levels=LEVELS) -> dict:
-  """AUC, balanced accuracy and {str(level): TPR at FPR < level} of an ROC
-  from roc(); NaN for an ROC without both classes."""
-  if np.isnan(fpr[-1]) or np.isnan(tpr[-1]):
-    nan = float('nan')
-    return dict(auc=nan, acc=nan, tpr_at_fpr={str(q): nan for q in levels})
-  auc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
-  acc = float(np.max(1 - (fpr + (1 - tpr)) / 2))
-  # tpr never falls as fpr grows: the largest below the level is the last.
-  return dict(auc=auc, acc=acc, tpr_at_fpr={str(q): float(tpr[fpr < q][-1])
-                                            for q in levels})
-
-
-def _interval(value, draws) -> dict:
-  lo, hi = (np.nanpercentile(draws, [2.5, 97.5]) if np.isfinite(draws).any()
-            else (np.nan, np.nan))
-  return dict(value=value, lo=float(lo), hi=float(hi))
-
 
 def attack_all(masks, phi_train, targets=None, *, attacks=ATTACKS,
                levels=LEVELS, num_bootstrap: int = 200, seed: int = 0,
@@ -346,9 +314,9 @@ def attack_all(masks, phi_train, targets=None, *, attacks=ATTACKS,
     num_bootstrap: resamples of the targets (with replacement, seeded, the
       same draws for every attack) for the 95% percentile intervals.
   Returns:
-    {attack: {'auc', 'acc': {'value', 'lo', 'hi'}, 'tpr_at_fpr': {'0.01':
-    {...}, ...}, 'roc': {'fpr', 'tpr'} (float64 arrays), 'targets' (T,)
-    int64, 'pairs': T n, 'excluded': pairs without a score}}.
+    {attack: roc.statistics() ('auc', 'acc': {'value', 'lo', 'hi'},
+    'tpr_at_fpr': {'0.01': {...}, ...}, 'roc': {'fpr', 'tpr'}, 'excluded':
+    pairs without a score) and 'targets' (T,) int64, 'pairs': T n}.
   """
   masks, phi_train = _check(masks, phi_train)
   t = masks.shape[0]
@@ -360,40 +328,11 @@ def attack_all(masks, phi_train, targets=None, *, attacks=ATTACKS,
   scores = lira_scores(masks, phi_train, targets, attacks, tile)
   member = masks[targets].ravel()
   pair_target = np.repeat(np.arange(len(targets)), masks.shape[1])
-  rng = np.random.default_rng(seed)
-  draws = [np.bincount(rng.integers(0, len(targets), len(targets)),
-                       minlength=len(targets)) for _ in range(num_bootstrap)]
-  out = {}
-  for a in attacks:
-    score = scores[a].ravel()
-    keep, order, member_sorted, ends = _sorted_pairs(score, member)
-    fpr, tpr = _curve(member_sorted, ends, np.ones(len(order)))
-    point = summary(fpr, tpr, levels)
-    owner = pair_target[keep][order]
-    boot = [summary(*_curve(member_sorted, ends, w[owner]), levels)
-            for w in draws]
-    out[a] = dict(
-        auc=_interval(point['auc'], [b['auc'] for b in boot]),
-        acc=_interval(point['acc'], [b['acc'] for b in boot]),
-        tpr_at_fpr={q: _interval(v, [b['tpr_at_fpr'][q] for b in boot])
-                    for q, v in point['tpr_at_fpr'].items()},
-        roc=dict(fpr=fpr, tpr=tpr), targets=targets, pairs=len(score),
-        excluded=int((~keep).sum()))
-  return out
-
-
-def threshold_at_fpr(score_out, level: float) -> float:
-  """v such that `score > v` has the largest FPR below level over the
-  non-members' scores score_out (NaN left out): the (K+1)-th largest, K =
-  ceil(level N) - 1 (ties at v may leave fewer above it); NaN if none."""
-  if not 0 < level <= 1:
-    raise ValueError(f'the FPR level must lie in (0, 1], not {level}')
-  s = np.asarray(score_out, np.float64)
-  s = s[~np.isnan(s)]
-  if not len(s):
-    return float('nan')
-  k = math.ceil(level * len(s)) - 1
-  return float(-np.partition(-s, k)[k])
+  draws = roc.bootstrap_draws(len(targets), num_bootstrap, seed)
+  return {a: dict(roc.statistics(scores[a].ravel(), member, pair_target,
+                                 draws, levels),
+                  targets=targets, pairs=member.size)
+          for a in attacks}
 
 
 def per_example(masks, phi_train, *, level: float = 0.01,
@@ -404,20 +343,21 @@ def per_example(masks, phi_train, *, level: float = 0.01,
   in_minus_out[i] is the mean of s[k, i] over the models that trained on i
   minus the mean over the others, and tpr[i] (fpr[i]) the fraction of them
   called members by one global threshold: score > v, v from
-  threshold_at_fpr over every non-member pair, the largest global FPR
+  roc.threshold_at_fpr over every non-member pair, the largest global FPR
   below `level` (the attack_all rule). Pairs without a score are left out;
-  NaN where a side has none. Holds the (t, n) float32 scores.
+  NaN where a side has none. Holds the (t, n) scores in float64: a
+  one-shadow group's sd of 1e-30 gives scores past float32's range.
 
   Returns dict: in_minus_out, score_in, score_out, tpr, fpr (n,) float64;
   num_in, num_out (n,) int64 (scored pairs); threshold, level float.
   """
   masks, phi_train = _check(masks, phi_train)
   t, n = masks.shape
-  s = np.empty((t, n), np.float32)
+  s = np.empty((t, n))
   for start, stop, scores in _score_tiles(masks, phi_train, np.arange(t),
                                           ('online',), tile):
     s[:, start:stop] = scores['online']
-  v = threshold_at_fpr(s[~masks], level)
+  v = roc.threshold_at_fpr(s[~masks], level)
   out = dict(threshold=v, level=level)
   scored = ~np.isnan(s)
   for side, member in (('in', masks), ('out', ~masks)):
@@ -434,72 +374,172 @@ def per_example(masks, phi_train, *, level: float = 0.01,
   return out
 
 
-# -- the reference's folder layout --------------------------------------------
-
-_EXPERIMENT = re.compile(r'experiment-(\d+)(?:_\d+)?$')
+# -- the command --------------------------------------------------------------
 
 
-def write_lira_dir(out: str, masks, phi_train) -> str:
-  """The run in the reference's layout: per model k, out/experiment-<k>/
-  keep.npy (n,) bool and out/experiment-<k>/scores/0.npy (n, V) float32.
-  """
-  masks, phi_train = _check(masks, phi_train)
-  for k in range(masks.shape[0]):
-    folder = os.path.join(out, f'experiment-{k}')
-    os.makedirs(os.path.join(folder, 'scores'), exist_ok=True)
-    np.save(os.path.join(folder, 'keep.npy'), masks[k])
-    np.save(os.path.join(folder, 'scores', '0.npy'),
-            np.asarray(phi_train[k], np.float32))
-  return out
+def attack_pool(pool: lira_files.Pool, targets='64', seed: int = 0,
+            num_bootstrap: int = 200):
+  """(attack_all's results, per_example()) of a pool; targets: 'all' or a
+  count (a seeded sample of that many models)."""
+  t = len(pool.masks)
+  chosen = (np.arange(t) if targets == 'all'
+            else choose_targets(t, int(targets), seed))
+  results = attack_all(pool.masks, pool.phi, chosen, seed=seed,
+                       num_bootstrap=num_bootstrap)
+  return results, per_example(pool.masks, pool.phi)
 
 
-def _read_experiment(folder: str):
-  keep_path = os.path.join(folder, 'keep.npy')
-  scores_dir = os.path.join(folder, 'scores')
-  if not os.path.isfile(keep_path):
-    raise errors.StoreError(f'{keep_path} does not exist')
-  names = (sorted(f for f in os.listdir(scores_dir) if f.endswith('.npy'))
-           if os.path.isdir(scores_dir) else [])
-  if not names:
-    raise errors.StoreError(f'{scores_dir} holds no .npy scores')
-  # The reference reads the last file in name order (its last epoch).
-  scores_path = os.path.join(scores_dir, names[-1])
-  try:
-    keep, scores = np.load(keep_path), np.load(scores_path)
-  except (OSError, ValueError) as e:
-    raise errors.StoreError(f'{folder} has an unreadable .npy file '
-                            f'({type(e).__name__}: {e})') from e
-  if keep.ndim != 1 or keep.dtype.kind not in 'biu':
-    raise errors.StoreError(f'{keep_path} is {keep.dtype}{keep.shape}, not '
-                            '(n,) bool')
-  if scores.ndim == 1:
-    scores = scores[:, None]
-  if scores.ndim != 2 or len(scores) != len(keep):
-    raise errors.StoreError(f'{scores_path} is {scores.shape}, not (n, V) '
-                            f'with n = {len(keep)} as its keep.npy')
-  return keep.astype(bool), scores.astype(np.float32)
+def document(results: dict, pool: lira_files.Pool, vulnerable: dict,
+             seconds: float, source: str) -> dict:
+  """membership.json's content (module doc); NaN written as null."""
+  first = next(iter(results.values()))
+  doc = {a: dict(auc=r['auc'], acc=r['acc'], tpr_at_fpr=r['tpr_at_fpr'],
+                 excluded=r['excluded']) for a, r in results.items()}
+  doc.update(attacks=list(results), source=source,
+             targets=pool.model_ids[first['targets']].tolist(),
+             pairs=int(first['pairs']), models=int(pool.masks.shape[0]),
+             views=int(pool.phi.shape[2]), examples=int(pool.masks.shape[1]),
+             per_example_level=vulnerable['level'], seconds=seconds)
+  return _nan_to_none(doc)
 
 
-def read_lira_dir(path: str):
-  """(masks (t, n) bool, phi (t, n, V) float32) of a folder of the reference
-  layout (write_lira_dir; experiment-<k>_<count> as the reference's
-  train.py names them also reads), rows by increasing k."""
-  if not os.path.isdir(path):
-    raise errors.StoreError(f'{path} is not a folder')
-  found = {}
-  for name in os.listdir(path):
-    match = _EXPERIMENT.match(name)
-    if match and os.path.isdir(os.path.join(path, name)):
-      k = int(match.group(1))
-      if k in found:
-        raise errors.StoreError(f'{path} holds model {k} twice ({found[k]} '
-                                f'and {name})')
-      found[k] = name
-  if not found:
-    raise errors.StoreError(f'{path} holds no experiment-<k> folders')
-  read = [_read_experiment(os.path.join(path, found[k])) for k in sorted(found)]
-  shapes = {s.shape for _, s in read}
-  if len(shapes) > 1:
-    raise errors.StoreError(f'{path} is ragged: its models hold scores of '
-                            f'shapes {sorted(shapes)}')
-  return (np.stack([k for k, _ in read]), np.stack([s for _, s in read]))
+def _nan_to_none(x):
+  if isinstance(x, dict):
+    return {k: _nan_to_none(v) for k, v in x.items()}
+  if isinstance(x, list):
+    return [_nan_to_none(v) for v in x]
+  return None if isinstance(x, float) and math.isnan(x) else x
+
+
+def vulnerability_figure(mem, tpr, level: float, title: str):
+  """FZ mem (x) against each example's TPR at the global threshold of FPR
+  `level` (y), the correlations in the title."""
+  mem, tpr = np.asarray(mem, np.float64), np.asarray(tpr, np.float64)
+  ok = np.isfinite(mem) & np.isfinite(tpr)
+  fig = common.new_figure(5.5, 4.5)
+  ax = fig.subplots()
+  ax.scatter(mem[ok], tpr[ok], s=4, alpha=0.4, lw=0)
+  r = (np.corrcoef(mem[ok], tpr[ok])[0, 1]
+       if ok.sum() > 1 and mem[ok].std() > 0 and tpr[ok].std() > 0
+       else float('nan'))
+  ax.set_xlabel('memorization estimate (Feldman & Zhang)')
+  ax.set_ylabel(f'TPR of the online attack at {level:.1%} global FPR')
+  ax.set_title(f'{title}\nPearson r = {r:.3f} over {int(ok.sum())} examples',
+               fontsize=9)
+  fig.tight_layout()
+  return fig
+
+
+# The command's files, membership.json last: a folder holding some of them
+# without it holds what a kill left of a set (common.write_set).
+FILES = ('roc.png', 'per_example.npz', 'mem_vs_vulnerability.png',
+         'membership.json')
+
+
+def write(out: str, doc: dict, results: dict, vulnerable: dict, title: str,
+          mem=None) -> list:
+  """Writes the command's files into out (module doc) as one set: a kill
+  leaves the old set or the new one, or files without membership.json,
+  which the next run removes. Returns their paths."""
+  paths = dict(zip(FILES, (os.path.join(out, f) for f in FILES)))
+  common.remove_partial_set(list(paths.values()))
+  text = json.dumps(doc, indent=1, allow_nan=False)
+  roc_png = common.png_bytes(roc.roc_figure(results, title))
+  arrays = {k: np.asarray(vulnerable[k]) for k in
+            ('in_minus_out', 'tpr', 'fpr', 'num_in', 'num_out', 'threshold',
+             'level')}
+  files = {paths['roc.png']: lambda f: f.write(roc_png)}
+  if mem is not None:
+    arrays['mem'] = np.asarray(mem, np.float32)
+    scatter = common.png_bytes(vulnerability_figure(
+        mem, vulnerable['tpr'], vulnerable['level'], title))
+    files[paths['mem_vs_vulnerability.png']] = lambda f: f.write(scatter)
+  elif os.path.exists(paths['mem_vs_vulnerability.png']):
+    os.remove(paths['mem_vs_vulnerability.png'])  # another pool's
+  files[paths['per_example.npz']] = lambda f: np.savez(f, **arrays)
+  files[paths['membership.json']] = lambda f: f.write(text.encode())
+  return common.write_set(files)
+
+
+def render(doc: dict) -> str:
+  """The attacks as a short table: AUC [interval], balanced accuracy, TPR
+  at each FPR level."""
+  levels = [str(q) for q in LEVELS]
+  head = ['attack', 'AUC [95% interval]', 'bal. acc'] + [
+      f'TPR@{float(q) * 100:g}%' for q in levels]
+  rows = [head]
+  for a in doc['attacks']:
+    r = doc[a]
+    f = lambda x: 'n/a' if x is None else f'{x:.3f}'
+    rows.append([a, f'{f(r["auc"]["value"])} [{f(r["auc"]["lo"])}, '
+                 f'{f(r["auc"]["hi"])}]', f(r['acc']['value'])] +
+                [f(r['tpr_at_fpr'][q]['value']) for q in levels])
+  widths = [max(len(row[c]) for row in rows) for c in range(len(head))]
+  lines = ['  '.join(v.ljust(w) for v, w in zip(row, widths)).rstrip()
+           for row in rows]
+  return '\n'.join(lines + [
+      f'{doc["models"]} models, {doc["views"]} view(s), '
+      f'{len(doc["targets"])} targets, {doc["pairs"]} pairs'])
+
+
+def define_flags():
+  flags.DEFINE_string('workdir', None, 'A finished estimate run.')
+  flags.DEFINE_string('targets', '64', "Target models: a seeded sample of "
+                      "up to this many, or 'all'.")
+  flags.DEFINE_integer('seed', 0, 'Seed of the targets and the bootstrap.')
+  flags.DEFINE_string('out', None, 'Output folder (default '
+                      'WORKDIR/membership; required with --from_lira_dir).')
+  flags.DEFINE_string('lira_dir', None, "Also write the run's models in the "
+                      'LiRA reference layout here.')
+  flags.DEFINE_string('from_lira_dir', None, 'Attack a pool in the LiRA '
+                      'reference layout instead of a run.')
+
+
+def _check_flags(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if bool(FLAGS.workdir) == bool(FLAGS.from_lira_dir):
+    raise app.UsageError('give one of --workdir=W and --from_lira_dir=IN')
+  if FLAGS.from_lira_dir and not FLAGS.out:
+    raise app.UsageError('--from_lira_dir needs --out=DIR')
+  if FLAGS.from_lira_dir and FLAGS.lira_dir:
+    raise app.UsageError('--lira_dir exports a run: give it with --workdir')
+  if FLAGS.targets != 'all' and not (FLAGS.targets.isdigit() and
+                                     int(FLAGS.targets) > 0):
+    raise app.UsageError(f"--targets={FLAGS.targets}: a positive count or "
+                         "'all'")
+
+
+def main(argv):
+  _check_flags(argv)
+  start = time.perf_counter()
+  if FLAGS.workdir:
+    run = common.load_run(FLAGS.workdir)
+    pool, mem = lira_files.run_pool(run), run.estimates['mem']
+    source, title = os.path.abspath(FLAGS.workdir), run.dataset.name
+    out = FLAGS.out or store.Workdir(FLAGS.workdir).analysis('membership')
+  else:
+    pool, mem = lira_files.read_lira_dir(FLAGS.from_lira_dir), None
+    source = title = os.path.abspath(FLAGS.from_lira_dir)
+    out = FLAGS.out
+  if FLAGS.lira_dir:
+    with common.output_folder(FLAGS.lira_dir):
+      lira_files.write_lira_dir(FLAGS.lira_dir, *pool)
+    print(f'wrote {len(pool.masks)} models to {FLAGS.lira_dir}')
+  results, vulnerable = attack_pool(pool, FLAGS.targets, FLAGS.seed)
+  doc = document(results, pool, vulnerable, time.perf_counter() - start,
+                 source)
+  with common.output_folder(out):
+    paths = write(out, doc, results, vulnerable,
+                  f'LiRA on {title}: {doc["models"]} models', mem)
+  print(render(doc))
+  print(f'wrote {", ".join(paths)}')
+
+
+def run():
+  """The command (python -m feldman_zhang.analysis.membership)."""
+  common.run_command(define_flags, main)
+
+
+if __name__ == '__main__':
+  run()

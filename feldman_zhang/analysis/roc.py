@@ -37,8 +37,10 @@ def _sorted_pairs(score, member):
 def _curve(member_sorted, ends, weight):
   """(fpr, tpr) float64 from (0, 0) over the thresholds; NaN if a class has
   no weight."""
-  pos = np.cumsum(np.where(member_sorted, weight, 0))[ends]
-  neg = np.cumsum(np.where(member_sorted, 0, weight))[ends]
+  # Two passes over the pairs, not four: each bootstrap draw repeats this
+  # over millions of pairs (MNIST: 64 targets x 60,000 examples).
+  pos = np.cumsum(weight * member_sorted)[ends]
+  neg = np.cumsum(weight)[ends] - pos
   total_pos, total_neg = (pos[-1], neg[-1]) if len(ends) else (0, 0)
   with np.errstate(invalid='ignore', divide='ignore'):
     return np.r_[0, neg] / total_neg, np.r_[0, pos] / total_pos
@@ -65,9 +67,11 @@ def summary(fpr, tpr, levels=LEVELS) -> dict:
     return dict(auc=nan, acc=nan, tpr_at_fpr={str(q): nan for q in levels})
   auc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
   acc = float(np.max(1 - (fpr + (1 - tpr)) / 2))
-  # tpr never falls as fpr grows: the largest below the level is the last.
-  return dict(auc=auc, acc=acc, tpr_at_fpr={str(q): float(tpr[fpr < q][-1])
-                                            for q in levels})
+  # tpr never falls as fpr grows: the largest below the level is the last
+  # point below it (fpr[0] = 0 is).
+  last = np.searchsorted(fpr, levels, side='left') - 1
+  return dict(auc=auc, acc=acc, tpr_at_fpr={str(q): float(tpr[i])
+                                            for q, i in zip(levels, last)})
 
 
 def bootstrap_draws(num_groups: int, num_bootstrap: int = 200,
@@ -161,8 +165,12 @@ def roc_figure(results: dict, title: str, level: str = '0.001'):
   ax = fig.subplots()
   for name, r in results.items():
     fpr, tpr = thin(r['roc']['fpr'], r['roc']['tpr'])
-    ax.plot(fpr, tpr, lw=1.2, label=f'{name}  AUC {r["auc"]["value"]:.3f}, '
-            f'TPR@{float(level):.1%} {r["tpr_at_fpr"][level]["value"]:.3f}')
+    # A TPR of 0 has no place on a log axis; an FPR of 0 shows at the
+    # left edge (the TPR reached before any non-member is called).
+    shown = tpr > 0
+    ax.plot(np.maximum(fpr[shown], FPR_FLOOR / 10), tpr[shown], lw=1.2,
+            label=f'{name}  AUC {r["auc"]["value"]:.3f}, TPR@'
+            f'{float(level):.1%} {r["tpr_at_fpr"][level]["value"]:.2%}')
   ax.plot([FPR_FLOOR, 1], [FPR_FLOOR, 1], ls='--', color='gray', lw=0.8)
   ax.set_xscale('log')
   ax.set_yscale('log')
