@@ -16,8 +16,8 @@ import pytest
 from conftest import ROOT
 from feldman_zhang import errors
 from feldman_zhang import store
+from feldman_zhang.analysis import lira
 from feldman_zhang.analysis import lira_files
-from feldman_zhang.analysis import membership
 from feldman_zhang.analysis import roc
 
 # -- plain references: one pair at a time, float64 ----------------------------
@@ -56,7 +56,7 @@ def std_ref(values):
 def lira_ref(masks, phi, targets):
   """{attack: (T, n)}: for each target, its pool is every other model."""
   t, n, num_views = phi.shape
-  out = {a: np.zeros((len(targets), n)) for a in membership.ATTACKS}
+  out = {a: np.zeros((len(targets), n)) for a in lira.ATTACKS}
   for row, k in enumerate(targets):
     pool = [j for j in range(t) if j != k]
     pooled_in = [float(phi[j, i, v]) for j in pool for i in range(n)
@@ -65,7 +65,7 @@ def lira_ref(masks, phi, targets):
                   for v in range(num_views) if not masks[j, i]]
     gsd_in, gsd_out = std_ref(pooled_in), std_ref(pooled_out)
     for i in range(n):
-      per_view = {a: [] for a in membership.ATTACKS}
+      per_view = {a: [] for a in lira.ATTACKS}
       for v in range(num_views):
         x = float(phi[k, i, v])
         ins = [float(phi[j, i, v]) for j in pool if masks[j, i]]
@@ -138,7 +138,7 @@ def test_every_attack_matches_the_loops():
   want = lira_ref(masks, phi, targets)
   # tile 3 of 10 examples: several tiles and a padded last one.
   for tile in (3, 512):
-    assert_scores_close(membership.lira_scores(masks, phi, targets,
+    assert_scores_close(lira.lira_scores(masks, phi, targets,
                                                tile=tile), want)
 
 
@@ -149,14 +149,14 @@ def test_degenerate_pools_give_nan_not_a_crash():
   masks[:2, 2] = True  # with a target IN, a single IN shadow: sd 0
   masks[2:, 2] = False
   targets = np.arange(7)
-  got = membership.lira_scores(masks, phi[:, :, 0], targets)
+  got = lira.lira_scores(masks, phi[:, :, 0], targets)
   assert_scores_close(got, lira_ref(masks, phi, targets))
   for a in ('online', 'online_fixed'):
     assert np.isnan(got[a][:, :2]).all() and np.isfinite(got[a][:, 3:]).all()
   assert np.isnan(got['offline'][:, 0]).all()
   assert np.isfinite(got['offline'][:, 1]).all()
   assert np.isfinite(got['global']).all()
-  result = membership.attack_all(masks, phi, 'all', num_bootstrap=5)
+  result = lira.attack_all(masks, phi, 'all', num_bootstrap=5)
   assert result['online']['excluded'] == 2 * 7
   assert result['offline']['excluded'] == 7
   assert result['global']['excluded'] == 0
@@ -165,7 +165,7 @@ def test_degenerate_pools_give_nan_not_a_crash():
 
 def test_a_single_model_has_no_pool():
   masks, phi = pool(t=1, n=5)
-  result = membership.attack_all(masks, phi, num_bootstrap=3)
+  result = lira.attack_all(masks, phi, num_bootstrap=3)
   assert result['online']['excluded'] == 5
   assert math.isnan(result['online']['auc']['value'])
 
@@ -174,7 +174,7 @@ def test_non_finite_phi_is_refused():
   masks, phi = pool()
   phi[3, 4, 1] = np.nan
   with pytest.raises(ValueError, match='non-finite'):
-    membership.lira_scores(masks, phi, [0])
+    lira.lira_scores(masks, phi, [0])
 
 
 # -- the ROC statistics --------------------------------------------------------
@@ -213,11 +213,11 @@ def test_attack_all_against_the_pairs():
   masks, phi = pool(t=12, n=10, seed=4, effect=1.0)
   targets = [1, 4, 7, 11]
   levels = (0.1, 0.3)
-  result = membership.attack_all(masks, phi, targets, levels=levels,
+  result = lira.attack_all(masks, phi, targets, levels=levels,
                                  num_bootstrap=20, seed=5)
   want = lira_ref(masks, phi, targets)
   member = masks[targets].ravel()
-  for a in membership.ATTACKS:
+  for a in lira.ATTACKS:
     auc, acc, tpr = stats_ref(want[a].ravel(), member, levels)
     got = result[a]
     assert got['auc']['value'] == pytest.approx(auc, abs=1e-9), a
@@ -227,26 +227,26 @@ def test_attack_all_against_the_pairs():
     assert got['auc']['lo'] <= got['auc']['value'] <= got['auc']['hi'], a
     assert got['pairs'] == 40
     assert got['excluded'] == np.isnan(want[a]).sum()
-  again = membership.attack_all(masks, phi, targets, levels=levels,
+  again = lira.attack_all(masks, phi, targets, levels=levels,
                                 num_bootstrap=20, seed=5)
   assert again['online']['auc'] == result['online']['auc']
 
 
 def test_default_targets_are_a_seeded_sample():
-  targets = membership.choose_targets(200, seed=3)
+  targets = lira.choose_targets(200, seed=3)
   assert len(targets) == 64 and len(set(targets)) == 64
-  np.testing.assert_array_equal(targets, membership.choose_targets(200,
+  np.testing.assert_array_equal(targets, lira.choose_targets(200,
                                                                    seed=3))
-  assert len(membership.choose_targets(10)) == 10
+  assert len(lira.choose_targets(10)) == 10
 
 
 def test_planted_members_are_found_and_chance_is_chance():
   masks, phi = pool(t=48, n=60, seed=6, effect=1.5)
-  planted = membership.attack_all(masks, phi, num_bootstrap=50)
+  planted = lira.attack_all(masks, phi, num_bootstrap=50)
   assert planted['online']['auc']['value'] > 0.8
   assert planted['online']['auc']['lo'] > 0.75
   masks, phi = pool(t=48, n=60, seed=7, effect=0.0)
-  chance = membership.attack_all(masks, phi, num_bootstrap=50)
+  chance = lira.attack_all(masks, phi, num_bootstrap=50)
   for a in ('online', 'global'):
     assert abs(chance[a]['auc']['value'] - 0.5) < 0.05, a
 
@@ -259,7 +259,7 @@ def test_per_example_against_the_loops():
   masks[:, 0] = True
   t, n = masks.shape
   s = lira_ref(masks, phi, range(t))['online']
-  got = membership.per_example(masks, phi, level=0.2, tile=3)
+  got = lira.per_example(masks, phi, level=0.2, tile=3)
   # The smallest threshold of `score >= tau` whose FPR over every
   # non-member pair is below the level.
   flat, member = s.ravel(), masks.ravel()
@@ -278,7 +278,7 @@ def test_per_example_against_the_loops():
     assert got['num_in'][i] == len(ins)
   assert np.isnan(got['in_minus_out'][0]) and np.isnan(got['tpr'][0])
   # Pooled over examples, the rule is attack_all's TPR at FPR.
-  pooled = membership.attack_all(masks, phi, 'all', levels=(0.2,),
+  pooled = lira.attack_all(masks, phi, 'all', levels=(0.2,),
                                  num_bootstrap=2)['online']
   tpr_all = np.nansum(got['tpr'] * got['num_in']) / got['num_in'].sum()
   assert tpr_all == pytest.approx(pooled['tpr_at_fpr']['0.2']['value'])
@@ -388,10 +388,10 @@ def attacked(tiny_run, tmp_path_factory):
 def test_command_writes_every_attack_with_intervals(attacked):
   workdir, out, _ = attacked
   doc = store.read_json(os.path.join(out, 'membership.json'))
-  assert doc['attacks'] == list(membership.ATTACKS)
+  assert doc['attacks'] == list(lira.ATTACKS)
   assert doc['models'] == 16 and doc['views'] == 1
   assert doc['targets'] == list(range(16)) and doc['pairs'] == 16 * 1300
-  for a in membership.ATTACKS:
+  for a in lira.ATTACKS:
     r = doc[a]
     assert set(r) == {'auc', 'acc', 'tpr_at_fpr', 'excluded'}, a
     assert set(r['tpr_at_fpr']) == {'0.01', '0.001', '0.0001'}, a
@@ -409,19 +409,19 @@ def test_command_writes_every_attack_with_intervals(attacked):
 
 @pytest.mark.integration
 def test_lira_dir_export_is_the_run_and_scores_the_same(attacked, tmp_path):
-  workdir, out, lira = attacked
+  workdir, out, lira_dir = attacked
   preds = store.load_predictions(workdir)
-  pool = lira_files.read_lira_dir(lira)
+  pool = lira_files.read_lira_dir(lira_dir)
   np.testing.assert_array_equal(pool.model_ids, preds['model_ids'])
   np.testing.assert_array_equal(pool.masks, preds['masks'])
   np.testing.assert_array_equal(pool.phi,
                                 preds['train_margin'].astype(np.float32))
-  result = _command(f'--from_lira_dir={lira}', f'--out={tmp_path}',
+  result = _command(f'--from_lira_dir={lira_dir}', f'--out={tmp_path}',
                     '--targets=all')
   assert result.returncode == 0, result.stderr
   theirs = store.read_json(str(tmp_path / 'membership.json'))
   ours = store.read_json(os.path.join(out, 'membership.json'))
-  for a in membership.ATTACKS:
+  for a in lira.ATTACKS:
     assert theirs[a]['auc'] == ours[a]['auc'], a
     assert theirs[a]['tpr_at_fpr'] == ours[a]['tpr_at_fpr'], a
   assert sorted(os.listdir(tmp_path)) == ['membership.json',

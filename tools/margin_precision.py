@@ -25,7 +25,7 @@ from feldman_zhang import runner
 from feldman_zhang import schedule
 from feldman_zhang import subsets
 from feldman_zhang.analysis import lds as lds_lib
-from feldman_zhang.analysis import membership
+from feldman_zhang.analysis import lira
 
 
 def _train(job, ratio, stream, count):
@@ -50,7 +50,7 @@ def main(config_file='configs/digits_mlp.py', pool='512', evals='128'):
                 train_s=round(trained_s, 1))
   for name, cast in (('float32', np.float32), ('float16', np.float16)):
     phi = lambda x: x.astype(cast).astype(np.float32)
-    attacks = membership.attack_all(a['masks'], phi(a['train_margin']),
+    attacks = lira.attack_all(a['masks'], phi(a['train_margin']),
                                     num_bootstrap=100)
     score = margins.infl_margin(a['masks'], phi(a['test_margin']))
     out = lds_lib.lds(score, b['masks'], phi(b['test_margin']).mean(-1))
