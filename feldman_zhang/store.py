@@ -45,7 +45,8 @@ _PACKED = ('masks', 'train_correct', 'test_correct')
 
 LOCK_FILE = '.lock'
 # The analysis commands' default output folders inside a run.
-ANALYSIS_FOLDERS = ('pairs', 'figures', 'release', 'consistency')
+ANALYSIS_FOLDERS = ('pairs', 'figures', 'release', 'consistency',
+                    'membership', 'lds')
 
 
 @dataclasses.dataclass(frozen=True)

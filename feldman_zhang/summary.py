@@ -49,6 +49,7 @@ def summarize(config, ds, preds, valid, est) -> dict:
         lowest=[dict(train=int(i), label=int(ds.y_train[i]),
                      cscore=float(score[i]), mem=float(mem[i]))
                 for i in lowest if np.isfinite(score[i])])
+  out['caveats'] = caveats(out)
   p = config.summary.top_pairs
   if 'infl' in est:
     pairs = [(i, j, est['infl'][i, j]) for i, j in pairs_lib.top_pairs(est['infl'], p)]
@@ -64,6 +65,20 @@ def summarize(config, ds, preds, valid, est) -> dict:
         dict(train=i, test=j, train_label=int(ds.y_train[i]),
              test_label=int(ds.y_test[j]), infl=float(v), mem=float(mem[i]))
         for i, j, v in pairs]
+  return out
+
+
+def caveats(s: dict) -> list[str]:
+  """What a reader of a summary's numbers (and of the pairs and examples
+  it lists) must know first, as sentences: made from the summary's own
+  fields, so a summary.json written before it carried them gets them too."""
+  out = []
+  stderr = s.get('median_mem_stderr_memorizable')
+  if stderr is not None and stderr > 0.1:
+    out.append(f'with {s["num_models"]} models these estimates are mostly '
+               f'noise (median mem stderr {stderr:.2f} over the '
+               f'{s["num_memorizable"]} examples of held-out accuracy in '
+               '[0.1, 0.9]); the paper trains thousands')
   return out
 
 
@@ -127,12 +142,7 @@ def render(s, ds, est) -> str:
     parts = [f'{c["models"]} models: mean |change| {c["mean_abs_diff"]:.4f}, '
              f'corr {_fmt(c["correlation"])}' for c in s['convergence'][:-1]]
     lines.append('convergence of mem against all models: ' + '; '.join(parts))
-  if s['median_mem_stderr_memorizable'] > 0.1:
-    lines.append(f'note: with {s["num_models"]} models these estimates are '
-                 f'mostly noise (median mem stderr '
-                 f'{s["median_mem_stderr_memorizable"]:.2f} over the '
-                 f'{s["num_memorizable"]} examples of held-out accuracy in '
-                 '[0.1, 0.9]); the paper trains thousands')
+  lines += [f'note: {c}' for c in s.get('caveats', caveats(s))]
   if s.get('stopped_at_target_stderr'):
     lines.append(f'stopped early: median mem stderr reached the target with '
                  f'{s["num_models"]} models')

@@ -336,7 +336,7 @@ def test_report_shows_experiments_resolved_dtypes_and_no_empty_column(
   page = report.build(common.load_run(workdir), grids=2)
   assert '<h2>Drop experiment</h2>' in page and '0.004' in page
   assert 'alt="drop.png"' in page  # drawn from drop.csv by the report
-  assert '<h2>Last layer only</h2>' in page and 'full_test_acc_mean' in page
+  assert '<h2>Last layer only</h2>' in page and 'mean test accuracy' in page
   assert '<td>auto</td>' not in page  # dtypes as they resolved
   assert '<th>infl_stderr</th>' not in page  # NaN everywhere: left out
   assert 'accuracy on their own subsets' in page
@@ -576,3 +576,58 @@ def test_analysis_commands_clear_stale_temporary_files(planted_run, tmp_path):
         ['--grids=1'] if name == 'export_pairs' else []))
     assert result.returncode == 0, result.stderr[-3000:]
   assert not _temp_files(workdir)
+
+
+def test_the_noise_caveat_heads_the_report(planted_run):
+  run = common.load_run(planted_run[0])
+  assert 'mostly noise' not in report.build(run, grids=0)  # 96 models
+  # A summary from before summaries carried caveats: made from its numbers.
+  noisy = dict(run.summary, median_mem_stderr_memorizable=0.31)
+  noisy.pop('caveats', None)
+  page = report.build(dataclasses.replace(run, summary=noisy), grids=0)
+  caveat = page.index('these estimates are mostly noise')
+  assert caveat < page.index('<h2>Summary</h2>')
+  assert 'median mem stderr 0.31' in page
+
+
+def test_the_report_is_written_for_people(planted_run, tmp_path):
+  workdir = _with_experiments(planted_run, tmp_path / 'run')
+  with open(os.path.join(workdir, 'drop', 'drop.csv'), 'w') as f:
+    f.write(_DROP_CSV.splitlines()[0] + ',models_per_arm\n'
+            '0.5,12,0.00914634146,0.912345678,0.00412345678,0.934567891,'
+            '0.00312345678,8\n')
+  page = report.build(common.load_run(workdir), grids=2)
+  drop_part = page[page.index('<h2>Drop experiment</h2>'):
+                   page.index('<h2>Last layer only</h2>')]
+  last_part = page[page.index('<h2>Last layer only</h2>'):
+                   page.index('<h2>Config</h2>')]
+  for raw in ('acc_high_mem_removed', 'fraction_removed', 'models_per_arm'):
+    assert raw not in drop_part, raw
+  assert '0.912345678' not in drop_part and '0.9123 ± 0.00412' in drop_part
+  assert '0.009146' in drop_part and '>8<' in drop_part
+  for raw in ('full_test_acc_mean', 'memorized_last', 'num_models_full'):
+    assert raw not in last_part, raw
+  assert 'mean test accuracy' in last_part and '0.3123' in last_part
+  assert '0.31234567' not in last_part
+  # One sentence under every figure.
+  figures = re.findall(r'<figure>(.*?)</figure>', page, re.S)
+  assert len(figures) == len(re.findall('<img ', page)) == 7
+  for fig in figures:
+    caption = re.search(r'<figcaption>(.*?)</figcaption>', fig, re.S)
+    assert caption and caption.group(1).strip().endswith('.'), fig[-300:]
+
+
+def test_the_experiment_figures_say_what_they_show():
+  from feldman_zhang.analysis import experiment_figures
+  rows = [dict(theta=t, num_removed=n, fraction_removed=n / 1000,
+               acc_high_mem_removed=0.9 - n / 1e4, acc_high_mem_removed_se=0.01,
+               acc_random_removed=0.9, acc_random_removed_se=0.01,
+               models_per_arm=8) for t, n in ((0.9, 10), (0.5, 40), (0.1, 200))]
+  ax = experiment_figures.drop_figure(rows, 'digits').axes[0]
+  labels = [t.get_text() for t in ax.texts]
+  assert all(any(f'θ={r["theta"]:g}' in s for s in labels) for r in rows)
+  assert '8 models per arm' in ax.get_title()
+  rng = np.random.default_rng(0)
+  ax = experiment_figures.lastlayer_figure(
+      rng.random(50), rng.random(50), 'digits').axes[0]
+  assert ax.get_title() == 'digits: full network vs last layer'

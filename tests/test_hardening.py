@@ -407,3 +407,33 @@ def test_a_second_signal_exits_at_once(tmp_path):
   _, err = proc.communicate(timeout=60)
   assert proc.returncode == 130, err
   assert 'Traceback' not in err
+
+
+def test_the_experiments_stale_temporary_files_are_removed_under_the_lock(
+    tmp_path):
+  workdir = tmp_path / 'run'
+  stale = [workdir / d / '.tmp-killed' for d in ('drop', 'lastlayer')]
+  for p in stale:
+    p.parent.mkdir(parents=True)
+    p.write_bytes(b'torn')
+  with store.locked(str(workdir)):
+    pass
+  assert not any(p.exists() for p in stale)
+
+
+def test_where_a_directory_cannot_be_locked_the_note_file_is(tmp_path,
+                                                             monkeypatch):
+  import errno
+
+  def no_directory_locks(path):  # some NFS mounts
+    raise OSError(errno.EBADF, 'Bad file descriptor')
+
+  monkeypatch.setattr(store, 'lock_directory', no_directory_locks)
+  workdir = str(tmp_path / 'run')
+  with store.locked(workdir):
+    with pytest.raises(store.StoreError,
+                       match=rf'in use by another process \(pid {os.getpid()}'):
+      with store.locked(workdir):
+        pass
+  with store.locked(workdir):  # released
+    pass

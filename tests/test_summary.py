@@ -53,3 +53,13 @@ def test_the_summary_counts_what_the_estimates_say():
   assert f'{s["num_models"]} models on digits' in text
   assert f'{s["num_memorized"]} of {n}' in text
   assert 'mostly noise' in text  # 5 models: the caveat is printed
+  # and recorded, for summary.json and the report.
+  assert len(s['caveats']) == 1 and 'mostly noise' in s['caveats'][0]
+  assert f'note: {s["caveats"][0]}' in text
+
+
+def test_a_summary_of_enough_models_has_no_caveat():
+  s = dict(num_models=2000, median_mem_stderr_memorizable=0.02,
+           num_memorizable=300)
+  assert summary.caveats(s) == []
+  assert summary.caveats(dict(s, median_mem_stderr_memorizable=0.3))

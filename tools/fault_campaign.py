@@ -20,6 +20,12 @@
    a disk too small before it starts), and with that check off, so every
    write meets the full disk itself.
 6. Malformed inputs: each one exits non-zero with one line, no traceback.
+7. Issue 27 (`_issue27`, also alone: --only=issue27, about two minutes):
+   SIGTERM and a second SIGINT in a job; the lock's note file removed
+   under its holder; flipped bytes in the lastlayer backbone's weights;
+   damaged experiment files, a full disk, an unwritable --out and Ctrl-C
+   in the analysis commands; a killed pair export; a config file that does
+   not load; training of no step.
 Prints one JSON line of counts. Not a test: tens of minutes on 2 cores.
 """
 
@@ -58,8 +64,14 @@ def _files(workdir):
           and '/chunks/' not in p}
 
 
-def main(out, kills=10, pairs=1):
+def main(out, kills=10, pairs=1, only=None):
   os.makedirs(out, exist_ok=True)
+  if only == 'issue27':
+    ref = os.path.join(out, 'ref')
+    if not os.path.exists(os.path.join(ref, 'estimates.npz')):
+      assert _run(_job(ref)).returncode == 0
+    print(json.dumps(_issue27(out, ref)))
+    return
   counts = dict(kill_trials=0, kill_resumed_identical=0, tracebacks=0,
                 duplicate_models=0, concurrent_refused=0, corrupt_one_line=0,
                 corrupt_repaired=0, corrupt_trials=0)
@@ -113,6 +125,7 @@ def main(out, kills=10, pairs=1):
   if os.geteuid() == 0:
     counts.update(_full_disk(out, ref, want))
   counts.update(_malformed(out, ref))
+  counts.update(_issue27(out, ref))
   print(json.dumps(counts))
 
 
@@ -279,6 +292,206 @@ def _malformed(out, ref):
   return counts
 
 
+# -- issue 27 ---------------------------------------------------------------
+
+
+def _one_line(r, *words):
+  """Whether r ended non-zero with exactly one line of its own on stderr
+  (log lines aside), an error holding every word, and no traceback."""
+  lines = [l for l in r.stderr.splitlines() if l.strip() and
+           not l.startswith(('I1', 'W1', 'E1', 'WARNING', 'I0', 'W0'))]
+  ok = (r.returncode != 0 and 'Traceback' not in r.stderr and
+        len(lines) == 1 and all(w in lines[0] for w in words))
+  if not ok:
+    print(f'not one line ({r.returncode}): {r.args[3:]}: {lines[-3:]}',
+          file=sys.stderr)
+  return ok
+
+
+def _analysis(name, *args, patch=''):
+  """analysis.NAME, with `patch` (Python source) run first."""
+  code = ('import runpy, sys\n' + patch + '\nsys.argv = sys.argv[1:]\n'
+          f"runpy.run_module('analysis.{name}', run_name='__main__')")
+  return _run([sys.executable, '-c', code, name, *args])
+
+
+_FULL_DISK = ('import errno, os\n'
+              'def full(fd):\n'
+              '  raise OSError(errno.ENOSPC, "No space left on device")\n'
+              'os.fsync = full')
+_CTRL_C = ('from feldman_zhang.analysis import common\n'
+           'def ctrl_c(*a, **k):\n  raise KeyboardInterrupt\n'
+           'common.load_run = ctrl_c')
+
+
+def _temps(root):
+  return [os.path.join(r, n) for r, _, names in os.walk(root)
+          for n in names if n.startswith('.tmp-')]
+
+
+def _issue27(out, ref):
+  counts = {}
+  add = lambda key, ok: counts.__setitem__(key, counts.get(key, 0) + bool(ok))
+  sys.path.insert(0, ROOT)
+  from feldman_zhang import store  # pylint: disable=import-outside-toplevel
+
+  # 10: SIGTERM, then two SIGINTs, after the first chunk.
+  for sig, code, twice in ((signal.SIGTERM, 143, False),
+                           (signal.SIGINT, 130, True)):
+    w = os.path.join(out, f'signal{code}')
+    shutil.rmtree(w, ignore_errors=True)
+    p = subprocess.Popen(_job(w, '--config.num_models=4000'), cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    deadline = time.time() + 300
+    while not glob.glob(os.path.join(w, 'chunks', 'models_*')):
+      if p.poll() is not None or time.time() > deadline:
+        break
+      time.sleep(0.1)
+    p.send_signal(sig)
+    if twice:
+      time.sleep(0.2)
+      p.send_signal(sig)
+    _, err = p.communicate(timeout=300)
+    readable = True
+    for _, _, path in store.list_chunks(w):
+      try:
+        store.read_chunk(path)
+      except store.StoreError:
+        readable = False
+    add(f'signal_{code}', p.returncode == code and 'Traceback' not in err
+        and 'interrupted: the models stored' in err and readable)
+
+  # 6: the lock's note removed under its holder lets no second job in.
+  w = os.path.join(out, 'lock')
+  holder = subprocess.Popen(
+      [sys.executable, '-c', 'import time; from feldman_zhang import store\n'
+       f'with store.locked({w!r}):\n  print("held", flush=True); '
+       'time.sleep(120)'], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+  holder.stdout.readline()
+  os.remove(os.path.join(w, store.LOCK_FILE))
+  r = _run(_job(w))
+  holder.kill()
+  holder.wait()
+  add('lock_note_removed_refused', _one_line(r, 'in use by another process'))
+
+  # 4 and 7: the backbone's weights flipped, restored only after a retrain.
+  w = os.path.join(out, 'backbone')
+  shutil.rmtree(w, ignore_errors=True)
+  shutil.copytree(ref, w)
+  last = _job(w, '--mode=lastlayer', '--config.lastlayer.epochs=2')
+  first = _run(last)
+  comparison = store.Workdir(w).comparison_json
+  want = store.read_json(comparison) if first.returncode == 0 else None
+  backbone = store.Workdir(w).backbone
+  weights = max((os.path.join(r_, n) for r_, _, ns in os.walk(backbone)
+                 for n in ns), key=os.path.getsize)
+  data = bytearray(open(weights, 'rb').read())
+  for i in range(4):
+    data[len(data) // 2 + i] ^= 0x01
+  open(weights, 'wb').write(bytes(data))
+  again = _run(last)
+  add('backbone_flip_caught', first.returncode == 0 and again.returncode == 0
+      and 'fails its checksum' in again.stderr)
+  # The backbone trained again is the same: so is every number after it.
+  add('backbone_flip_same_result', again.returncode == 0 and
+      store.read_json(comparison) == want)
+  add('backbone_no_temp_folder', not glob.glob(f'{backbone}.*orbax*'))
+
+  # 8: damaged experiment files in the report and the figures.
+  def damaged(rel, data):
+    d = os.path.join(out, 'damaged')
+    shutil.rmtree(d, ignore_errors=True)
+    shutil.copytree(w, d)
+    os.makedirs(os.path.join(d, 'drop'), exist_ok=True)
+    with open(os.path.join(d, 'drop', 'drop.csv'), 'w') as f:
+      f.write('theta,num_removed,fraction_removed,acc_high_mem_removed,'
+              'acc_high_mem_removed_se,acc_random_removed,'
+              'acc_random_removed_se,models_per_arm\n'
+              '0.5,12,0.009,0.91,0.004,0.93,0.003,8\n')
+    path = os.path.join(d, rel)
+    with open(path, 'rb') as f:
+      damage = data(f.read())
+    with open(path, 'wb') as f:
+      f.write(damage)
+    return d, path
+  flip = lambda b: b[:len(b) // 2] + bytes([b[len(b) // 2] ^ 0xFF]) + \
+      b[len(b) // 2 + 1:]
+  for rel, data, rebuild in (
+      ('drop/drop.csv', lambda b: bytes(range(128, 256)) * 4, '--mode=drop'),
+      ('lastlayer/comparison.json', lambda b: b[:len(b) // 2],
+       '--mode=lastlayer'),
+      ('lastlayer/estimates.npz', flip, '--mode=lastlayer')):
+    d, path = damaged(rel, data)
+    for name in ('report', 'experiment_figures'):
+      if name == 'experiment_figures' and 'comparison' in rel:
+        continue
+      add('damaged_experiment_one_line', _one_line(
+          _analysis(name, f'--workdir={d}'), path, rebuild))
+      add('damaged_experiment_trials', True)
+
+  # 7, 9: a full disk, an unwritable --out and Ctrl-C in the analysis.
+  d, _ = damaged('run.json', lambda b: b)  # a sound copy with experiments
+  afile = os.path.join(out, 'afile')
+  open(afile, 'w').write('x')
+  for name, args in (('export_pairs', []), ('galleries', []),
+                     ('report', []), ('experiment_figures', []),
+                     ('release', [f'--write_classes={d}/classes.npz'])):
+    add('full_disk_one_line', _one_line(
+        _analysis(name, f'--workdir={d}', *args, patch=_FULL_DISK),
+        'cannot write', 'No space left on device'))
+    add('full_disk_trials', True)
+  add('full_disk_no_temp', not _temps(d))
+  for name in ('export_pairs', 'galleries'):
+    add('unwritable_out_one_line', _one_line(_analysis(
+        name, f'--workdir={d}', f'--out={afile}/out'), 'Not a directory'))
+  for name in ('report', 'export_pairs'):
+    r = _analysis(name, f'--workdir={d}', patch=_CTRL_C)
+    add('ctrl_c_analysis', r.returncode == 130 and
+        r.stderr.strip().splitlines() == ['interrupted'])
+  unfinished = os.path.join(out, 'unfinished')
+  shutil.rmtree(unfinished, ignore_errors=True)
+  os.makedirs(unfinished)
+  shutil.copy(os.path.join(ref, 'run.json'), unfinished)
+  add('compare_unfinished_one_line', _one_line(
+      _analysis('compare_runs', f'--a={ref}', f'--b={unfinished}'),
+      'has no estimates.npz'))
+
+  # 11: a killed export leaves no mixed set; the next one clears it.
+  pairs = os.path.join(d, 'pairs')
+  kill = ('import os\nreplace = os.replace\n'
+          'def killed(src, dst):\n'
+          '  if os.path.basename(dst) == "pairs.json": os._exit(9)\n'
+          '  replace(src, dst)\n'
+          'os.replace = killed')
+  _analysis('export_pairs', f'--workdir={d}', '--max_pairs=3', patch=kill)
+  mixed = (os.path.exists(os.path.join(pairs, 'pairs.npz')) and
+           os.path.exists(os.path.join(pairs, 'pairs.csv')) and
+           os.path.getmtime(os.path.join(pairs, 'pairs.csv')) >
+           os.path.getmtime(os.path.join(pairs, 'pairs.npz')))
+  r = _analysis('export_pairs', f'--workdir={d}', '--grids=0')
+  add('export_never_mixed', not mixed and r.returncode == 0 and
+      sorted(os.listdir(pairs)) == ['pairs.csv', 'pairs.json', 'pairs.npz'])
+
+  # 9, 5: config files that do not load; training of no step.
+  broken = os.path.join(out, 'broken')
+  os.makedirs(broken, exist_ok=True)
+  for text in ('def get_config(:\n', 'X = 1\n', 'import no_such_zz\n'):
+    path = os.path.join(broken, 'config.py')
+    open(path, 'w').write(text)
+    add('config_file_one_line', _one_line(
+        _run([sys.executable, '-m', 'feldman_zhang.main',
+              f'--workdir={out}/never', f'--config={path}']),
+        f'cannot load --config {path}'))
+  add('no_step_one_line', _one_line(_run(_job(f'{out}/never',
+                                              '--config.train.epochs=1e-9')),
+                                    'trains no step'))
+  add('no_step_no_workdir', not os.path.exists(f'{out}/never'))
+  return counts
+
+
 if __name__ == '__main__':
-  main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 10,
-       int(sys.argv[3]) if len(sys.argv) > 3 else 1)
+  args = [a for a in sys.argv[1:] if not a.startswith('--only=')]
+  only = [a.split('=', 1)[1] for a in sys.argv[1:] if a.startswith('--only=')]
+  main(args[0], int(args[1]) if len(args) > 1 else 10,
+       int(args[2]) if len(args) > 2 else 1, only[0] if only else None)

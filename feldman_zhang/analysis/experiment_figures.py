@@ -23,7 +23,9 @@ FLAGS = flags.FLAGS
 
 
 def drop_figure(rows, name: str):
-  """Test accuracy against the fraction removed, both arms, +- their SE."""
+  """Test accuracy against the fraction removed, both arms, +- their SE;
+  each point of the high-mem arm named by its theta, the title saying the
+  models per arm (drop.csv's models_per_arm, where it has one)."""
   fig = common.new_figure(5, 3.5)
   ax = fig.subplots()
   frac = [r['fraction_removed'] for r in rows]
@@ -32,10 +34,18 @@ def drop_figure(rows, name: str):
     ax.errorbar(frac, [r[key] for r in rows],
                 yerr=[r[key + '_se'] for r in rows], marker='o', capsize=3,
                 label=label)
+  for r in rows:
+    ax.annotate(f'θ={r["theta"]:g}', (r['fraction_removed'],
+                                      r['acc_high_mem_removed']),
+                textcoords='offset points', xytext=(4, -10), fontsize=7)
   ax.set_xlabel('fraction of training set removed')
   ax.set_ylabel('test accuracy (+- standard error)')
-  ax.set_title(f'{name}: removing memorized examples')
-  ax.legend()
+  arms = {r.get('models_per_arm') for r in rows} - {None}
+  per_arm = (f' ({arms.pop()} models per arm)' if len(arms) == 1 else
+             ' (models per arm: ' + ', '.join(
+                 str(r['models_per_arm']) for r in rows) + ')' if arms else '')
+  ax.set_title(f'{name}: removing mem >= θ{per_arm}', fontsize=9)
+  ax.legend(fontsize=8)
   fig.tight_layout()
   return fig
 
@@ -53,7 +63,7 @@ def lastlayer_figure(full, last, name: str):
   ax.set_yscale('log')
   ax.set_xlabel('memorization estimate')
   ax.set_ylabel('training examples')
-  ax.set_title(name)
+  ax.set_title(f'{name}: full network vs last layer')
   ax.legend()
   fig.tight_layout()
   return fig

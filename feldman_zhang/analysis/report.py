@@ -23,6 +23,7 @@ from feldman_zhang.analysis import galleries
 from feldman_zhang import config as config_lib
 from feldman_zhang import estimate as estimate_lib
 from feldman_zhang import store
+from feldman_zhang import summary as summary_lib
 from feldman_zhang.experiments import drop
 from feldman_zhang.experiments import lastlayer
 
@@ -39,6 +40,10 @@ table.kv td { text-align: left; }
 img { max-width: 100%; margin: 0.5em 0; }
 .row { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
 .note { color: #666; }
+.caveat { background: #fff4d6; border-left: 4px solid #e0a800;
+          padding: 0.5em 0.8em; }
+figure { margin: 0.5em 0 1em; }
+figcaption { color: #555; font-size: 0.9em; max-width: 700px; }
 """
 
 
@@ -62,6 +67,41 @@ def _table(header, rows, key_column=False) -> str:
 def _img(png: bytes, alt: str) -> str:
   data = base64.b64encode(png).decode('ascii')
   return f'<img src="data:image/png;base64,{data}" alt="{_e(alt)}">'
+
+
+def _figure(fig, name: str, caption: str) -> str:
+  """A Figure embedded, with its one-sentence caption under it."""
+  return (f'<figure>{_img(common.png_bytes(fig), name)}'
+          f'<figcaption>{_e(caption)}</figcaption></figure>')
+
+
+def captions(run: common.Run) -> dict:
+  """{figure name: the sentence under it in the report}."""
+  noisy = ' (red, *: a noisy label)' if run.dataset.corrupted is not None \
+      else ''
+  return {
+      'most_memorized.png': 'Each row is one class: its training images '
+                            f'of highest mem, highest first{noisy}.',
+      'mem_hist.png': 'How many training examples have each memorization '
+                      'estimate; the dashed line is the bar for memorized '
+                      f'(mem >= {common.mem_threshold(run):g}).',
+      'heldout_acc_hist.png': 'Accuracy on each training example of the '
+                              'models that did not train on it.',
+      'mem_vs_heldout.png': 'One dot per training example: memorized ones '
+                            'sit top left, right only when trained on.',
+      'cscores.png': 'C-scores: their histogram, the held-out accuracy at '
+                     'each subset ratio, and the training images of lowest '
+                     'C-score.',
+      'pairs.png': 'Each row is a test image (blue), its most influential '
+                   'training images (red, with infl and mem) and random '
+                   'training images of its class (grey).',
+      'drop.png': 'Test accuracy of models retrained without the examples '
+                  'of mem >= θ (each point names its θ) and without as many '
+                  'random ones, +- one standard error.',
+      'mem_histograms.png': 'Memorization estimates of the full networks '
+                            'and of last layers trained on the frozen '
+                            'features of a network trained on all data.',
+  }
 
 
 def headline(run: common.Run, num_pairs) -> list:
@@ -118,6 +158,14 @@ def headline(run: common.Run, num_pairs) -> list:
   return rows
 
 
+def run_caveats(run: common.Run) -> list[str]:
+  """summary.json's caveats (summary.caveats), made from its numbers where
+  it predates them; none without a summary."""
+  if not run.summary:
+    return []
+  return run.summary.get('caveats', summary_lib.caveats(run.summary))
+
+
 def convergence_rows(summary) -> list:
   return [(c['models'], f'{c["mean_abs_diff"]:.4f}', f'{c["max_abs_diff"]:.4f}',
            'n/a' if c['correlation'] is None else f'{c["correlation"]:.4f}',
@@ -140,35 +188,70 @@ def pair_rows(table, limit) -> list:
           for r in range(min(limit, len(table['tr_idx'])))]
 
 
-def experiment_parts(workdir, name: str = '', mem=None) -> list:
+def experiment_parts(workdir, name: str = '', mem=None,
+                     caption: dict | None = None) -> list:
   """The drop and lastlayer experiments' results, where they exist, with
   their figures (analysis.experiment_figures); mem: the run's, for the
-  lastlayer histograms."""
-  parts = []
+  lastlayer histograms; caption: captions() of the run."""
+  parts, caption = [], caption or {}
   rows = drop.read_table(workdir)
   if rows:
     parts += ['<h2>Drop experiment</h2>',
-              '<p class="note">Test accuracy of models retrained without the '
-              'examples of mem &ge; theta, and without as many random ones; '
-              '*_se: the standard error of the mean over the models.</p>',
-              _table(list(rows[0]), [[_cell(v) for v in r.values()]
-                                     for r in rows])]
-    parts.append(_img(common.png_bytes(experiment_figures.drop_figure(
-        rows, name)), 'drop.png'))
+              '<p class="note">Mean test accuracy of models retrained '
+              'without the examples of mem &ge; &theta;, and without as '
+              'many random ones, &plusmn; its standard error over the '
+              'models.</p>',
+              _table(*drop_table(rows)),
+              _figure(experiment_figures.drop_figure(rows, name), 'drop.png',
+                      caption.get('drop.png', ''))]
   c = lastlayer.read_comparison(workdir)
   if c is not None:
-    parts += ['<h2>Last layer only</h2>',
-              _table(None, sorted((k, v if not isinstance(v, float) else
-                                   f'{v:.4f}') for k, v in c.items()), True)]
+    parts += ['<h2>Last layer only</h2>', _table(*lastlayer_table(c))]
     last = lastlayer.read_head_mem(workdir)
     if last is not None and mem is not None:
-      parts.append(_img(common.png_bytes(experiment_figures.lastlayer_figure(
-          mem, last, name)), 'mem_histograms.png'))
+      parts.append(_figure(experiment_figures.lastlayer_figure(mem, last,
+                                                               name),
+                           'mem_histograms.png',
+                           caption.get('mem_histograms.png', '')))
   return parts
 
 
-def _cell(v) -> str:
-  return f'{v:.6g}' if isinstance(v, float) else str(v)
+def _num(v, digits: int = 4) -> str:
+  """A number to `digits` significant digits; ints and text as they are."""
+  if isinstance(v, float):
+    return 'n/a' if v != v else f'{v:.{digits}g}'
+  return 'unknown' if v is None else str(v)
+
+
+def drop_table(rows) -> tuple:
+  """(header, rows) of drop.csv's table, for people: an accuracy and its
+  standard error in one cell, 4 significant digits (3 for the error)."""
+  header = ['θ (mem ≥)', 'examples removed', 'fraction removed',
+            'accuracy, highest mem removed', 'accuracy, random removed']
+  if 'models_per_arm' in rows[0]:
+    header.append('models per arm')
+  acc = lambda r, k: f'{_num(r[k])} ± {_num(r[k + "_se"], 3)}'
+  return header, [
+      [_num(r['theta']), r['num_removed'], _num(r['fraction_removed']),
+       acc(r, 'acc_high_mem_removed'), acc(r, 'acc_random_removed')] +
+      ([r['models_per_arm']] if 'models_per_arm' in r else []) for r in rows]
+
+
+def lastlayer_table(c: dict) -> tuple:
+  """(header, rows) of comparison.json: the full networks against the last
+  layer alone, quantity by quantity (what an older comparison lacks shows
+  as unknown)."""
+  threshold = c.get('threshold')
+  both = lambda k: [_num(c.get(f'{k}_full')), _num(c.get(f'{k}_last'))]
+  rows = [['models'] + [_num(c.get('num_models_full')),
+                        _num(c.get('num_models_last'))],
+          [f'examples with mem ≥ {_num(threshold)}'] + both('memorized'),
+          ['median mem'] + both('median'), ['mean mem'] + both('mean'),
+          ['mean test accuracy'] + [_num(c.get('full_test_acc_mean')),
+                                    _num(c.get('head_test_acc_mean'))],
+          ['correlation of the two mem estimates',
+           _num(c.get('correlation')), '']]
+  return ['', 'full network', 'last layer only'], rows
 
 
 def build(run: common.Run, infl_threshold=0.15, mem_threshold=0.25, grids=8,
@@ -184,8 +267,11 @@ def build(run: common.Run, infl_threshold=0.15, mem_threshold=0.25, grids=8,
   parts = [f'<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
            f'<title>{_e(title)}</title><style>{_STYLE}</style></head><body>',
            f'<h1>{_e(title)}</h1>',
-           f'<p class="note">{_e(os.path.abspath(run.workdir))}</p>',
-           '<h2>Summary</h2>', _table(None, headline(run, num_pairs), True)]
+           f'<p class="note">{_e(os.path.abspath(run.workdir))}</p>']
+  # What the console printed as notes: first, before any number or pair.
+  parts += [f'<p class="caveat">Caveat: {_e(c)}.</p>'
+            for c in run_caveats(run)]
+  parts += ['<h2>Summary</h2>', _table(None, headline(run, num_pairs), True)]
   conv = convergence_rows(run.summary)
   if conv:
     parts += ['<h2>Convergence</h2>',
@@ -194,13 +280,13 @@ def build(run: common.Run, infl_threshold=0.15, mem_threshold=0.25, grids=8,
               _table(('models', 'mean |change|', 'max |change|', 'correlation',
                       'median stderr'), conv)]
   parts.append('<h2>Memorization</h2>')
-  figs = galleries.figures(run)
+  figs, caption = galleries.figures(run), captions(run)
   # The class gallery is wide; the three plots sit side by side under it.
-  parts.append(_img(common.png_bytes(figs.pop('most_memorized.png')),
-                    'most_memorized.png'))
+  parts.append(_figure(figs.pop('most_memorized.png'), 'most_memorized.png',
+                       caption['most_memorized.png']))
   cscores = figs.pop('cscores.png', None)
   parts.append('<div class="row">' + ''.join(
-      _img(common.png_bytes(fig), name) for name, fig in figs.items()) +
+      _figure(fig, name, caption[name]) for name, fig in figs.items()) +
                '</div>')
   if cscores is not None:
     c = (run.summary or {}).get('cscore', {})
@@ -209,7 +295,7 @@ def build(run: common.Run, infl_threshold=0.15, mem_threshold=0.25, grids=8,
               f'{_e(", ".join(f"{r:g}" for r in run.estimates["subset_ratios"]))}'
               ' of the held-out accuracy of the models not trained on it '
               '(Jiang et al. 2021).</p>',
-              _img(common.png_bytes(cscores), 'cscores.png')]
+              _figure(cscores, 'cscores.png', caption['cscores.png'])]
     if c.get('lowest'):
       parts.append(_table(('train', 'label', 'C-score', 'mem'),
                           [(r['train'], r['label'], f'{r["cscore"]:.3f}',
@@ -231,9 +317,10 @@ def build(run: common.Run, infl_threshold=0.15, mem_threshold=0.25, grids=8,
     if num_pairs:
       parts.append(_table(pair_columns(table), pair_rows(table, table_rows)))
       fig = export_pairs.grid_figure(run.dataset, table, grids)
-      parts.append(_img(common.png_bytes(fig), 'pairs.png'))
+      if fig is not None:  # --grids=0: none
+        parts.append(_figure(fig, 'pairs.png', caption['pairs.png']))
   parts += experiment_parts(run.workdir, run.dataset.name,
-                            run.estimates['mem'])
+                            run.estimates['mem'], caption)
   parts += ['<h2>Config</h2>',
             _table(None, sorted(config_lib.flatten(run.resolved).items()), True),
             '</body></html>\n']

@@ -103,7 +103,8 @@ def _drop(config, ds, model, est, workdir) -> list:
     rows.append(dict(theta=float(theta), num_removed=len(result['removed']),
                      fraction_removed=len(result['removed']) / ds.num_train,
                      acc_high_mem_removed=high, acc_high_mem_removed_se=high_se,
-                     acc_random_removed=rand, acc_random_removed_se=rand_se))
+                     acc_random_removed=rand, acc_random_removed_se=rand_se,
+                     models_per_arm=len(result['acc_high'])))
     logging.info('drop %d/%d: mem >= %.2f removes %d; test acc %.4f +- %.4f '
                  'vs random %.4f +- %.4f (%.0fs)', i + 1, len(thresholds),
                  theta, rows[-1]['num_removed'], high, high_se, rand, rand_se,
@@ -150,7 +151,7 @@ def read_table(workdir) -> list[dict] | None:
       rows = list(csv.DictReader(f))
     num = lambda v: int(v) if v.lstrip('-').isdigit() else float(v)
     rows = [{k: num(v) for k, v in r.items()} for r in rows]
-    if not rows or set(rows[0]) != set(COLUMNS):
+    if not rows or set(rows[0]) not in (set(COLUMNS), set(COLUMNS[:-1])):
       raise ValueError(f'columns {list(rows[0]) if rows else []}, not '
                        f'{list(COLUMNS)}')
   except (OSError, UnicodeDecodeError, ValueError, TypeError,
@@ -161,10 +162,11 @@ def read_table(workdir) -> list[dict] | None:
   return rows
 
 
-# drop.csv's columns, in order.
+# drop.csv's columns, in order (tables written before models_per_arm, the
+# models trained per arm, lack the last).
 COLUMNS = ('theta', 'num_removed', 'fraction_removed', 'acc_high_mem_removed',
            'acc_high_mem_removed_se', 'acc_random_removed',
-           'acc_random_removed_se')
+           'acc_random_removed_se', 'models_per_arm')
 
 
 def _drop_table(rows):
