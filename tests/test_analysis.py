@@ -631,3 +631,20 @@ def test_the_experiment_figures_say_what_they_show():
   ax = experiment_figures.lastlayer_figure(
       rng.random(50), rng.random(50), 'digits').axes[0]
   assert ax.get_title() == 'digits: full network vs last layer'
+
+
+def test_the_report_shows_membership_and_the_lds_where_they_ran(finished):
+  # Issue 26, item 5: mem against LiRA's per-example vulnerability, and the
+  # LDS with its curve, in the run's report once those commands have run.
+  _, workdir, _ = finished
+  for name, args in (('membership', [f'--workdir={workdir}', '--targets=4']),
+                     ('lds', [f'--scores={workdir}', f'--eval={workdir}'])):
+    result = _script(name, *args)
+    assert result.returncode == 0, result.stderr
+  result = _script('report', f'--workdir={workdir}', '--grids=0')
+  assert result.returncode == 0, result.stderr
+  page = open(os.path.join(workdir, 'report.html')).read()
+  assert '<h2>Membership inference (LiRA)</h2>' in page
+  assert '<h2>Linear datamodeling score of the influence</h2>' in page
+  assert 'mem_vs_vulnerability.png' in page and 'lds_curve.png' in page
+  assert page.count('online_fixed') >= 1 and 'infl_margin' in page

@@ -20,6 +20,8 @@ from feldman_zhang import pipeline
 from feldman_zhang import store
 from feldman_zhang import units
 
+pytestmark = pytest.mark.integration  # runs and subprocesses
+
 
 @pytest.fixture
 def finished(tiny_config, tmp_path):

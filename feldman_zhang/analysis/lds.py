@@ -302,6 +302,17 @@ def define_flags():
                        'bootstrap.')
 
 
+def read(workdir: str) -> dict | None:
+  """lds.json of the scored run's default output folder, or None where the
+  command has not run there; StoreError in one line if it is damaged."""
+  path = os.path.join(store.Workdir(workdir).analysis('lds'), 'lds.json')
+  if not os.path.exists(path):
+    return None
+  return common.read_json_or_fail(
+      path, f'python -m analysis.lds --scores={workdir} --eval=... rebuilds '
+      'it')
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')

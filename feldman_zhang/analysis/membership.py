@@ -150,6 +150,26 @@ def render(doc: dict) -> str:
       f'{len(doc["targets"])} targets, {doc["pairs"]} pairs'])
 
 
+def read(workdir: str):
+  """(membership.json, per_example.npz's arrays) of the run's default
+  output folder, or None where the command has not run there; StoreError
+  in one line if either is damaged."""
+  out = store.Workdir(workdir).analysis('membership')
+  doc_path = os.path.join(out, 'membership.json')
+  per_path = os.path.join(out, 'per_example.npz')
+  if not (os.path.exists(doc_path) and os.path.exists(per_path)):
+    return None
+  remedy = f'python -m analysis.membership --workdir={workdir} rebuilds it'
+  doc = common.read_json_or_fail(doc_path, remedy)
+  try:
+    with np.load(per_path, allow_pickle=False) as f:
+      per = {k: f[k] for k in f.files}
+  except Exception as e:  # zipfile, zlib and numpy raise many types
+    raise store.StoreError(f'{per_path} is unreadable ({type(e).__name__}); '
+                           f'{remedy}') from e
+  return doc, per
+
+
 def define_flags():
   flags.DEFINE_string('workdir', None, 'A finished estimate run.')
   flags.DEFINE_string('targets', '64', "Target models: a seeded sample of "

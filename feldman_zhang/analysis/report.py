@@ -20,6 +20,8 @@ from feldman_zhang.analysis import common
 from feldman_zhang.analysis import experiment_figures
 from feldman_zhang.analysis import export_pairs
 from feldman_zhang.analysis import galleries
+from feldman_zhang.analysis import lds as lds_lib
+from feldman_zhang.analysis import membership
 from feldman_zhang import config as config_lib
 from feldman_zhang import estimate as estimate_lib
 from feldman_zhang import store
@@ -216,6 +218,53 @@ def experiment_parts(workdir, name: str = '', mem=None,
   return parts
 
 
+def privacy_parts(workdir, name: str, mem) -> list:
+  """Membership inference (analysis.membership) and the LDS of the
+  influence (analysis.lds), where those commands have written their
+  results into the run's folder."""
+  parts = []
+  found = membership.read(workdir)
+  if found is not None:
+    doc, per = found
+    interval = lambda d: (f'{_num(d["value"], 3)} [{_num(d["lo"], 3)}, '
+                          f'{_num(d["hi"], 3)}]')
+    rows = [[a, interval(doc[a]['auc']), _num(doc[a]['acc']['value'], 3)] +
+            [_num(doc[a]['tpr_at_fpr'][q]['value'], 3)
+             for q in ('0.01', '0.001', '0.0001')]
+            for a in doc['attacks']]
+    parts += ['<h2>Membership inference (LiRA)</h2>',
+              f'<p class="note">Each of {len(doc["targets"])} target '
+              f'models attacked with the other {doc["models"] - 1} as '
+              'shadows, over every (target, training example) pair; 95% '
+              'intervals over the targets.</p>',
+              _table(['attack', 'AUC', 'balanced accuracy', 'TPR at 1% FPR',
+                      'TPR at 0.1%', 'TPR at 0.01%'], rows)]
+    if mem is not None and 'tpr' in per:
+      parts.append(_figure(
+          membership.vulnerability_figure(mem, per['tpr'], float(per['level']),
+                                          f'{name}: what leaks'),
+          'mem_vs_vulnerability.png',
+          'Each training example\'s memorization against the share of the '
+          'models trained on it that the online attack catches at one '
+          'global threshold of 1% false positives.'))
+  doc = lds_lib.read(workdir)
+  if doc is not None:
+    rows = [[s, f'{_num(doc[s]["value"], 3)} [{_num(doc[s]["lo"], 3)}, '
+             f'{_num(doc[s]["hi"], 3)}]', doc[s]['excluded']]
+            for s in lds_lib.SCORES if s in doc]
+    parts += ['<h2>Linear datamodeling score of the influence</h2>',
+              f'<p class="note">How well this run\'s scores predict the '
+              f'test margins of {doc["models_b"]} models of {_e(str(doc["eval"]))}'
+              ' (Spearman over those models, mean over test examples).</p>',
+              _table(['score', 'LDS [95% interval]', 'test examples left out'],
+                     rows),
+              _figure(lds_lib.curve_figure(doc, name), 'lds_curve.png',
+                      'The LDS of the influence estimated from the first '
+                      't/8, t/4, t/2 and t models: a curve still rising '
+                      'means more models would still help.')]
+  return parts
+
+
 def _num(v, digits: int = 4) -> str:
   """A number to `digits` significant digits; ints and text as they are."""
   if isinstance(v, float):
@@ -321,6 +370,7 @@ def build(run: common.Run, infl_threshold=0.15, mem_threshold=0.25, grids=8,
         parts.append(_figure(fig, 'pairs.png', caption['pairs.png']))
   parts += experiment_parts(run.workdir, run.dataset.name,
                             run.estimates['mem'], caption)
+  parts += privacy_parts(run.workdir, run.dataset.name, run.estimates['mem'])
   parts += ['<h2>Config</h2>',
             _table(None, sorted(config_lib.flatten(run.resolved).items()), True),
             '</body></html>\n']

@@ -1,4 +1,4 @@
-"""Size follows need (estimate.infl=auto) and the job's plan: what it will
+"""cost.py: the plan of work and disk, XLA's FLOP count, the disk check."""
 take is said, and a disk that cannot hold it refused, before the workdir is
 touched (issue 17, items 10 and 12)."""
 
