@@ -1,6 +1,6 @@
-"""cost.py: the plan of work and disk, XLA's FLOP count, the disk check."""
-take is said, and a disk that cannot hold it refused, before the workdir is
-touched (issue 17, items 10 and 12)."""
+"""cost.py: the plan of work and disk, XLA's FLOP count, the disk check:
+what a job will do and take is said, and a disk that cannot hold it refused,
+before the workdir is touched (issue 17, items 10 and 12)."""
 
 import glob
 import os
