@@ -648,3 +648,23 @@ def test_the_report_shows_membership_and_the_lds_where_they_ran(finished):
   assert '<h2>Linear datamodeling score of the influence</h2>' in page
   assert 'mem_vs_vulnerability.png' in page and 'lds_curve.png' in page
   assert page.count('online_fixed') >= 1 and 'infl_margin' in page
+
+
+def test_estimates_of_another_run_are_refused(finished, tmp_path):
+  # Issue 27, item 3: the data is the same, the run is not.
+  from feldman_zhang import errors  # pylint: disable=g-import-not-at-top
+  c, workdir, _ = finished
+  c.update(seed=1, num_models=4)
+  c.train.epochs = 1
+  other = str(tmp_path / 'other')
+  pipeline.run(c, other)
+  for name in os.listdir(other):
+    if name.startswith(('estimates', 'infl')):
+      shutil.copy(os.path.join(other, name), workdir)
+  with pytest.raises(errors.StoreError, match='made by another run'):
+    common.load_run(workdir)
+  result = _script('export_pairs', f'--workdir={workdir}',
+                   f'--out={tmp_path / "pairs"}')
+  assert result.returncode != 0
+  assert result.stderr.strip().count('\n') == 0, result.stderr
+  assert 'made by another run' in result.stderr

@@ -28,6 +28,7 @@ from matplotlib import figure as mpl_figure
 from feldman_zhang import config as config_lib
 from feldman_zhang import data as data_lib
 from feldman_zhang import errors
+from feldman_zhang import identity as identity_lib
 from feldman_zhang import store
 
 # What a user can get wrong (a workdir, a data set that moved): main() shows
@@ -290,6 +291,14 @@ def _check_data(workdir, ds, estimates):
     raise store.StoreError(
         f'{workdir}/estimates.npz is for {len(estimates["mem"])} training '
         f'examples but {ds.name} has {ds.num_train}')
+  # Estimates copied in from another run (issue 27, item 3): their run id
+  # is not this run.json's. (Estimates written before run ids have none.)
+  if 'run_id' in estimates and os.path.exists(run_path):
+    if str(estimates['run_id']) != identity_lib.run_id(workdir):
+      raise store.StoreError(
+          f'{workdir}/estimates.npz was made by another run (its run id is '
+          'not that of run.json); re-run the same estimate command there '
+          'to rebuild it from its own models')
 
 
 def has_influence(estimates: dict) -> bool:
