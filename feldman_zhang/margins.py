@@ -9,19 +9,15 @@ group is 0 (there is no neutral margin to stand in, as 1/2 does for
 correctness), so an example every model trained on scores mean_{A_i}.
 
 mem_margin is its diagonal counterpart on the training examples. Both are
-float32 sums on the device, tile by tile over examples (no exactness claim:
-the margins are continuous), and are what `python -m analysis.lds` judges
-beside infl.
+float64 sums on the host, tile by tile over examples (exact for the stored
+float16 margins, so independent of devices), and are what `python -m
+analysis.lds` judges beside infl.
 """
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-# Test examples per device tile: the score columns (n, tile) in float32.
+# Test examples per tile: the score columns (n, tile) in float64.
 TILE = 512
-# 0/1 masks times scores: full float32 products, not TF32/bf16 passes.
-_HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def over_views(x, ndim: int, name: str) -> np.ndarray:
@@ -35,39 +31,29 @@ def over_views(x, ndim: int, name: str) -> np.ndarray:
   return x
 
 
-def _diff_of_means(sum_in, num_in, sum_out, num_out, shift):
-  """mean_in - mean_out of sums of (values - shift), an empty group's mean
-  0. The shift keeps both means small where they cancel; it is added back
-  only where one group is empty."""
-  has_in, has_out = num_in > 0, num_out > 0
-  mean_in = sum_in / jnp.maximum(num_in, 1)
-  mean_out = sum_out / jnp.maximum(num_out, 1)
-  return jnp.where(has_in & has_out, mean_in - mean_out,
-                   jnp.where(has_in, mean_in + shift, 0) -
-                   jnp.where(has_out, mean_out + shift, 0))
-
-
-@jax.jit
-def _margin_tile(masks, phi):
-  """masks: (t, n) bool; phi: (t, b) float32 -> (n, b) float32."""
-  shift = jnp.mean(phi, 0)
-  centred = phi - shift
-  member = masks.astype(jnp.float32)
-  sum_in = jnp.dot(member.T, centred, precision=_HIGHEST)
-  sum_out = jnp.dot(1 - member.T, centred, precision=_HIGHEST)
-  num_in = jnp.sum(masks, 0)[:, None]
-  return _diff_of_means(sum_in, num_in, sum_out, masks.shape[0] - num_in,
-                        shift[None, :])
+def _diff_of_means(sum_in, num_in, sum_out, num_out) -> np.ndarray:
+  """mean_in - mean_out in float64, an empty group's mean 0, as float32."""
+  mean_in = sum_in / np.maximum(num_in, 1)
+  mean_out = sum_out / np.maximum(num_out, 1)
+  diff = (np.where(num_in > 0, mean_in, 0.0) -
+          np.where(num_out > 0, mean_out, 0.0))
+  return diff.astype(np.float32)
 
 
 def infl_margin(masks, phi_test, *, tile: int = TILE, out=None) -> np.ndarray:
   """Difference-of-means influence on a continuous output (module doc).
 
+  The sums are float64 products on the host: the margins are stored as
+  float16, whose sums over fewer than 8,192 models float64 holds exactly,
+  so the result does not depend on the order of the sums, and so not on the
+  devices or the BLAS threads (tests/test_scale.py: the same bits on 1, 2
+  and 8 devices). For float32 inputs it is deterministic, not exact.
+
   Args:
     masks: (t, n) bool, masks[k, i] is whether model k trained on example i.
     phi_test: (t, n_test) float, model k's output on test example j; a
       trailing view axis (t, n_test, V) is averaged.
-    tile: test examples per device tile.
+    tile: test examples per tile (and 8 x tile training examples).
     out: an (n, n_test) float32 array to fill (e.g. a memory map) instead
       of a new one.
   Returns:
@@ -78,32 +64,25 @@ def infl_margin(masks, phi_test, *, tile: int = TILE, out=None) -> np.ndarray:
   if phi_test.shape[0] != masks.shape[0]:
     raise ValueError(f'phi_test has {phi_test.shape[0]} models, masks '
                      f'{masks.shape[0]}')
-  n, n_test = masks.shape[1], phi_test.shape[1]
+  t, n = masks.shape
+  n_test = phi_test.shape[1]
   out = np.empty((n, n_test), np.float32) if out is None else out
-  masks_dev = jnp.asarray(masks)
-  tile = max(1, min(tile, n_test))
-  for start in range(0, n_test, tile):
-    block = np.zeros((masks.shape[0], tile), np.float32)  # pad: one compile
-    stop = min(start + tile, n_test)
-    block[:, :stop - start] = phi_test[:, start:stop]
-    out[:, start:stop] = np.asarray(_margin_tile(masks_dev, block))[
-        :, :stop - start]
+  num_in = masks.sum(0)[:, None]
+  rows = max(1, 8 * tile)
+  for j in range(0, n_test, max(1, tile)):
+    phi = phi_test[:, j:j + tile].astype(np.float64)
+    total = phi.sum(0)
+    for i in range(0, n, rows):
+      sum_in = masks[:, i:i + rows].T.astype(np.float64) @ phi
+      out[i:i + rows, j:j + tile] = _diff_of_means(
+          sum_in, num_in[i:i + rows], total - sum_in, t - num_in[i:i + rows])
   return out
-
-
-@jax.jit
-def _mem_margin(masks, phi):
-  shift = jnp.mean(phi, 0)
-  centred = phi - shift
-  num_in = jnp.sum(masks, 0)
-  return _diff_of_means(jnp.sum(jnp.where(masks, centred, 0), 0), num_in,
-                        jnp.sum(jnp.where(masks, 0, centred), 0),
-                        masks.shape[0] - num_in, shift)
 
 
 def mem_margin(masks, phi_train) -> np.ndarray:
   """Per training example, mean_{k in A_i} phi_train[k, i] - mean_{k in B_i}
-  phi_train[k, i], an empty group's mean 0 (module doc).
+  phi_train[k, i], an empty group's mean 0 (module doc); float64 sums, as
+  infl_margin's.
 
   masks: (t, n) bool; phi_train: (t, n) float, or (t, n, V) averaged over
   views. Returns (n,) float32.
@@ -112,4 +91,8 @@ def mem_margin(masks, phi_train) -> np.ndarray:
   phi_train = over_views(phi_train, 2, 'phi_train')
   if phi_train.shape != masks.shape:
     raise ValueError(f'phi_train is {phi_train.shape}, masks {masks.shape}')
-  return np.asarray(_mem_margin(masks, phi_train.astype(np.float32)))
+  phi = phi_train.astype(np.float64)
+  num_in = masks.sum(0)
+  sum_in = np.where(masks, phi, 0.0).sum(0)
+  return _diff_of_means(sum_in, num_in, phi.sum(0) - sum_in,
+                        masks.shape[0] - num_in)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import reference
+from feldman_zhang import errors
 from feldman_zhang import pipeline
 from feldman_zhang import store
 from feldman_zhang import subsets
@@ -134,7 +135,7 @@ def test_diverged_models_are_excluded(finished):
   np.testing.assert_allclose(est['mem'][:20], want['mem'], atol=2e-7)
   np.testing.assert_allclose(est['infl'][:20, :5], want['infl'], atol=2e-7)
   _poison(workdir, range(c.num_models))
-  with pytest.raises(store.StoreError, match='every model diverged'):
+  with pytest.raises(errors.TrainingError, match='every model diverged'):
     pipeline.run(c, workdir)
 
 
@@ -193,11 +194,11 @@ def test_a_failed_last_chunk_write_leaves_no_estimates(tiny_config, tmp_path,
   # the job fails and writes no estimates of models it did not store.
   write_chunk, calls = store.write_chunk, []
 
-  def flaky(workdir, ids, *args):
-    calls.append(ids[0])
+  def flaky(workdir, **chunk):
+    calls.append(chunk['model_ids'][0])
     if len(calls) == 3:  # 12 models, 5 per call: the third cell's write
       raise store.StoreError('disk full')
-    return write_chunk(workdir, ids, *args)
+    return write_chunk(workdir, **chunk)
 
   monkeypatch.setattr(store, 'write_chunk', flaky)
   workdir = str(tmp_path / 'run')
@@ -229,12 +230,12 @@ def test_a_failed_estimate_still_waits_for_and_reports_the_last_write(
   from feldman_zhang import estimate as estimate_lib
   write_chunk, calls = store.write_chunk, []
 
-  def slow_and_flaky(workdir, ids, *args):
-    calls.append(ids[0])
+  def slow_and_flaky(workdir, **chunk):
+    calls.append(chunk['model_ids'][0])
     if len(calls) == 3:
       time.sleep(0.5)  # still writing when the estimate fails
       raise store.StoreError('disk full')
-    return write_chunk(workdir, ids, *args)
+    return write_chunk(workdir, **chunk)
 
   def no_room(*args, **kwargs):
     raise store.StoreError('no room for the dense matrix')
