@@ -50,13 +50,7 @@ def test_a_second_process_is_refused_and_names_the_holder(finished):
 
 def test_a_killed_holder_leaves_no_lock(tmp_path):
   workdir = str(tmp_path / 'run')
-  holder = subprocess.Popen(
-      [sys.executable, '-c',
-       'import sys, time; from feldman_zhang import store\n'
-       f'with store.locked({workdir!r}):\n'
-       '  print("held", flush=True); time.sleep(60)'],
-      cwd=ROOT, stdout=subprocess.PIPE, text=True)
-  assert holder.stdout.readline().strip() == 'held'
+  holder = _hold_lock(workdir)
   with pytest.raises(store.StoreError, match='in use'):
     with store.locked(workdir):
       pass
