@@ -12,6 +12,7 @@ import ml_collections
 from absl import logging
 
 from feldman_zhang import augment
+from feldman_zhang import evaluation
 from feldman_zhang import precision
 from feldman_zhang import subsets
 from feldman_zhang import train
@@ -226,7 +227,7 @@ def validate(c) -> None:
       (0 <= c.train.label_smoothing < 1,
        'train.label_smoothing must lie in [0, 1)'),
       _one_of(c.train.augment, 'train.augment', augment.KINDS),
-      _one_of(c.model.tta, 'model.tta', train.TTA),
+      _one_of(c.model.tta, 'model.tta', evaluation.TTA),
       _one_of(c.model.get('conv_weight_grad', AUTO), 'model.conv_weight_grad',
               (AUTO, *CONV_WEIGHT_GRADS)),
       (0 <= c.train.lr_start and 0 <= c.train.lr_end,

@@ -15,9 +15,10 @@ import jax
 import jax.numpy as jnp
 
 from feldman_zhang import config as config_lib
-from feldman_zhang import estimate
+from feldman_zhang import evaluation
 from feldman_zhang import models
 from feldman_zhang import schedule
+from feldman_zhang import topk
 from feldman_zhang import train
 from feldman_zhang import units
 from feldman_zhang.errors import StoreError
@@ -37,10 +38,10 @@ def count(model, config, ds, m, compile_fallback: bool = True) -> dict:
   it the counts are NaN there (the job does not compile to plan).
   """
   flops = lambda lowered: _flops(lowered, compile_fallback)
-  params, state = train.init(model, jax.random.key(0), ds.x_train)
+  params, state = models.init(model, jax.random.key(0), ds.x_train)
   b = config.train.batch_size
   batch = ds.x_train[:b]
-  fwd = jax.jit(lambda p, s, x: train.apply(model, p, s, x, False)[0])
+  fwd = jax.jit(lambda p, s, x: models.apply(model, p, s, x, False)[0])
   fwd_flops = flops(fwd.lower(params, state, batch)) / len(batch)
   step, tx, storage = train.make_config_step(model, config, m)
   carry = (storage.store(params), state, tx.init(params))
@@ -48,7 +49,7 @@ def count(model, config, ds, m, compile_fallback: bool = True) -> dict:
       carry, ds.x_train[:b], ds.y_train[:b], jnp.ones(b), jax.random.key(0)))
   steps = train.step_counts(m, config.train)[1]
   num_params = sum(p.size for p in jax.tree.leaves(params))
-  views = len(train.tta_views(batch, config.model.tta)[1])
+  views = len(evaluation.tta_views(batch, config.model.tta)[1])
   # Per-model preparation: the whitening fit on the subset, where there is one.
   prep_flops = (flops(jax.jit(models.fit_whitening).lower(
       ds.x_train, jnp.arange(m, dtype=jnp.int32))) if 'whiten' in state else 0.)
@@ -107,7 +108,7 @@ CHUNK_OVERHEAD = 3600
 
 def chunk_bytes(models: int, n: int, n_test: int, epochs: int,
                 views: int) -> int:
-  """What store.write_chunk stores of `models` models, less the framing:
+  """What chunks.write_chunk stores of `models` models, less the framing:
   a model's mask and two correctness rows as bits, its p(true label) and
   its margin per view as float16, its losses."""
   bits = 2 * math.ceil(n / 8) + math.ceil(n_test / 8)
@@ -129,7 +130,7 @@ def plan(config, ds, m: int, model, todo: int) -> Plan:
   n, n_test = ds.num_train, ds.num_test
   k, d = schedule.models_per_call(config)
   chunks = (chunk_bytes(todo, n, n_test, math.ceil(steps / per_epoch),
-                        train.num_views(config.model.tta)) +
+                        evaluation.num_views(config.model.tta)) +
             CHUNK_OVERHEAD * math.ceil(todo / (k * d)))
   estimates = 4 * 8 * n + 4 * 4 * n_test  # the per-example arrays
   dense = 0
@@ -140,7 +141,7 @@ def plan(config, ds, m: int, model, todo: int) -> Plan:
     # Each test example's top k (value and index), and at most MAX_PAIRS
     # pairs (train, test, infl): few models make many noisy pairs.
     estimates += (8 * n_test * config.estimate.infl_topk +
-                  12 * min(estimate.MAX_PAIRS, n * n_test))
+                  12 * min(topk.MAX_PAIRS, n * n_test))
   floor = flops / peak if peak and math.isfinite(flops) else None
   return Plan(todo, steps, flops, chunks + estimates + dense, floor)
 

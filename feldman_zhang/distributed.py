@@ -1,14 +1,17 @@
-"""Many processes (hosts) sharing one workdir.
+"""Many processes (hosts) sharing one workdir, and the devices of each.
 
 Each process trains its own share of the models on its local devices and
 writes its own chunks; nothing but barriers crosses hosts, so a slow or
-restarted host never corrupts another's results.
+restarted host never corrupts another's results. Within a process, a 1-D
+mesh over its devices (MODELS_AXIS) splits the models and copies the data.
 """
 
 import collections
 
 import jax
+import numpy as np
 from absl import logging
+from jax.sharding import PartitionSpec as P
 
 
 def initialize(coordinator: str = '', num_processes: int = 0,
@@ -49,3 +52,27 @@ def devices_per_process() -> int:
                      f'({dict(sorted(counts.items()))} by process); give '
                      'every process the same number')
   return jax.local_device_count()
+
+
+MODELS_AXIS = 'models'
+
+
+def local_mesh() -> jax.sharding.Mesh:
+  """A 1-D mesh over this process's devices: models are split, data copied."""
+  return jax.sharding.Mesh(np.array(jax.local_devices()), (MODELS_AXIS,))
+
+
+def models_sharding(mesh) -> jax.sharding.NamedSharding:
+  """Per-model arrays: split along their first axis over the mesh."""
+  return jax.sharding.NamedSharding(mesh, P(MODELS_AXIS))
+
+
+def put_models(mesh, *arrays):
+  """Places per-model arrays split along their first axis over the mesh."""
+  return [jax.device_put(a, models_sharding(mesh)) for a in arrays]
+
+
+def put_replicated(mesh, *arrays):
+  """Places the data set on every device of the mesh, once."""
+  sharding = jax.sharding.NamedSharding(mesh, P())
+  return [jax.device_put(a, sharding) for a in arrays]

@@ -17,12 +17,6 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
-
-from feldman_zhang import pairs as pairs_lib
-
-# The top-k form keeps at most this many pairs (the largest).
-MAX_PAIRS = 1_000_000
 
 # The mean over an empty group, as the fraction the exact kernels divide.
 EMPTY_MEAN = fractions.Fraction(1, 2)
@@ -188,8 +182,8 @@ def estimate(masks, train_correct, test_correct, *, with_infl: bool = True,
       denominator and the outputs of two tiles: about (t + 3 * n_test) *
       block elements (more with the standard errors).
     infl_out, infl_stderr_out: (n, n_test) float32 arrays to fill instead of
-      new ones, e.g. store.new_dense memory maps, so the tiles go to disk as
-      they arrive.
+      new ones, e.g. estimates_file.new_dense memory maps, so the tiles go to
+      disk as they arrive.
   Returns:
     dict of numpy arrays: mem, mem_stderr, in_acc, heldout_acc (n,) float32;
     num_in (n,) int32; num_models () int64; infl, infl_stderr (n, n_test)
@@ -243,140 +237,12 @@ def estimate(masks, train_correct, test_correct, *, with_infl: bool = True,
   return out
 
 
-@functools.partial(jax.jit, static_argnames=('k',))
-def _merge_top(top_vals, top_idx, tile, start, k):
-  """Keeps the k largest per test column of [running top; tile].
-
-  top_vals, top_idx: (k, n_test); tile: (b, n_test) rows start..start+b-1.
-  """
-  rows = start + jnp.arange(tile.shape[0], dtype=jnp.int32)
-  vals = jnp.concatenate([top_vals, tile])
-  idx = jnp.concatenate([top_idx, jnp.broadcast_to(rows[:, None], tile.shape)])
-  # top_k runs along the last axis: work on (n_test, k + b).
-  best, where = jax.lax.top_k(vals.T, k)
-  return best.T, jnp.take_along_axis(idx.T, where, axis=1).T
-
-
-@functools.partial(jax.jit, static_argnames=('size',))
-def _pairs_over(tile, threshold, size):
-  """(rows, cols, values) of the tile's entries >= threshold, padded to size
-  (a power of two, so few sizes compile)."""
-  rows, cols = jnp.nonzero(tile >= threshold, size=size)
-  return rows, cols, tile[rows, cols]
-
-
-def top_influence(masks, test_correct, k: int, threshold: float = 1.0,
-                  block: int = 4096, max_pairs: int = MAX_PAIRS,
-                  pair_rows=None) -> dict:
-  """Top-k influence per test example, tile by tile: never the full matrix.
-
-  For ImageNet-scale runs, where infl (n, n_test) would not fit in memory
-  (1.28M x 50k floats is 256 GB), each tile of `block` training rows is
-  computed on the device, merged into the running top-k, and dropped.
-
-  Args:
-    masks: (t, n) bool; test_correct: (t, n_test) bool.
-    k: training examples kept per test example.
-    threshold: also keep every pair with infl >= threshold (at most
-      max_pairs of them, largest first).
-    block: training rows per tile.
-    pair_rows: (n,) bool, the training examples whose pairs are kept (e.g.
-      mem >= 0.25, the paper's bar), so that pairs of low-mem examples do not
-      crowd them out of max_pairs; None keeps every row's.
-  Returns:
-    top_infl (k, n_test) float32 and top_train (k, n_test) int32, best first
-    along axis 0; pair_train, pair_test (P,) int32 and pair_infl (P,) float32;
-    pairs_dropped () int64, the pairs past max_pairs (0: the list is whole).
-  """
-  masks = jnp.asarray(masks, bool)
-  test_correct = jnp.asarray(test_correct, bool)
-  n, n_test = masks.shape[1], test_correct.shape[1]
-  k = min(k, n)
-  num_in = jnp.sum(masks, 0, dtype=jnp.int32)
-  pair_rows = (jnp.ones(n, bool) if pair_rows is None else
-               jnp.asarray(pair_rows, bool))
-  top_vals = jnp.full((k, n_test), -jnp.inf, jnp.float32)
-  top_idx = jnp.zeros((k, n_test), jnp.int32)
-  pairs, num_pairs = [], 0
-  block = min(block, n)
-  for start in range(0, n, block):
-    # Tiles keep one shape: the last one overlaps the one before, and its
-    # repeated rows are masked out of the merge and the pairs.
-    lo = min(start, n - block)
-    tile, _ = influence_block(masks[:, lo:lo + block], test_correct,
-                               num_in[lo:lo + block], False)
-    fresh = jnp.arange(block) >= start - lo
-    tile = jnp.where(fresh[:, None], tile, -jnp.inf)
-    top_vals, top_idx = _merge_top(top_vals, top_idx, tile, lo, k)
-    # Only the pairs over the threshold leave the device (usually none):
-    # at ImageNet scale the tiles together are 256 GB.
-    tile = jnp.where(pair_rows[lo:lo + block, None], tile, -jnp.inf)
-    count = int(jnp.sum(tile >= threshold))
-    if count:
-      rows, cols, vals = _pairs_over(tile, threshold,
-                                     1 << (count - 1).bit_length())
-      pairs.append((np.asarray(rows)[:count] + lo, np.asarray(cols)[:count],
-                    np.asarray(vals)[:count]))
-      num_pairs += count
-      if sum(len(p[0]) for p in pairs) > 2 * max_pairs:
-        pairs = [pairs_lib.largest(pairs, max_pairs)]  # host memory stays bounded
-  if num_pairs > max_pairs:
-    logging.warning('%d pairs have infl >= %g; keeping the %d largest',
-                    num_pairs, threshold, max_pairs)
-  pair_train, pair_test, pair_infl = pairs_lib.largest(pairs, max_pairs)
-  return dict(top_infl=np.asarray(top_vals), top_train=np.asarray(top_idx),
-              pair_train=pair_train, pair_test=pair_test, pair_infl=pair_infl,
-              pairs_dropped=np.int64(num_pairs - len(pair_infl)))
-
-
-def topk_estimates(masks, test_correct, mem, k: int, pair_threshold: float,
-                   pair_mem_threshold: float, **kwargs) -> dict:
-  """The top-k form as estimates.npz holds it: top_influence's arrays under
-  infl_*, and the bars its pairs were kept at (infl_pair_threshold,
-  infl_pair_mem_threshold), so a reader knows where the list is whole.
-
-  mem: (n,) the run's memorization estimates.
-  """
-  top = top_influence(masks, test_correct, k, pair_threshold,
-                      pair_rows=mem >= pair_mem_threshold, **kwargs)
-  top.update(pair_threshold=np.float64(pair_threshold),
-             pair_mem_threshold=np.float64(pair_mem_threshold))
-  return {f'infl_{key}': v for key, v in top.items()}
-
-
-def converged(loss):
-  """(t,) bool: models whose every recorded epoch loss (t, epochs) is
-  finite; the others are left out of every estimate. A loss that was inf
-  once and finite later is a model that blew up and came back as something
-  else: it is not the recipe's model."""
-  return np.isfinite(loss).all(axis=1)
-
-
-def memorizable(heldout_acc, low: float = 0.1, high: float = 0.9):
-  """(n,) bool: the examples whose mem a run is judged by.
-
-  Examples right (or wrong) in nearly every model of both groups have mem
-  near 0 whatever t is, and a standard error that shrinks like 1/t from the
-  empty-group smoothing alone: on easy data they would make the median
-  standard error look small while the examples that matter stay noisy.
-  These are the examples with held-out accuracy in [low, high]; where none
-  are, every example.
-  """
-  keep = (heldout_acc >= low) & (heldout_acc <= high)
-  return keep if keep.any() else np.ones_like(keep)
-
-
-def median_stderr(est) -> float:
-  """The median mem standard error over the memorizable examples."""
-  return float(np.median(est['mem_stderr'][memorizable(est['heldout_acc'])]))
-
-
 def compile_ahead(t: int, n: int, n_test: int, *, with_infl: bool = True,
                   with_infl_stderr: bool = False, block: int = 4096,
                   fractions=(0.25, 0.5)) -> None:
-  """Compiles the programs that estimate() and convergence() run for t
-  models, n training and n_test test examples, without running them: on a
-  thread while the device trains, they are ready when the models are
+  """Compiles the programs that estimate() and diagnostics.convergence() run
+  for t models, n training and n_test test examples, without running them:
+  on a thread while the device trains, they are ready when the models are
   (seconds of compiling saved: BENCHMARKS.md). jit keeps them; a call of
   other shapes compiles its own as before."""
   spec = jax.ShapeDtypeStruct
@@ -390,33 +256,9 @@ def compile_ahead(t: int, n: int, n_test: int, *, with_infl: bool = True,
 
 
 def _convergence_counts(t, fractions):
+  # Here, not in diagnostics, so compile_ahead can compile convergence's
+  # programs without importing the module above it.
   # Small t rounds fractions to the same count: each count once.
   return list(dict.fromkeys(max(1, int(round(f * t)))
                             for f in tuple(fractions) + (1.0,)))
 
-
-def convergence(masks, train_correct, fractions=(0.25, 0.5),
-                full=None) -> list:
-  """How mem moves as t grows: estimates from the first fraction of the
-  models against those from all of them (`full`, if already estimated).
-
-  Returns [dict(models, mean_abs_diff, max_abs_diff, correlation,
-  median_stderr)] for each fraction, then for all models (correlation None
-  where one side is constant and the two differ).
-  """
-  t = len(masks)
-  if full is None:
-    full = estimate(masks, train_correct, None, with_infl=False)
-  out = []
-  for k in _convergence_counts(t, fractions):
-    part = full if k == t else estimate(masks[:k], train_correct[:k], None,
-                                        with_infl=False)
-    diff = np.abs(part['mem'] - full['mem'])
-    if part['mem'].std() > 0 and full['mem'].std() > 0:
-      corr = float(np.corrcoef(part['mem'], full['mem'])[0, 1])
-    else:  # a constant side: equal arrays agree, others have no correlation
-      corr = 1.0 if not diff.any() else None
-    out.append(dict(models=k, mean_abs_diff=float(diff.mean()),
-                    max_abs_diff=float(diff.max()), correlation=corr,
-                    median_stderr=float(np.median(part['mem_stderr']))))
-  return out

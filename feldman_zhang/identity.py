@@ -12,6 +12,7 @@ import os
 import jax
 import numpy as np
 
+from feldman_zhang import chunks
 from feldman_zhang import config as config_lib
 from feldman_zhang import distributed
 from feldman_zhang import store
@@ -51,7 +52,7 @@ def identity(config, ds) -> dict:
     fields['num_models'] = config.num_models
   return dict(config=fields, dtypes=dtypes,
               data=ds.fingerprint(), trainer_version=TRAINER_VERSION,
-              format_version=store.FORMAT_VERSION)
+              format_version=chunks.FORMAT_VERSION)
 
 
 def run_id(workdir) -> str:
@@ -73,7 +74,7 @@ def recorded_config(workdir) -> dict | None:
   config.resolve keeps an auto param_storage to), or None where it stores
   none or its run.json is unreadable (check_identity says why)."""
   w = store.Workdir(workdir)
-  if not os.path.exists(w.run_json) or not store.list_chunks(workdir):
+  if not os.path.exists(w.run_json) or not chunks.list_chunks(workdir):
     return None
   try:
     return read_identity(workdir)['config']
@@ -103,7 +104,7 @@ def check_identity(workdir, ident) -> None:
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise StoreError(f'--workdir {workdir} is a file, not a directory')
   w = store.Workdir(workdir)
-  results = store.list_chunks(workdir) or os.path.exists(w.estimates)
+  results = chunks.list_chunks(workdir) or os.path.exists(w.estimates)
   if not os.path.exists(w.run_json) or not results:
     if results:
       raise StoreError(f'{workdir} holds results but no run.json')

@@ -1,5 +1,5 @@
 """Memorization and influence on the margin: the estimates of estimate.py
-with the margin phi (train.margin) in place of correctness.
+with the margin phi (evaluation.margin) in place of correctness.
 
 The difference-of-means influence on the margin,
 infl_margin[i, j] = mean_{k in A_i} phi_test[k, j] - mean_{k in

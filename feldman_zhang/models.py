@@ -6,6 +6,8 @@ layer), so the last-layer experiment can train heads on frozen features.
 Models are called as `model.apply(variables, x, train=...)`; BatchNorm
 statistics live in the 'batch_stats' collection, which the trainer carries
 per model, so `jax.vmap` over stacked variables trains many models at once.
+`init` and `apply` split a model's variables into (params, state) and
+join them again, for the trainer and the evaluation alike.
 Parameters are float32; `dtype` sets the compute dtype (bf16 for mixed
 precision).
 """
@@ -377,3 +379,20 @@ def create(config, num_classes: int, dtype=jnp.float32) -> nn.Module:
     return Linear(num_classes)
   raise ValueError(f'unknown model {config.name!r}: expected one of '
                    f'{", ".join(NAMES)}')
+
+
+def init(model, key, x):
+  """(params, state): state holds the non-trained collections (BatchNorm)."""
+  variables = model.init(key, x[:1], train=False)
+  params = variables.pop('params')
+  return params, dict(variables)
+
+
+def apply(model, params, state, x, train: bool):
+  """logits, new state; the state is updated only when training."""
+  variables = {'params': params, **state}
+  if train and state:
+    logits, new_state = model.apply(variables, x, train=True,
+                                    mutable=list(state))
+    return logits, dict(new_state)
+  return model.apply(variables, x, train=train), state

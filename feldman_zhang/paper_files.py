@@ -25,6 +25,8 @@ import zipfile
 
 import numpy as np
 
+from feldman_zhang import diagnostics
+from feldman_zhang import errors
 from feldman_zhang import estimate as estimate_lib
 from feldman_zhang import store
 
@@ -76,7 +78,7 @@ def infl_per_class(masks, test_correct, y_train, y_test, num_classes,
     classes: the classes to compute (default: all), in this order.
     loss: (t, epochs) the models' recorded training losses, or None: models
       with a non-finite loss in any epoch are left out, as the estimate
-      leaves them out (estimate.converged).
+      leaves them out (diagnostics.converged).
   Yields:
     ClassBlock per class; a class without training or test examples gives
     an empty block.
@@ -84,7 +86,7 @@ def infl_per_class(masks, test_correct, y_train, y_test, num_classes,
   masks = np.asarray(masks, bool)
   test_correct = np.asarray(test_correct, bool)
   if loss is not None:
-    valid = estimate_lib.converged(np.asarray(loss))
+    valid = diagnostics.converged(np.asarray(loss))
     if not valid.all():
       masks, test_correct = masks[valid], test_correct[valid]
   if len(masks) == 0:
@@ -171,14 +173,14 @@ def _load_npz(path, what):
         raise ValueError('a single array, not an npz archive')
       return {k: f[k] for k in f.files}
   except FileNotFoundError as e:
-    raise store.StoreError(f'{path} does not exist') from e
+    raise errors.StoreError(f'{path} does not exist') from e
   except Exception as e:  # zipfile, zlib and numpy raise many types.
-    raise store.StoreError(f'{path} is not a readable {what} file '
-                           f'({type(e).__name__}: {e})') from e
+    raise errors.StoreError(f'{path} is not a readable {what} file '
+                            f'({type(e).__name__}: {e})') from e
 
 
 def _bad(path, what, why):
-  return store.StoreError(f'{path} is not a {what} file: {why}')
+  return errors.StoreError(f'{path} is not a {what} file: {why}')
 
 
 def _index(path, what, name, a, bound):

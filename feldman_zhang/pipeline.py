@@ -17,9 +17,12 @@ import jax
 import numpy as np
 from absl import logging
 
+from feldman_zhang import chunks
 from feldman_zhang import cost
+from feldman_zhang import diagnostics
 from feldman_zhang import distributed
 from feldman_zhang import estimate as estimate_lib
+from feldman_zhang import estimates_file
 from feldman_zhang import prepare as prepare_lib
 from feldman_zhang import identity as identity_lib
 from feldman_zhang import margins
@@ -30,6 +33,7 @@ from feldman_zhang import sinks
 from feldman_zhang import store
 from feldman_zhang import subsets
 from feldman_zhang import summary as summary_lib
+from feldman_zhang import topk
 from feldman_zhang.errors import TrainingError
 
 
@@ -89,7 +93,7 @@ def _run_on(job, workdir, show, phases):
     if preds is None:
       with phases('load_predictions'):
         preds = _load_predictions(config, workdir, trained.stopped, expect)
-    valid = estimate_lib.converged(preds['loss'])
+    valid = diagnostics.converged(preds['loss'])
     if not valid.any():
       raise TrainingError('every model diverged (a non-finite training '
                           'loss); lower train.lr, in a new --workdir: '
@@ -117,7 +121,7 @@ def _plan(job, workdir, phases) -> None:
     with phases('plan'):
       t = job.config.num_models
       stored = sum(min(stop, t) - start
-                   for start, stop, _ in store.list_chunks(workdir)
+                   for start, stop, _ in chunks.list_chunks(workdir)
                    if start < t)
       p = cost.plan(job.config, job.ds, job.m, job.model, max(t - stored, 0))
       logging.info('%s', cost.describe(p, job.config))
@@ -135,10 +139,10 @@ def _scan(config, workdir, ds, m):
   if distributed.is_leader():
     logging.info('%s: n=%d, n_test=%d, %d classes, subsets of m=%d',
                  ds.name, ds.num_train, ds.num_test, ds.num_classes, m)
-    have = store.stored_models(workdir, config.num_models, True, expect)
+    have = chunks.stored_models(workdir, config.num_models, True, expect)
   distributed.barrier('scan')
   if not distributed.is_leader():
-    have = store.stored_models(workdir, config.num_models, False, expect)
+    have = chunks.stored_models(workdir, config.num_models, False, expect)
   return have, expect
 
 
@@ -202,10 +206,10 @@ def _await_ahead(ahead, phases):
 
 def _load_predictions(config, workdir, stopped, expect) -> dict:
   if stopped or config.target_stderr > 0:
-    preds = store.load_predictions(workdir, expect=expect)
+    preds = chunks.load_predictions(workdir, expect=expect)
     return {k: v[preds['model_ids'] < config.num_models]
             for k, v in preds.items()}
-  return store.load_predictions(workdir, config.num_models, expect)
+  return chunks.load_predictions(workdir, config.num_models, expect)
 
 
 def _estimate_and_write(job, workdir, preds, valid, trained, run_id,
@@ -222,7 +226,7 @@ def _estimate_and_write(job, workdir, preds, valid, trained, run_id,
                    for k in ('train_margin', 'test_margin'))
   # Each new_dense file is removed if anything below fails before it is
   # sealed (at MNIST's size it is 2.4 GB).
-  with store.dense_files(workdir) as new_dense:
+  with estimates_file.dense_files(workdir) as new_dense:
     with phases('estimate'):
       est = _estimate(job.config, masks, train_correct, test_correct,
                       new_dense)
@@ -243,7 +247,7 @@ def _estimate_and_write(job, workdir, preds, valid, trained, run_id,
         summary = summary_lib.summarize(job.config, job.ds, preds, valid,
                                         est)
         summary['stopped_at_target_stderr'] = trained.stopped
-        summary['convergence'] = estimate_lib.convergence(
+        summary['convergence'] = diagnostics.convergence(
             masks, train_correct, full=est)
     finally:
       with phases('write_estimates'):  # what is left of it after the summary
@@ -262,7 +266,7 @@ def _estimate(config, masks, train_correct, test_correct, new_dense) -> dict:
       infl_out=new_dense(dense) if c.infl else None,
       infl_stderr_out=new_dense(dense) if c.infl and c.infl_stderr else None)
   if c.infl_topk:
-    est.update(estimate_lib.topk_estimates(
+    est.update(topk.topk_estimates(
         masks, test_correct, est['mem'], c.infl_topk, c.pair_threshold,
         c.pair_mem_threshold))
   return est
@@ -310,7 +314,7 @@ def _write_estimates(workdir, job, est, chunks_writing=None):
   # with another run's config.
   est = dict(est, config_json=_json(job.given),
              resolved_config_json=_json(job.config))
-  store.write_estimates(workdir, est)
+  estimates_file.write_estimates(workdir, est)
   store.write_json(w.config_json, job.given.to_dict())
 
 

@@ -119,8 +119,8 @@ def _param_count(config, ds, model) -> int:
   this data's shape, or gives logits of another shape, fails here, before
   the workdir is touched. Returns its number of parameters."""
   def logits(key, x):
-    params, state = train.init(model, key, x)
-    return train.apply(model, params, state, x, train=False)[0], params
+    params, state = models.init(model, key, x)
+    return models.apply(model, params, state, x, train=False)[0], params
   want = (1, ds.num_classes)
   try:
     out, params = jax.eval_shape(logits, jax.random.key(0), ds.x_train[:1])

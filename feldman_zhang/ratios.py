@@ -17,6 +17,7 @@ the ratios (`cscore`).
 import numpy as np
 
 from feldman_zhang import config as config_lib
+from feldman_zhang import estimates_file
 from feldman_zhang import store
 from feldman_zhang import streams
 
@@ -71,8 +72,8 @@ def fields(config, root: str, est: dict) -> dict:
   ratios = [float(r) for r in config.subset_ratios]
   acc, out = [], []
   for r in ratios:
-    e = est if np.isclose(r, config.subset_ratio) else store.load_estimates(
-        workdir(root, r))
+    e = (est if np.isclose(r, config.subset_ratio) else
+         estimates_file.load_estimates(workdir(root, r)))
     acc.append(np.asarray(e['heldout_acc'], np.float32))
     out.append(int(e['num_models']) - np.asarray(e['num_in'], np.int64))
   acc, out = np.stack(acc), np.stack(out)

@@ -19,6 +19,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from feldman_zhang import distributed
 from feldman_zhang import train
 from feldman_zhang import units
 
@@ -80,18 +81,18 @@ class Program:
 
   def __init__(self, model, config, ds, m: int, per_device: int,
                sharded: bool = True):
-    self.mesh = train.local_mesh() if sharded else None
+    self.mesh = distributed.local_mesh() if sharded else None
     self.size = per_device * (self.mesh.devices.size if sharded else 1)
     self.m = m
     self._fn = train.make_chunk_fn(model, config, m, self.mesh)
     data = (ds.x_train, ds.y_train, ds.x_test, ds.y_test)
-    self.data = (train.put_replicated(self.mesh, *data) if sharded else
+    self.data = (distributed.put_replicated(self.mesh, *data) if sharded else
                  [jax.device_put(a) for a in data])
 
   def compile_async(self) -> concurrent.futures.Future:
     """Compiles for (size,) models on abstract inputs, on a thread: XLA
     works (and releases the GIL) while the host draws the first subsets."""
-    sharding = train.models_sharding(self.mesh) if self.mesh else None
+    sharding = distributed.models_sharding(self.mesh) if self.mesh else None
     keys = jax.eval_shape(lambda: train.model_keys(0, np.arange(self.size)))
     lowered = self._fn.lower(
         jax.ShapeDtypeStruct(keys.shape, keys.dtype, sharding=sharding),
@@ -102,7 +103,8 @@ class Program:
   def dispatch(self, compiled, keys, idx):
     """Starts one call (asynchronously); returns its outputs on the device,
     their copy to the host already queued."""
-    args = train.put_models(self.mesh, keys, idx) if self.mesh else (keys, idx)
+    args = (distributed.put_models(self.mesh, keys, idx) if self.mesh else
+            (keys, idx))
     out = compiled(*args, *self.data)
     # Queued now: queued after the next call's training, the copy waited for
     # it (seen on an H100: the first of two calls reported only when both

@@ -8,16 +8,17 @@ run trained whole in one process, keeps them for the estimate);
 import numpy as np
 from absl import logging
 
+from feldman_zhang import chunks
+from feldman_zhang import diagnostics
 from feldman_zhang import estimate as estimate_lib
 from feldman_zhang import runner
 from feldman_zhang import schedule
-from feldman_zhang import store
 from feldman_zhang import subsets
 
 
 class StderrTarget:
   """Says when the median standard error of mem over the memorizable
-  examples (estimate.memorizable) falls below a target.
+  examples (diagnostics.memorizable) falls below a target.
 
   Holds the masks and train correctness of the models stored so far (those
   found at the start and those this process writes) and re-estimates mem
@@ -26,15 +27,15 @@ class StderrTarget:
 
   def __init__(self, target, workdir, num_models, expect=None):
     self.target, self.blocks = target, []
-    if store.list_chunks(workdir):
-      preds = store.load_predictions(workdir, expect=expect)
+    if chunks.list_chunks(workdir):
+      preds = chunks.load_predictions(workdir, expect=expect)
       keep = preds['model_ids'] < num_models
       self.add(preds['masks'][keep], preds['train_correct'][keep],
                preds['loss'][keep])
 
   def add(self, masks, train_correct, loss):
     # Decided on the models the estimate will use: diverged ones drop.
-    ok = estimate_lib.converged(loss)
+    ok = diagnostics.converged(loss)
     self.blocks.append((masks[ok], train_correct[ok]))
 
   def reached(self) -> bool:
@@ -43,7 +44,7 @@ class StderrTarget:
     est = estimate_lib.estimate(
         np.concatenate([b[0] for b in self.blocks]),
         np.concatenate([b[1] for b in self.blocks]), None, with_infl=False)
-    median = estimate_lib.median_stderr(est)
+    median = diagnostics.median_stderr(est)
     logging.info('median mem stderr of the memorizable examples %.4f '
                  '(target %.4f) from %d models', median, self.target,
                  est['num_models'])
@@ -84,7 +85,7 @@ class StoreSink:
 
   @property
   def preds(self) -> dict | None:
-    """With keep, the predictions trained, as store.load_predictions gives
+    """With keep, the predictions trained, as chunks.load_predictions gives
     them; else None."""
     if not self.keep or not self.kept:
       return None
@@ -93,7 +94,7 @@ class StoreSink:
 
   def _runs(self, start_id, idx, out) -> list[dict]:
     """The missing models of one trained cell: a dict per run of
-    consecutive ids, with the fields and dtypes of store.load_predictions."""
+    consecutive ids, with the fields and dtypes of chunks.load_predictions."""
     runs = []
     for ids in schedule.consecutive_runs(self.missing[start_id]):
       rows = ids - start_id
@@ -104,20 +105,20 @@ class StoreSink:
           test_correct=out['test_correct'][rows].astype(bool),
           train_ptrue=out['train_ptrue'][rows].astype(np.float16),
           test_ptrue=out['test_ptrue'][rows].astype(np.float16),
-          train_margin=out['train_margin'][rows].astype(store.MARGIN_DTYPE),
-          test_margin=out['test_margin'][rows].astype(store.MARGIN_DTYPE),
+          train_margin=out['train_margin'][rows].astype(chunks.MARGIN_DTYPE),
+          test_margin=out['test_margin'][rows].astype(chunks.MARGIN_DTYPE),
           loss=out['loss'][rows].astype(np.float32)))
     return runs
 
   def _write(self, runs):
     with self.phases('write_chunks'):
       for run in runs:
-        bad = ~estimate_lib.converged(run['loss'])
+        bad = ~diagnostics.converged(run['loss'])
         if bad.any():
           logging.warning('models %s diverged (non-finite loss); they are '
                           'kept in the store and excluded from the estimates',
                           run['model_ids'][bad].tolist())
-        store.write_chunk(self.workdir, **run, run_id=self.run_id)
+        chunks.write_chunk(self.workdir, **run, run_id=self.run_id)
         if self.target:
           self.target.add(run['masks'], run['train_correct'], run['loss'])
     done = sum(len(run['model_ids']) for run in runs)

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from feldman_zhang import estimate as estimate_lib
+from feldman_zhang import diagnostics
 from feldman_zhang import pairs as pairs_lib
 
 _SHADES = ' .:-=+*#%@'
@@ -22,9 +22,9 @@ def summarize(config, ds, preds, valid, est) -> dict:
       mem_threshold=threshold,
       num_memorized=int((mem >= threshold).sum()),
       median_mem_stderr=float(np.median(est['mem_stderr'])),
-      # Judged on the examples that can be memorized (estimate.memorizable).
-      median_mem_stderr_memorizable=estimate_lib.median_stderr(est),
-      num_memorizable=int(estimate_lib.memorizable(est['heldout_acc']).sum()),
+      # Judged on the examples that can be memorized (diagnostics.memorizable).
+      median_mem_stderr_memorizable=diagnostics.median_stderr(est),
+      num_memorizable=int(diagnostics.memorizable(est['heldout_acc']).sum()),
       # mem_i <= in_acc_i: a recipe that under-fits its own subset caps mem.
       model_in_acc_mean=float(np.mean(est['in_acc'])),
       top_memorized=[dict(train=int(i), label=int(ds.y_train[i]),

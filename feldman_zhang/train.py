@@ -5,7 +5,8 @@ config.vectorize) over models of
 a per-model trainer whose epochs and steps run inside `lax.scan`, reading
 mini-batches by gather from the device-resident data set. Each model k draws
 its initialization and its data order from fold_in(key(seed), k), so a model
-trains the same whichever chunk, device or host it lands on.
+trains the same whichever chunk, device or host it lands on. The evaluation
+is evaluation.py's; the mesh the models split over, distributed.py's.
 """
 
 import math
@@ -13,11 +14,12 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
 from feldman_zhang import augment as augment_lib
+from feldman_zhang import distributed
+from feldman_zhang import evaluation
 from feldman_zhang import models as models_lib
 from feldman_zhang import precision
 from feldman_zhang import streams
@@ -151,23 +153,6 @@ def split_model_key(key, epochs: int, steps: int):
   return init_key, jax.random.split(order_key, epochs), aug_keys
 
 
-def init(model, key, x):
-  """(params, state): state holds the non-trained collections (BatchNorm)."""
-  variables = model.init(key, x[:1], train=False)
-  params = variables.pop('params')
-  return params, dict(variables)
-
-
-def apply(model, params, state, x, train: bool):
-  """logits, new state; the state is updated only when training."""
-  variables = {'params': params, **state}
-  if train and state:
-    logits, new_state = model.apply(variables, x, train=True,
-                                    mutable=list(state))
-    return logits, dict(new_state)
-  return model.apply(variables, x, train=train), state
-
-
 def make_step(model, tx, augment=None, label_smoothing: float = 0.0,
               storage: precision.Storage | None = None):
   """One SGD step of one model.
@@ -181,7 +166,7 @@ def make_step(model, tx, augment=None, label_smoothing: float = 0.0,
   storage = storage or precision.storage('float32', None)
 
   def loss_fn(params, state, xb, yb, wb):
-    logits, state = apply(model, params, state, xb, train=True)
+    logits, state = models_lib.apply(model, params, state, xb, train=True)
     labels = optax.smooth_labels(jax.nn.one_hot(yb, logits.shape[-1]),
                                  label_smoothing)
     losses = optax.softmax_cross_entropy(logits, labels)
@@ -268,7 +253,7 @@ def make_train_one(model, tx, *, m: int, batch_size: int, epochs,
 
   def train_one(key, idx, x, y):
     init_key, order_keys, aug_keys = split_model_key(key, passes, steps)
-    params, state = init(model, init_key, x)
+    params, state = models_lib.init(model, init_key, x)
     if 'whiten' in state:
       state = {**state, 'whiten': {'kernel': models_lib.fit_whitening(x, idx)}}
     opt_state = tx.init(params)
@@ -338,93 +323,6 @@ def _lookahead(carry, ema, s, total: int, storage):
   return jax.lax.cond(s % 5 == 0, update, lambda args: args, (carry, ema))
 
 
-TTA = ('none', 'mirror', 'mirror_translate')  # test-time views: tta_views
-
-
-def tta_views(x, tta: str):
-  """The views test-time augmentation averages, and their weights.
-
-  x: (B, H, W, C) -> ((V, B, H, W, C), (V,) weights summing to 1). airbench's
-  levels: 'mirror' is the image and its mirror, 1/2 each;
-  'mirror_translate' gives those 1/4 each and 1/8 to each of the mirrored
-  and plain images shifted one pixel up-left and down-right (reflect
-  padding).
-  """
-  if tta == 'none':
-    return x[None], jnp.ones(1)
-  views = [x, x[:, :, ::-1]]
-  if tta == 'mirror':
-    return jnp.stack(views), jnp.full(2, 0.5)
-  h, w = x.shape[1:3]
-  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode='reflect')
-  for shifted in (padded[:, :h, :w], padded[:, 2:, 2:]):
-    views += [shifted, shifted[:, :, ::-1]]
-  return jnp.stack(views), jnp.array([0.25, 0.25] + [0.125] * 4)
-
-
-def margin(logits, y):
-  """The margin, or scaled log-odds, of the true class: phi = logit_y -
-  logsumexp_{y' != y} logit_y' = log p_y - log(1 - p_y), in float32.
-
-  logits: (..., C); y: (...) int -> (...) float32. Computed from the logits,
-  never from p: a float16 p saturates at phi ~ 7.6, and even a float32 p at
-  ~ 17, where the examples LiRA and the datamodels separate live.
-  """
-  logits = logits.astype(jnp.float32)
-  true = jnp.take_along_axis(logits, y[..., None], axis=-1)[..., 0]
-  is_true = jax.nn.one_hot(y, logits.shape[-1], dtype=bool)
-  return true - jax.nn.logsumexp(jnp.where(is_true, -jnp.inf, logits), -1)
-
-
-def num_views(tta: str) -> int:
-  """V, the views tta_views gives (the margins stored per example)."""
-  return {'none': 1, 'mirror': 2, 'mirror_translate': 6}[tta]
-
-
-def make_evaluate(model, batch_size: int, tta: str = 'none'):
-  """Returns evaluate((params, state), x, y) -> (correct (N,) bool,
-  p_true (N,) f32, margins (N, V) f32): correctness and p of the argmax of
-  the logits averaged over `tta`'s views (the classifier whose correctness
-  mem and infl count), and each view's own margin (`margin`: what LiRA and
-  the datamodels score; V = num_views(tta))."""
-
-  def logits_of(params, state, xb):
-    """(averaged logits (B, C), per-view logits (V, B, C) float32)."""
-    if tta == 'none':
-      logits = apply(model, params, state, xb, train=False)[0]
-      return logits, logits.astype(jnp.float32)[None]
-    views, weights = tta_views(xb, tta)
-    v, b = views.shape[:2]
-    logits, _ = apply(model, params, state, views.reshape(v * b, *xb.shape[1:]),
-                      train=False)
-    logits = logits.astype(jnp.float32).reshape(v, b, -1)
-    return jnp.einsum('v,vbc->bc', weights, logits), logits
-
-  def evaluate(variables, x, y):
-    params, state = variables
-    n = x.shape[0]
-    nb = math.ceil(n / batch_size)
-    pad = nb * batch_size - n
-    xp = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
-    yp = jnp.pad(y, (0, pad))
-
-    def one_batch(batch):
-      xb, yb = batch
-      logits, views = logits_of(params, state, xb)
-      p = jax.nn.softmax(logits.astype(jnp.float32))
-      p_true = jnp.take_along_axis(p, yb[:, None], axis=1)[:, 0]
-      margins = margin(views, jnp.broadcast_to(yb, views.shape[:2])).T
-      return jnp.argmax(logits, -1) == yb, p_true, margins
-
-    correct, p_true, margins = jax.lax.map(
-        one_batch, (xp.reshape(nb, batch_size, *x.shape[1:]),
-                    yp.reshape(nb, batch_size)))
-    return (correct.reshape(-1)[:n], p_true.reshape(-1)[:n],
-            margins.reshape(nb * batch_size, -1)[:n])
-
-  return evaluate
-
-
 def make_trainer(model, config, m: int):
   """train_one for the config's optimizer, batch size, epochs, augmentation."""
   c = config.train
@@ -454,7 +352,8 @@ def make_chunk_fn(model, config, m: int, mesh=None) -> Callable:
   loss (D*K, epochs) f32).
   """
   train_one = make_trainer(model, config, m)
-  evaluate = make_evaluate(model, config.eval_batch_size, config.model.tta)
+  evaluate = evaluation.make_evaluate(model, config.eval_batch_size,
+                                      config.model.tta)
 
   def one_model(key, idx, x_train, y_train, x_test, y_test):
     variables, losses = train_one(key, idx, x_train, y_train)
@@ -471,7 +370,7 @@ def make_chunk_fn(model, config, m: int, mesh=None) -> Callable:
   else:
     fn = jax.vmap(one_model, in_axes=(0, 0, None, None, None, None))
   if mesh is not None:
-    models_axis, shared = P(MODELS_AXIS), P()
+    models_axis, shared = P(distributed.MODELS_AXIS), P()
     # check_vma=False: the program has no collectives to check, and with the
     # check on, jax 0.10 on CPU changed the models' losses in the 6th digit
     # against the single-device program (measured); without it they are
@@ -480,27 +379,3 @@ def make_chunk_fn(model, config, m: int, mesh=None) -> Callable:
                        in_specs=(models_axis, models_axis) + (shared,) * 4,
                        check_vma=False)
   return jax.jit(fn)
-
-
-MODELS_AXIS = 'models'
-
-
-def local_mesh() -> jax.sharding.Mesh:
-  """A 1-D mesh over this process's devices: models are split, data copied."""
-  return jax.sharding.Mesh(np.array(jax.local_devices()), (MODELS_AXIS,))
-
-
-def models_sharding(mesh) -> jax.sharding.NamedSharding:
-  """Per-model arrays: split along their first axis over the mesh."""
-  return jax.sharding.NamedSharding(mesh, P(MODELS_AXIS))
-
-
-def put_models(mesh, *arrays):
-  """Places per-model arrays split along their first axis over the mesh."""
-  return [jax.device_put(a, models_sharding(mesh)) for a in arrays]
-
-
-def put_replicated(mesh, *arrays):
-  """Places the data set on every device of the mesh, once."""
-  sharding = jax.sharding.NamedSharding(mesh, P())
-  return [jax.device_put(a, sharding) for a in arrays]

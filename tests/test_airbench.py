@@ -12,6 +12,7 @@ import pytest
 from conftest import ROOT
 from feldman_zhang import augment
 from feldman_zhang import config as config_lib
+from feldman_zhang import evaluation
 from feldman_zhang import models
 from feldman_zhang import pipeline
 from feldman_zhang import identity as identity_lib
@@ -130,13 +131,13 @@ def test_chunk_is_deterministic_and_tta_changes_the_evaluation():
 
 def test_tta_views_average_as_airbench():
   x = np.arange(2 * 4 * 4 * 1, dtype=np.uint8).reshape(2, 4, 4, 1)
-  views, w = train.tta_views(jnp.asarray(x), 'mirror_translate')
+  views, w = evaluation.tta_views(jnp.asarray(x), 'mirror_translate')
   assert views.shape == (6, 2, 4, 4, 1) and float(w.sum()) == 1
   np.testing.assert_array_equal(views[1], x[:, :, ::-1])
   padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode='reflect')
   np.testing.assert_array_equal(views[2], padded[:, :4, :4])
   np.testing.assert_array_equal(views[5], padded[:, 2:, 2:][:, :, ::-1])
-  views, w = train.tta_views(jnp.asarray(x), 'mirror')
+  views, w = evaluation.tta_views(jnp.asarray(x), 'mirror')
   assert views.shape[0] == 2 and list(w) == [0.5, 0.5]
 
 
@@ -154,7 +155,7 @@ def test_optimizer_groups():
   c = tiny_config(epochs=2)
   model = models.create(c.model, 10)
   x, y, _, _ = random_data()
-  params, state = train.init(model, jax.random.key(0), x)
+  params, state = models.init(model, jax.random.key(0), x)
   labels = train.param_groups(params)
   flat = {'/'.join(getattr(k, 'key', str(k)) for k in path): v
           for path, v in jax.tree_util.tree_leaves_with_path(labels)}

@@ -16,15 +16,18 @@ import pytest
 
 import planted
 from conftest import ROOT
+from feldman_zhang import chunks
 from feldman_zhang import data as data_lib
-from feldman_zhang import estimate
+from feldman_zhang import estimates_file
 from feldman_zhang import pipeline
 from feldman_zhang import store
+from feldman_zhang import topk as topk_lib
 
-from feldman_zhang.analysis import common
 from feldman_zhang.analysis import export_pairs
 from feldman_zhang.analysis import galleries
+from feldman_zhang.analysis import plots
 from feldman_zhang.analysis import report
+from feldman_zhang.analysis import runs
 
 pytestmark = pytest.mark.integration  # runs and subprocesses
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -52,17 +55,17 @@ def _copy_run(workdir, dest, estimates, **config_changes):
   config = store.read_json(os.path.join(workdir, 'config.json'))
   config['estimate'].update(config_changes)
   store.write_json(os.path.join(dest, 'config.json'), config)
-  store.write_estimates(dest, estimates)
+  estimates_file.write_estimates(dest, estimates)
   return str(dest)
 
 
 def _topk_only(workdir, dest, k):
   """The run as if made with estimate.infl=False, estimate.infl_topk=k."""
-  preds = store.load_predictions(workdir)
+  preds = chunks.load_predictions(workdir)
   valid = np.isfinite(preds['loss'][:, -1])  # as pipeline.run_on
-  est = {key: v for key, v in store.load_estimates(workdir).items()
+  est = {key: v for key, v in estimates_file.load_estimates(workdir).items()
          if not key.startswith('infl')}
-  est.update(estimate.topk_estimates(preds['masks'][valid],
+  est.update(topk_lib.topk_estimates(preds['masks'][valid],
                                      preds['test_correct'][valid], est['mem'],
                                      k, 0.15, 0.25))
   return _copy_run(workdir, dest, est, infl=False, infl_topk=k)
@@ -75,7 +78,7 @@ def _is_png(path):
 
 def test_export_puts_planted_pairs_first(planted_run, tmp_path):
   workdir, train_ids, test_ids = planted_run
-  run = common.load_run(workdir, need_infl=True)
+  run = runs.load_run(workdir, need_infl=True)
   table, paths = export_pairs.export(run, str(tmp_path), grids=4)
   planted_pairs = set(zip(train_ids.tolist(), test_ids.tolist()))
 
@@ -123,7 +126,7 @@ def test_export_puts_planted_pairs_first(planted_run, tmp_path):
 
 
 def test_thresholds_and_max_pairs(planted_run):
-  run = common.load_run(planted_run[0])
+  run = runs.load_run(planted_run[0])
   strict = export_pairs.select_pairs(run.estimates, 0.5, 0.9)
   assert (strict['infl'] >= 0.5).all() and (strict['mem'] >= 0.9).all()
   loose = export_pairs.select_pairs(run.estimates, 0.15, 0.25)
@@ -135,10 +138,10 @@ def test_thresholds_and_max_pairs(planted_run):
 
 def test_topk_only_estimates_give_the_same_pairs(planted_run, tmp_path):
   workdir = planted_run[0]
-  dense = common.load_run(workdir)
+  dense = runs.load_run(workdir)
   # k=2: most pairs come from the pair list, not the top-k lists.
-  topk = common.load_run(_topk_only(workdir, tmp_path / 'topk', k=2),
-                         need_infl=True)
+  topk = runs.load_run(_topk_only(workdir, tmp_path / 'topk', k=2),
+                       need_infl=True)
   assert 'infl' not in topk.estimates
   a = export_pairs.select_pairs(dense.estimates)
   b = export_pairs.select_pairs(topk.estimates)
@@ -160,12 +163,12 @@ def test_topk_only_estimates_give_the_same_pairs(planted_run, tmp_path):
 
 
 def test_galleries_write_images(planted_run, tmp_path):
-  run = common.load_run(planted_run[0])
+  run = runs.load_run(planted_run[0])
   figs = galleries.figures(run, per_class=4)
   assert sorted(figs) == ['heldout_acc_hist.png', 'mem_hist.png',
                           'mem_vs_heldout.png', 'most_memorized.png']
   for name, fig in figs.items():
-    assert _is_png(common.save_png(fig, str(tmp_path / name))), name
+    assert _is_png(plots.save_png(fig, str(tmp_path / name))), name
 
 
 def _report(run, path):
@@ -173,7 +176,7 @@ def _report(run, path):
 
 
 def test_report_stands_alone(planted_run, tmp_path):
-  run = common.load_run(planted_run[0])
+  run = runs.load_run(planted_run[0])
   with open(_report(run, tmp_path / 'report.html')) as f:
     page = f.read()
   images = re.findall(r'<img src="([^"]*)"', page)
@@ -200,7 +203,7 @@ def _browser():
 
 def test_report_renders_in_a_headless_browser(planted_run, tmp_path):
   browser = _browser()
-  path = _report(common.load_run(planted_run[0]), tmp_path / 'report.html')
+  path = _report(runs.load_run(planted_run[0]), tmp_path / 'report.html')
   # Once the page has loaded, the title says how many images decoded.
   probe = ('<script>window.addEventListener("load", () => {'
            'const imgs = [...document.images];'
@@ -231,7 +234,7 @@ def test_label_noise_labels_match_training(tiny_config, tmp_path):
   c.train.epochs = 2
   c.data.label_noise = 0.1
   pipeline.run(c, str(tmp_path / 'run'))
-  run = common.load_run(str(tmp_path / 'run'))  # data fingerprint matches
+  run = runs.load_run(str(tmp_path / 'run'))  # data fingerprint matches
   np.testing.assert_array_equal(run.dataset.corrupted,
                                 run.estimates['label_corrupted'])
   assert 'label noise' in report.build(run, grids=2)
@@ -257,7 +260,7 @@ def test_workdir_without_estimates_is_one_line_error(name, planted_run,
 
 def test_estimates_without_influence_is_one_line_error(planted_run, tmp_path):
   workdir = planted_run[0]
-  est = {k: v for k, v in store.load_estimates(workdir).items()
+  est = {k: v for k, v in estimates_file.load_estimates(workdir).items()
          if not k.startswith('infl')}
   no_infl = _copy_run(workdir, tmp_path / 'no_infl', est, infl=False)
   result = _script('export_pairs', f'--workdir={no_infl}')
@@ -265,7 +268,7 @@ def test_estimates_without_influence_is_one_line_error(planted_run, tmp_path):
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and 'holds no influence estimates' in lines[0], lines
   # The report still renders, and says so.
-  assert 'estimated no influence' in report.build(common.load_run(no_infl))
+  assert 'estimated no influence' in report.build(runs.load_run(no_infl))
 
 
 def test_export_pairs_command_line(planted_run, tmp_path):
@@ -287,10 +290,10 @@ def test_rgb_images_and_many_classes(tmp_path):
   fig = galleries.most_memorized_figure(ds, est['mem'], per_class=3,
                                         max_classes=5)
   assert len(fig.axes) == 5 * 3
-  assert _is_png(common.save_png(fig, str(tmp_path / 'gallery.png')))
+  assert _is_png(plots.save_png(fig, str(tmp_path / 'gallery.png')))
   table = export_pairs.with_labels(export_pairs.select_pairs(est), ds)
   fig = export_pairs.grid_figure(ds, table, num_tests=2)
-  assert _is_png(common.save_png(fig, str(tmp_path / 'grid.png')))
+  assert _is_png(plots.save_png(fig, str(tmp_path / 'grid.png')))
   no_pairs = {k: v[:0] for k, v in table.items()}
   assert export_pairs.grid_figure(ds, no_pairs) is None
 
@@ -301,7 +304,7 @@ def test_compare_runs(planted_run, tmp_path):
   same = compare_runs.compare(workdir, workdir)
   assert same['train_correct_differ'] == 0 and same['mem_max_abs_diff'] == 0
   # A run of other t: its predictions compare, its estimates do not.
-  est = dict(store.load_estimates(workdir))
+  est = dict(estimates_file.load_estimates(workdir))
   other = _copy_run(workdir, tmp_path / 'other', dict(
       est, num_models=np.int64(est['num_models'] - 1)))
   shutil.copytree(os.path.join(workdir, 'chunks'),
@@ -333,7 +336,7 @@ def test_report_shows_experiments_resolved_dtypes_and_no_empty_column(
   store.write_json(os.path.join(workdir, 'lastlayer', 'comparison.json'),
                    dict(memorized_full=40, memorized_last=2,
                         head_test_acc_mean=0.87, full_test_acc_mean=0.95))
-  page = report.build(common.load_run(workdir), grids=2)
+  page = report.build(runs.load_run(workdir), grids=2)
   assert '<h2>Drop experiment</h2>' in page and '0.004' in page
   assert 'alt="drop.png"' in page  # drawn from drop.csv by the report
   assert '<h2>Last layer only</h2>' in page and 'mean test accuracy' in page
@@ -406,8 +409,9 @@ def _with_experiments(planted_run, dest):
   with open(os.path.join(workdir, 'drop', 'drop.csv'), 'w') as f:
     f.write(_DROP_CSV)
   heads = os.path.join(workdir, 'lastlayer')
-  mem = store.load_estimates(workdir)['mem']
-  store.write_estimates(heads, dict(mem=mem * 0.5, num_models=np.int64(3)))
+  mem = estimates_file.load_estimates(workdir)['mem']
+  estimates_file.write_estimates(heads, dict(mem=mem * 0.5,
+                                             num_models=np.int64(3)))
   store.write_json(os.path.join(heads, 'comparison.json'),
                    dict(threshold=0.25, memorized_full=40, memorized_last=2,
                         median_full=0.01, median_last=0.0, mean_full=0.05,
@@ -520,10 +524,10 @@ def test_compare_runs_on_an_unfinished_run_is_one_line(planted_run, tmp_path):
 @pytest.mark.parametrize('name', ['report', 'export_pairs'])
 def test_ctrl_c_in_an_analysis_command_is_one_line(planted_run, name):
   # Ctrl-C as the run is loaded (where the time goes).
-  patch = ('from feldman_zhang.analysis import common\n'
+  patch = ('from feldman_zhang.analysis import runs\n'
            'def ctrl_c(*args, **kwargs):\n'
            '  raise KeyboardInterrupt\n'
-           'common.load_run = ctrl_c')
+           'runs.load_run = ctrl_c')
   result = _patched(name, patch, f'--workdir={planted_run[0]}')
   assert result.returncode == 130, result.stderr[-3000:]
   assert _lines(result) == ['interrupted']
@@ -531,7 +535,7 @@ def test_ctrl_c_in_an_analysis_command_is_one_line(planted_run, name):
 
 def test_a_killed_export_never_leaves_a_partial_set(planted_run, tmp_path,
                                                    monkeypatch):
-  run = common.load_run(planted_run[0], need_infl=True)
+  run = runs.load_run(planted_run[0], need_infl=True)
   out = tmp_path / 'pairs'
   export_pairs.export(run, str(out), grids=2)
   (out / '.tmp-stale').write_bytes(b'a killed write')
@@ -579,7 +583,7 @@ def test_analysis_commands_clear_stale_temporary_files(planted_run, tmp_path):
 
 
 def test_the_noise_caveat_heads_the_report(planted_run):
-  run = common.load_run(planted_run[0])
+  run = runs.load_run(planted_run[0])
   assert 'mostly noise' not in report.build(run, grids=0)  # 96 models
   # A summary from before summaries carried caveats: made from its numbers.
   noisy = dict(run.summary, median_mem_stderr_memorizable=0.31)
@@ -596,7 +600,7 @@ def test_the_report_is_written_for_people(planted_run, tmp_path):
     f.write(_DROP_CSV.splitlines()[0] + ',models_per_arm\n'
             '0.5,12,0.00914634146,0.912345678,0.00412345678,0.934567891,'
             '0.00312345678,8\n')
-  page = report.build(common.load_run(workdir), grids=2)
+  page = report.build(runs.load_run(workdir), grids=2)
   drop_part = page[page.index('<h2>Drop experiment</h2>'):
                    page.index('<h2>Last layer only</h2>')]
   last_part = page[page.index('<h2>Last layer only</h2>'):
@@ -662,7 +666,7 @@ def test_estimates_of_another_run_are_refused(finished, tmp_path):
     if name.startswith(('estimates', 'infl')):
       shutil.copy(os.path.join(other, name), workdir)
   with pytest.raises(errors.StoreError, match='made by another run'):
-    common.load_run(workdir)
+    runs.load_run(workdir)
   result = _script('export_pairs', f'--workdir={workdir}',
                    f'--out={tmp_path / "pairs"}')
   assert result.returncode != 0

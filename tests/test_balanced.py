@@ -5,10 +5,10 @@ import os
 import numpy as np
 import pytest
 
+from feldman_zhang import chunks
 from feldman_zhang import config as config_lib
 from feldman_zhang import pipeline
 from feldman_zhang import identity as identity_lib
-from feldman_zhang import store
 from feldman_zhang import subsets
 
 pytestmark = pytest.mark.integration  # runs and subprocesses
@@ -53,15 +53,15 @@ def test_a_balanced_run_resumes_identically_and_refuses_another_t(
   c.num_models, c.models_per_device, c.train.epochs = 8, 4, 2
   workdir = str(tmp_path / 'run')
   pipeline.run(c, workdir)
-  preds = store.load_predictions(workdir)
+  preds = chunks.load_predictions(workdir)
   n = preds['masks'].shape[1]
   counts = preds['masks'].sum(0)
   assert counts.max() - counts.min() <= 1
   # A lost chunk retrains with the same subsets, at another K too.
-  os.remove(store.list_chunks(workdir)[1][2])
+  os.remove(chunks.list_chunks(workdir)[1][2])
   c.models_per_device = 2
   pipeline.run(c, workdir)
-  np.testing.assert_array_equal(store.load_predictions(workdir)['masks'],
+  np.testing.assert_array_equal(chunks.load_predictions(workdir)['masks'],
                                 preds['masks'])
   m = subsets.subset_size(n, c.subset_ratio)
   np.testing.assert_array_equal(

@@ -49,8 +49,9 @@ def test_config_builds_and_trains_one_step(path):
     ('cifar10_resnet', (4, 8, 8, 16)), ('cifar100_airbench', (4, 8, 8))])
 def test_cifar_config_end_to_end_on_mocked_tfds(tmp_path, name, widths):
   tfds = pytest.importorskip('tensorflow_datasets')
+  from feldman_zhang import chunks
+  from feldman_zhang import estimates_file
   from feldman_zhang import pipeline
-  from feldman_zhang import store
   c = config_lib.from_file(os.path.join(ROOT, 'configs', f'{name}.py'))
   c.num_models = 4
   c.models_per_device = 2
@@ -61,8 +62,8 @@ def test_cifar_config_end_to_end_on_mocked_tfds(tmp_path, name, widths):
   c.eval_batch_size = 16
   with tfds.testing.mock_data(num_examples=24):
     summary = pipeline.run(c, str(tmp_path / 'run'))
-  est = store.load_estimates(str(tmp_path / 'run'))
+  est = estimates_file.load_estimates(str(tmp_path / 'run'))
   assert est['mem'].shape == (24,) and est['infl'].shape == (24, 24)
   assert summary['num_models'] == 4 and summary['data'] == c.data.source
-  preds = store.load_predictions(str(tmp_path / 'run'))
+  preds = chunks.load_predictions(str(tmp_path / 'run'))
   assert preds['masks'].sum(1).tolist() == [17] * 4  # round(0.7 * 24)

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from feldman_zhang import estimate
+from feldman_zhang import chunks
+from feldman_zhang import estimates_file
 from feldman_zhang import store
+from feldman_zhang import topk as topk_lib
 
 from feldman_zhang.analysis import consistency
 
@@ -40,8 +42,8 @@ def _copy_run(workdir, dest, estimates=None, identity=None):
       else:
         doc['identity'][k] = v
     store.write_json(os.path.join(dest, 'run.json'), doc)
-  store.write_estimates(dest, estimates if estimates is not None else
-                        dict(store.load_estimates(workdir)))
+  estimates_file.write_estimates(dest, estimates if estimates is not None else
+                        dict(estimates_file.load_estimates(workdir)))
   return str(dest)
 
 
@@ -107,7 +109,7 @@ def test_a_run_agrees_with_itself(tiny_workdir, tmp_path):
 
 
 def test_shuffled_mem_is_inconsistent(tiny_workdir, tmp_path):
-  est = dict(store.load_estimates(tiny_workdir))
+  est = dict(estimates_file.load_estimates(tiny_workdir))
   est['mem'] = np.random.default_rng(0).permutation(est['mem'])
   shuffled = consistency.Estimates(_copy_run(tiny_workdir, tmp_path / 's', est))
   rows = consistency.consistency(consistency.Estimates(tiny_workdir), [shuffled],
@@ -122,10 +124,10 @@ def test_shuffled_mem_is_inconsistent(tiny_workdir, tmp_path):
 
 
 def test_topk_only_run_agrees_where_its_list_is_whole(tiny_workdir, tmp_path):
-  preds = store.load_predictions(tiny_workdir)
-  est = {k: v for k, v in store.load_estimates(tiny_workdir).items()
+  preds = chunks.load_predictions(tiny_workdir)
+  est = {k: v for k, v in estimates_file.load_estimates(tiny_workdir).items()
          if not k.startswith('infl')}
-  est.update(estimate.topk_estimates(preds['masks'], preds['test_correct'],
+  est.update(topk_lib.topk_estimates(preds['masks'], preds['test_correct'],
                                      est['mem'], 2, 0.15, 0.25))
   topk = consistency.Estimates(_copy_run(tiny_workdir, tmp_path / 'k', est))
   rows = consistency.consistency(consistency.Estimates(tiny_workdir), [topk],

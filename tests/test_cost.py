@@ -12,11 +12,13 @@ import pytest
 from absl import logging
 
 from conftest import ROOT
+from feldman_zhang import chunks as chunks_lib
 from feldman_zhang import config as config_lib
 from feldman_zhang import cost
+from feldman_zhang import errors
+from feldman_zhang import estimates_file
 from feldman_zhang import pipeline
 from feldman_zhang import prepare
-from feldman_zhang import store
 from feldman_zhang import units
 
 
@@ -71,14 +73,14 @@ def test_a_run_above_the_limit_writes_the_top_k_form_not_the_matrix(
   tiny_config.estimate.infl = config_lib.AUTO
   workdir = str(tmp_path / 'run')
   pipeline.run(tiny_config, workdir)
-  est = store.load_estimates(workdir)
+  est = estimates_file.load_estimates(workdir)
   assert 'infl' not in est
   assert est['infl_top_infl'].shape == (config_lib.AUTO_TOPK, 497)
   assert not glob.glob(os.path.join(workdir, 'infl-*.npy'))
   # The same run asked for the matrix writes it, and its top-k is its top.
   tiny_config.estimate.infl = True
   pipeline.run(tiny_config, workdir)
-  dense = store.load_estimates(workdir)['infl']
+  dense = estimates_file.load_estimates(workdir)['infl']
   top = np.sort(np.asarray(dense), axis=0)[::-1][:config_lib.AUTO_TOPK]
   np.testing.assert_allclose(np.sort(est['infl_top_infl'], axis=0)[::-1],
                              top, atol=1e-6)
@@ -123,7 +125,7 @@ def test_a_disk_too_small_is_refused_before_the_workdir_exists(
     total, free = 10**12, 10_000
   monkeypatch.setattr(cost.shutil, 'disk_usage', lambda path: Usage)
   workdir = str(tmp_path / 'new' / 'run')
-  with pytest.raises(store.StoreError) as e:
+  with pytest.raises(errors.StoreError) as e:
     pipeline.run(tiny_config, workdir)
   message = str(e.value)
   assert '\n' not in message
@@ -151,7 +153,7 @@ def test_the_plan_counts_a_chunk_within_ten_percent(tmp_path, shape):
   rng = np.random.default_rng(0)
   bits = lambda *s: rng.random(s) < 0.5
   floats = lambda *s: rng.standard_normal(s).astype(np.float32)
-  path = store.write_chunk(
+  path = chunks_lib.write_chunk(
       str(tmp_path), np.arange(k), bits(k, n), bits(k, n), bits(k, n_test),
       floats(k, n), floats(k, n_test), floats(k, epochs),
       floats(k, n, views), floats(k, n_test, views), run_id='0' * 16)

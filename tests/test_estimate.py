@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 import reference
+from feldman_zhang import diagnostics
 from feldman_zhang import estimate
+from feldman_zhang import topk
 
 
 def _random_case(rng, t, n, n_test):
@@ -87,8 +89,8 @@ def test_tiled_top_k_equals_dense_top_k():
   masks, _, test_correct = _random_case(rng, 60, 103, 11)
   dense = estimate.estimate(masks, masks, test_correct)['infl']
   for block in (7, 50, 103, 500):
-    top = estimate.top_influence(masks, test_correct, k=5, threshold=0.3,
-                                 block=block)
+    top = topk.top_influence(masks, test_correct, k=5, threshold=0.3,
+                             block=block)
     want = -np.sort(-dense, axis=0)[:5]
     np.testing.assert_array_equal(top['top_infl'], want)
     # Ties may pick other rows of the same value: check values at the rows.
@@ -112,8 +114,8 @@ def test_pairs_past_max_pairs_keep_the_largest():
   dense = estimate.estimate(masks, masks, test_correct)['infl']
   rows, cols = np.nonzero(dense >= 0.0)
   order = np.lexsort((cols, rows, -dense[rows, cols]))[:9]
-  top = estimate.top_influence(masks, test_correct, k=2, threshold=0.0,
-                               block=7, max_pairs=9)
+  top = topk.top_influence(masks, test_correct, k=2, threshold=0.0,
+                           block=7, max_pairs=9)
   np.testing.assert_array_equal(top['pair_train'], rows[order])
   np.testing.assert_array_equal(top['pair_test'], cols[order])
   np.testing.assert_array_equal(top['pair_infl'], dense[rows, cols][order])
@@ -156,7 +158,7 @@ def test_summary_top_pairs_from_the_topk_form_equal_dense():
   masks = rng.random((t, n)) < 0.7
   test_correct = rng.random((t, n_test)) < 0.6
   dense = estimate.estimate(masks, masks, test_correct)['infl']
-  top = estimate.top_influence(masks, test_correct, k=5, block=7)
+  top = topk.top_influence(masks, test_correct, k=5, block=7)
   want = pairs_lib.top_pairs(dense, 5)
   got = pairs_lib.top_pairs_of_topk(top['top_infl'], top['top_train'], 5)
   assert [(i, j) for i, j, _ in got] == want
@@ -166,8 +168,8 @@ def test_summary_top_pairs_from_the_topk_form_equal_dense():
   # 12; the pair list over the threshold fills in the rest.
   want = pairs_lib.top_pairs(dense, 20)
   bar = min(dense[i, j] for i, j in want)
-  top = estimate.top_influence(masks, test_correct, k=1, threshold=bar,
-                               block=7)
+  top = topk.top_influence(masks, test_correct, k=1, threshold=bar,
+                           block=7)
   pairs = (top['pair_train'], top['pair_test'], top['pair_infl'])
   got = pairs_lib.top_pairs_of_topk(top['top_infl'], top['top_train'], 20,
                                   pairs)
@@ -187,7 +189,7 @@ def test_a_value_exactly_on_a_bar_is_not_rounded_under_it():
   got = estimate.estimate(masks, correct, correct)
   assert got['mem'][0] == np.float32(0.15) and got['mem'][0] >= 0.15
   assert got['infl'][0, 0] == np.float32(0.15)
-  top = estimate.top_influence(masks, correct, k=1, threshold=0.15)
+  top = topk.top_influence(masks, correct, k=1, threshold=0.15)
   assert len(top['pair_infl']) == 4  # both rows, both columns
 
 
@@ -234,23 +236,23 @@ def test_pairs_are_kept_only_for_the_rows_asked_for():
   masks, _, test_correct = _random_case(rng, 60, 103, 11)
   dense = estimate.estimate(masks, masks, test_correct)['infl']
   rows = rng.random(103) < 0.3
-  top = estimate.top_influence(masks, test_correct, k=2, threshold=0.1,
-                               block=16, pair_rows=rows)
+  top = topk.top_influence(masks, test_correct, k=2, threshold=0.1,
+                           block=16, pair_rows=rows)
   want_rows, want_cols = np.nonzero((dense >= 0.1) & rows[:, None])
   assert sorted(zip(top['pair_train'], top['pair_test'])) == sorted(
       zip(want_rows, want_cols))
   assert top['pairs_dropped'] == 0
   # The top-k lists still look at every row.
   np.testing.assert_array_equal(top['top_infl'], -np.sort(-dense, axis=0)[:2])
-  capped = estimate.top_influence(masks, test_correct, k=2, threshold=0.1,
-                                  block=16, pair_rows=rows, max_pairs=5)
+  capped = topk.top_influence(masks, test_correct, k=2, threshold=0.1,
+                              block=16, pair_rows=rows, max_pairs=5)
   assert capped['pairs_dropped'] == len(want_rows) - 5
 
 
 def test_convergence_lists_each_count_once():
   rng = np.random.default_rng(8)
   masks, correct, _ = _random_case(rng, 2, 30, 1)
-  rows = estimate.convergence(masks, correct)  # 0.25 and 0.5 of 2: both 1
+  rows = diagnostics.convergence(masks, correct)  # 0.25 and 0.5 of 2: both 1
   assert [r['models'] for r in rows] == [1, 2]
   assert rows[-1]['correlation'] == 1.0 and rows[-1]['max_abs_diff'] == 0
 
@@ -286,7 +288,7 @@ def test_compile_ahead_leaves_nothing_to_compile(caplog):
     assert len(_compiled(caplog, 'influence_block')) == 1
     caplog.clear()
     full = estimate.estimate(masks, train_correct, test_correct, block=128)
-    estimate.convergence(masks, train_correct, full=full)
+    diagnostics.convergence(masks, train_correct, full=full)
     assert not _compiled(caplog, '_memorization')
     assert not _compiled(caplog, 'influence_block')
     # Other shapes compile as before.

@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 
 import planted
+from feldman_zhang import chunks
 from feldman_zhang import config as config_lib
 from feldman_zhang.experiments import drop as drop_lib
 from feldman_zhang.experiments import lastlayer as lastlayer_lib
+from feldman_zhang import errors
+from feldman_zhang import estimates_file
 from feldman_zhang import pipeline
 from feldman_zhang import prepare
 from feldman_zhang import store
@@ -33,7 +36,7 @@ def planted_run(tmp_path_factory):
 
 def test_dropping_memorized_costs_more_than_random(planted_run):
   c, workdir, train_ids, test_ids = planted_run
-  mem = store.load_estimates(workdir)['mem']
+  mem = estimates_file.load_estimates(workdir)['mem']
   rows = drop_lib.drop(c, workdir)
   assert len(rows) == 1 and rows[0]['num_removed'] == (mem >= 0.6).sum()
   result = np.load(os.path.join(workdir, 'drop', 'theta_0.6000.npz'))
@@ -48,9 +51,9 @@ def test_dropping_memorized_costs_more_than_random(planted_run):
   assert csv[0].startswith('theta,num_removed,fraction_removed') and len(csv) == 2
   # Numbers only; the figure is the analysis scripts'.
   assert not os.path.exists(os.path.join(workdir, 'drop', 'drop.png'))
-  from feldman_zhang.analysis import common, experiment_figures  # pylint: disable=g-import-not-at-top
-  made = experiment_figures.figures(common.load_run(workdir))
-  assert len(common.png_bytes(made[os.path.join('drop', 'drop.png')])) > 1000
+  from feldman_zhang.analysis import experiment_figures, plots, runs  # pylint: disable=g-import-not-at-top
+  made = experiment_figures.figures(runs.load_run(workdir))
+  assert len(plots.png_bytes(made[os.path.join('drop', 'drop.png')])) > 1000
   # A rerun reads the finished threshold back instead of retraining.
   mtime = os.path.getmtime(os.path.join(workdir, 'drop', 'theta_0.6000.npz'))
   assert drop_lib.drop(c, workdir) == rows
@@ -81,7 +84,7 @@ def test_drop_keeps_exactly_the_complement(planted_run, monkeypatch):
 
   monkeypatch.setattr(drop_lib, 'train_rows', fake_train)
   ds = prepare.prepare(c).ds
-  mem = store.load_estimates(workdir)['mem']
+  mem = estimates_file.load_estimates(workdir)['mem']
   result = drop_lib.drop_one(c, ds, None, np.flatnonzero(mem >= 0.5), 0.5,
                                 3)
   n = ds.num_train
@@ -128,14 +131,15 @@ def test_drop_retrains_on_other_settings_and_leaves_diverged_out(
 def test_last_layer_does_not_memorize_the_plants(planted_run):
   c, workdir, train_ids, _ = planted_run
   comparison = lastlayer_lib.lastlayer(c, workdir, pipeline.run_on)
-  full = store.load_estimates(workdir)['mem']
-  last = store.load_estimates(os.path.join(workdir, 'lastlayer'))['mem']
+  full = estimates_file.load_estimates(workdir)['mem']
+  last = estimates_file.load_estimates(
+      os.path.join(workdir, 'lastlayer'))['mem']
   assert np.median(full[train_ids]) > 0.8
   assert np.median(last[train_ids]) < 0.2
   assert comparison['memorized_last'] < comparison['memorized_full'] / 2
   # Heads trained on the full models' own subsets.
-  a = store.load_predictions(workdir)['masks']
-  b = store.load_predictions(os.path.join(workdir, 'lastlayer'))['masks']
+  a = chunks.load_predictions(workdir)['masks']
+  b = chunks.load_predictions(os.path.join(workdir, 'lastlayer'))['masks']
   np.testing.assert_array_equal(a, b)
   assert os.path.exists(os.path.join(workdir, 'lastlayer', 'backbone'))
   # Resumes: the backbone is restored, the heads are not retrained.
@@ -273,7 +277,7 @@ def test_a_full_disk_while_saving_the_backbone_is_one_line(tiny_config,
         + 'tensorstore detail\n' * 300)
 
   monkeypatch.setattr(ocp.StandardCheckpointer, 'save', full)
-  with pytest.raises(store.StoreError) as raised:
+  with pytest.raises(errors.StoreError) as raised:
     lastlayer_lib.backbone(job, workdir)
   message = str(raised.value)
   assert '\n' not in message and len(message) < 400, message

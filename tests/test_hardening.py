@@ -14,8 +14,11 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from feldman_zhang.analysis import common
-from feldman_zhang import estimate
+from feldman_zhang.analysis import runs
+from feldman_zhang import chunks as chunks_lib
+from feldman_zhang import diagnostics
+from feldman_zhang import errors
+from feldman_zhang import estimates_file
 from feldman_zhang import pipeline
 from feldman_zhang import store
 from feldman_zhang import units
@@ -41,7 +44,7 @@ def test_a_second_process_is_refused_and_names_the_holder(finished):
   c, workdir = finished
   before = _files(workdir)
   with store.locked(workdir):
-    with pytest.raises(store.StoreError,
+    with pytest.raises(errors.StoreError,
                        match=rf'in use by another process \(pid {os.getpid()}'):
       pipeline.run(c, workdir)
   assert _files(workdir) == before
@@ -51,7 +54,7 @@ def test_a_second_process_is_refused_and_names_the_holder(finished):
 def test_a_killed_holder_leaves_no_lock(tmp_path):
   workdir = str(tmp_path / 'run')
   holder = _hold_lock(workdir)
-  with pytest.raises(store.StoreError, match='in use'):
+  with pytest.raises(errors.StoreError, match='in use'):
     with store.locked(workdir):
       pass
   holder.send_signal(signal.SIGKILL)
@@ -75,16 +78,16 @@ def test_stale_temporary_files_are_removed_under_the_lock(tmp_path):
 
 def test_a_chunk_copied_over_another_is_set_aside_and_retrained(finished):
   c, workdir = finished
-  want = store.load_estimates(workdir)
-  chunks = [p for _, _, p in store.list_chunks(workdir)]
+  want = estimates_file.load_estimates(workdir)
+  chunks = [p for _, _, p in chunks_lib.list_chunks(workdir)]
   shutil.copy(chunks[0], chunks[1])  # models 0-5 under the name 5-10
-  with pytest.raises(store.StoreError, match='holds models 0-5, not the '
+  with pytest.raises(errors.StoreError, match='holds models 0-5, not the '
                      'models 5-10 its name says'):
-    store.read_chunk(chunks[1])
+    chunks_lib.read_chunk(chunks[1])
   pipeline.run(c, workdir)
   assert os.path.exists(os.path.join(workdir, 'chunks', 'corrupt',
                                      os.path.basename(chunks[1])))
-  got = store.load_estimates(workdir)
+  got = estimates_file.load_estimates(workdir)
   np.testing.assert_array_equal(got['mem'], want['mem'])
   np.testing.assert_array_equal(got['infl'], want['infl'])
 
@@ -95,10 +98,10 @@ def test_a_duplicate_model_is_named(tmp_path):
               test_correct=np.zeros((2, 4), bool),
               train_ptrue=np.zeros((2, 8)), test_ptrue=np.zeros((2, 4)),
               loss=np.zeros((2, 1)))
-  store.write_chunk(workdir, [0, 1], **args)
-  store.write_chunk(workdir, [1, 2], **args)
-  with pytest.raises(store.StoreError, match='holds model 1 '):
-    store.load_predictions(workdir)
+  chunks_lib.write_chunk(workdir, [0, 1], **args)
+  chunks_lib.write_chunk(workdir, [1, 2], **args)
+  with pytest.raises(errors.StoreError, match='holds model 1 '):
+    chunks_lib.load_predictions(workdir)
 
 
 def test_a_corrupt_run_json_is_one_short_line_everywhere(finished):
@@ -122,13 +125,13 @@ def test_a_corrupt_run_json_is_one_short_line_everywhere(finished):
 
 def test_a_corrupt_dense_file_is_refused_and_rebuilt(finished):
   c, workdir = finished
-  want = np.array(store.load_estimates(workdir)['infl'])
+  want = np.array(estimates_file.load_estimates(workdir)['infl'])
   (path,) = glob.glob(os.path.join(workdir, 'infl-*.npy'))
   with open(path, 'r+b') as f:
     f.seek(os.path.getsize(path) // 2)
     f.write(b'\xff' * 8)
-  with pytest.raises(store.StoreError, match='is corrupt .* re-run the same'):
-    store.load_estimates(workdir)
+  with pytest.raises(errors.StoreError, match='is corrupt .* re-run the same'):
+    estimates_file.load_estimates(workdir)
   out = subprocess.run([sys.executable, '-m', 'analysis.export_pairs',
                         f'--workdir={workdir}', f'--out={workdir}/pairs'],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -136,13 +139,14 @@ def test_a_corrupt_dense_file_is_refused_and_rebuilt(finished):
   assert out.stderr.strip().splitlines()[-1].startswith('error: ')
   assert 'is corrupt' in out.stderr and 'Traceback' not in out.stderr
   pipeline.run(c, workdir)  # the same command rebuilds it
-  np.testing.assert_array_equal(store.load_estimates(workdir)['infl'], want)
+  np.testing.assert_array_equal(
+      estimates_file.load_estimates(workdir)['infl'], want)
 
 
 def test_a_model_diverged_in_any_epoch_is_diverged():
   inf = np.inf
   loss = np.array([[inf, 1.0, 0.5], [2.0, 1.0, 0.5], [1.0, np.nan, 0.5]])
-  np.testing.assert_array_equal(estimate.converged(loss),
+  np.testing.assert_array_equal(diagnostics.converged(loss),
                                 [False, True, False])
 
 
@@ -153,7 +157,7 @@ def test_readers_trust_the_config_the_estimates_were_made_with(finished):
   other = store.read_json(config_json)
   other['num_models'] = 3
   store.write_json(config_json, other)
-  run = common.load_run(workdir)
+  run = runs.load_run(workdir)
   assert run.config['num_models'] == c.num_models
   assert int(run.estimates['num_models']) == c.num_models
 
@@ -161,9 +165,9 @@ def test_readers_trust_the_config_the_estimates_were_made_with(finished):
 def test_bad_workdirs_are_one_line(tiny_config, tmp_path):
   afile = tmp_path / 'file'
   afile.write_text('x')
-  with pytest.raises(store.StoreError, match='is a file, not a directory'):
+  with pytest.raises(errors.StoreError, match='is a file, not a directory'):
     pipeline.run(tiny_config, str(afile))
-  with pytest.raises(store.StoreError, match='cannot use --workdir'):
+  with pytest.raises(errors.StoreError, match='cannot use --workdir'):
     pipeline.run(tiny_config, '/proc/feldman_zhang_test/run')
 
 
@@ -258,9 +262,9 @@ def test_the_stderr_target_is_judged_on_memorizable_examples():
   overall = float(np.median(est['mem_stderr']))
   of_hard = float(np.median(est['mem_stderr'][hard]))
   assert overall < 0.6 * of_hard
-  np.testing.assert_allclose(estimate_lib.median_stderr(est), of_hard,
+  np.testing.assert_allclose(diagnostics.median_stderr(est), of_hard,
                              rtol=0.15)
-  assert estimate_lib.memorizable(est['heldout_acc'])[hard].mean() > 0.9
+  assert diagnostics.memorizable(est['heldout_acc'])[hard].mean() > 0.9
 
 
 def test_a_torn_dense_header_is_one_line(finished):
@@ -268,12 +272,12 @@ def test_a_torn_dense_header_is_one_line(finished):
   (path,) = glob.glob(os.path.join(workdir, 'infl-*.npy'))
   with open(path, 'r+b') as f:
     f.write(b'garbage!' * 4)
-  with pytest.raises(store.StoreError, match='is unreadable .* re-run'):
-    store.load_estimates(workdir)
+  with pytest.raises(errors.StoreError, match='is unreadable .* re-run'):
+    estimates_file.load_estimates(workdir)
   with open(os.path.join(workdir, 'estimates.npz'), 'r+b') as f:
     f.write(b'garbage!' * 4)
-  with pytest.raises(store.StoreError, match='estimates.npz is unreadable'):
-    store.load_estimates(workdir)
+  with pytest.raises(errors.StoreError, match='estimates.npz is unreadable'):
+    estimates_file.load_estimates(workdir)
 
 
 def test_ctrl_c_is_one_line_and_the_rerun_resumes(tmp_path):
@@ -335,7 +339,7 @@ def test_deleting_the_lock_file_lets_no_second_process_in(tmp_path):
   holder = _hold_lock(workdir)
   try:
     os.remove(os.path.join(workdir, store.LOCK_FILE))
-    with pytest.raises(store.StoreError, match='in use by another process'):
+    with pytest.raises(errors.StoreError, match='in use by another process'):
       with store.locked(workdir):
         pass
   finally:
@@ -385,10 +389,10 @@ def test_sigterm_stops_at_the_next_call_and_keeps_what_was_trained(tmp_path):
                        'kept; re-running the same command resumes')
   assert sum('SIGTERM: stopping after the ' in line for line in lines) == 1, err
   assert 'Traceback' not in err
-  chunks = store.list_chunks(str(workdir))
+  chunks = chunks_lib.list_chunks(str(workdir))
   assert chunks and not glob.glob(str(workdir / 'chunks' / '.tmp-*'))
   for _, _, path in chunks:
-    store.read_chunk(path)
+    chunks_lib.read_chunk(path)
   # Each call trained is stored: nothing is lost but the calls not started.
   assert sum(stop - start for start, stop, _ in chunks) % 20 == 0
 
@@ -427,7 +431,7 @@ def test_where_a_directory_cannot_be_locked_the_note_file_is(tmp_path,
   monkeypatch.setattr(store, 'lock_directory', no_directory_locks)
   workdir = str(tmp_path / 'run')
   with store.locked(workdir):
-    with pytest.raises(store.StoreError,
+    with pytest.raises(errors.StoreError,
                        match=rf'in use by another process \(pid {os.getpid()}'):
       with store.locked(workdir):
         pass

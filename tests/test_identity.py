@@ -5,8 +5,10 @@ import os
 import numpy as np
 import pytest
 
+from feldman_zhang import chunks
 from feldman_zhang import config as config_lib
 from feldman_zhang import data
+from feldman_zhang import errors
 from feldman_zhang import identity as identity_lib
 from feldman_zhang import prepare
 from feldman_zhang import store
@@ -23,14 +25,14 @@ def test_resume_on_another_backend_dtype_is_refused(tmp_path, tiny_config):
   identity_lib.check_identity(workdir, ident)  # the same run resumes
   # The same config run on an accelerator resolves auto to bf16.
   gpu = dict(ident, dtypes=dict(ident['dtypes'], momentum_dtype='bfloat16'))
-  with pytest.raises(store.StoreError, match='dtypes differ'):
+  with pytest.raises(errors.StoreError, match='dtypes differ'):
     identity_lib.check_identity(workdir, gpu)
 
 
 def _stored_chunk(workdir, n=4, n_test=2):
   z = np.zeros((1, n), bool)
-  store.write_chunk(workdir, [0], z, z, np.zeros((1, n_test), bool),
-                    np.zeros((1, n)), np.zeros((1, n_test)), np.zeros((1, 1)))
+  chunks.write_chunk(workdir, [0], z, z, np.zeros((1, n_test), bool),
+                     np.zeros((1, n)), np.zeros((1, n_test)), np.zeros((1, 1)))
 
 
 def test_identity_of_a_workdir_without_results_is_replaced(tiny_config,
@@ -65,7 +67,7 @@ def test_where_the_data_lies_is_not_part_of_the_identity(tiny_config,
   identity_lib.check_identity(workdir, ident)
   with open(os.path.join(workdir, 'run.json'), 'w') as f:
     f.write('{"identity": ')
-  with pytest.raises(store.StoreError, match='run.json is unreadable'):
+  with pytest.raises(errors.StoreError, match='run.json is unreadable'):
     identity_lib.check_identity(workdir, ident)
 
 

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from feldman_zhang import data
+from feldman_zhang import estimates_file
 from feldman_zhang import pipeline
-from feldman_zhang import store
 
 pytestmark = pytest.mark.integration  # runs and subprocesses
 
@@ -29,7 +29,7 @@ def test_corrupted_labels_are_memorized(tiny_config, tmp_path):
   # Long enough, in small enough steps, to fit the wrong labels.
   c.train.update(epochs=60, batch_size=32, lr=0.05)
   summary = pipeline.run(c, str(tmp_path / 'run'))
-  est = store.load_estimates(str(tmp_path / 'run'))
+  est = estimates_file.load_estimates(str(tmp_path / 'run'))
   bad = est['label_corrupted']
   assert bad.sum() == 260
   mem = est['mem']

@@ -17,9 +17,9 @@ from conftest import make_tiny_config
 from feldman_zhang import margins
 from feldman_zhang import pipeline
 from feldman_zhang import store
-from feldman_zhang.analysis import common
 from feldman_zhang.analysis import lds as lds_lib
 from feldman_zhang.analysis import lira_files
+from feldman_zhang.analysis import runs
 
 # -- plain references ---------------------------------------------------------
 
@@ -195,7 +195,7 @@ def _command(*args):
 def test_recomputed_scores_are_the_estimates(tiny_run):
   """Where A's estimates lack the dense matrices, the command recomputes
   them from the stored predictions: the same matrices, bit for bit."""
-  run = common.load_run(tiny_run[1])
+  run = runs.load_run(tiny_run[1])
   preds = lira_files.converged_predictions(run)
   recomputed = lds_lib.score_functions(preds, {})
   for name in ('infl', 'infl_margin'):

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
+from feldman_zhang import chunks
 from feldman_zhang import errors
+from feldman_zhang import estimates_file
 from feldman_zhang import store
 from feldman_zhang.analysis import lira
 from feldman_zhang.analysis import lira_files
@@ -399,7 +401,7 @@ def test_command_writes_every_attack_with_intervals(attacked):
       assert 0 <= stat['lo'] <= stat['value'] <= stat['hi'] <= 1, (a, stat)
   assert os.path.getsize(os.path.join(out, 'roc.png')) > 0
   assert os.path.getsize(os.path.join(out, 'mem_vs_vulnerability.png')) > 0
-  est = store.load_estimates(workdir)
+  est = estimates_file.load_estimates(workdir)
   with np.load(os.path.join(out, 'per_example.npz')) as f:
     for k in ('in_minus_out', 'tpr', 'num_in', 'num_out', 'mem'):
       assert f[k].shape == (1300,), k
@@ -410,7 +412,7 @@ def test_command_writes_every_attack_with_intervals(attacked):
 @pytest.mark.integration
 def test_lira_dir_export_is_the_run_and_scores_the_same(attacked, tmp_path):
   workdir, out, lira_dir = attacked
-  preds = store.load_predictions(workdir)
+  preds = chunks.load_predictions(workdir)
   pool = lira_files.read_lira_dir(lira_dir)
   np.testing.assert_array_equal(pool.model_ids, preds['model_ids'])
   np.testing.assert_array_equal(pool.masks, preds['masks'])
@@ -435,10 +437,10 @@ def test_old_format_and_missing_workdirs_are_refused(tiny_run, tmp_path):
   _, workdir = tiny_run
   old = str(tmp_path / 'old')
   shutil.copytree(workdir, old)
-  for _, _, path in store.list_chunks(old):
-    chunk = store.read_chunk(path)
+  for _, _, path in chunks.list_chunks(old):
+    chunk = chunks.read_chunk(path)
     del chunk['train_margin'], chunk['test_margin']  # as format 1 wrote them
-    store.write_chunk(old, **chunk)
+    chunks.write_chunk(old, **chunk)
   for bad, message in ((old, 're-run the estimate with this version'),
                        (str(tmp_path / 'none'), 'has no run.json')):
     result = _command(f'--workdir={bad}', f'--out={tmp_path / "out"}')

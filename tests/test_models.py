@@ -55,7 +55,7 @@ def test_features_then_head_is_the_model(name):
   c = _config(name)
   model = models.create(c.model, 4)
   x = _data()[0][:5]
-  params, state = train.init(model, jax.random.key(0), x)
+  params, state = models.init(model, jax.random.key(0), x)
   variables = {'params': params, **state}
   logits = model.apply(variables, x)
   feats = model.apply(variables, x, method='features')
@@ -70,11 +70,13 @@ def test_bf16_compute_keeps_f32_params():
   c = _config('resnet9')
   model = models.create(c.model, 4, dtype=train.compute_dtype('bfloat16'))
   x = _data()[0][:5]
-  params, _ = train.init(model, jax.random.key(0), x)
+  params, _ = models.init(model, jax.random.key(0), x)
   assert {p.dtype for p in jax.tree.leaves(params)} == {np.dtype('float32')}
   f32 = models.create(c.model, 4)
-  a = model.apply({'params': params, **train.init(model, jax.random.key(0), x)[1]}, x)
-  b = f32.apply({'params': params, **train.init(f32, jax.random.key(0), x)[1]}, x)
+  a = model.apply(
+      {'params': params, **models.init(model, jax.random.key(0), x)[1]}, x)
+  b = f32.apply(
+      {'params': params, **models.init(f32, jax.random.key(0), x)[1]}, x)
   assert a.dtype == np.float32
   np.testing.assert_allclose(a, b, atol=0.05)  # bf16 rounding, same model
   assert not np.array_equal(a, b)
@@ -87,7 +89,7 @@ def test_batch_norm_statistics_are_trained():
   train_one = train.make_trainer(model, c, 32)
   (params, state), _ = jax.jit(train_one)(
       jax.random.key(0), np.arange(32, dtype=np.int32), x, y)
-  _, state0 = train.init(model, jax.random.key(0), x)
+  _, state0 = models.init(model, jax.random.key(0), x)
   moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), state, state0)
   assert max(jax.tree.leaves(moved)) > 1e-3
 
@@ -97,7 +99,7 @@ def test_linear_takes_images_and_features():
   # float features (the last-layer heads): a Dense layer as they are.
   model = models.create(ml_collections.ConfigDict(dict(name='linear')), 3)
   x = np.random.default_rng(0).integers(0, 256, (4, 5, 5, 1), np.uint8)
-  params, _ = train.init(model, jax.random.key(0), x)
+  params, _ = models.init(model, jax.random.key(0), x)
   w, b = params['head']['kernel'], params['head']['bias']
   np.testing.assert_allclose(model.apply({'params': params}, x),
                              (x.reshape(4, -1) / 255) @ w + b, rtol=1e-5)

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 import reference
+from feldman_zhang import chunks as chunks_lib
 from feldman_zhang import errors
+from feldman_zhang import estimates_file
 from feldman_zhang import pipeline
 from feldman_zhang import store
 from feldman_zhang import subsets
@@ -18,7 +20,7 @@ pytestmark = pytest.mark.integration  # runs and subprocesses
 
 def test_store_and_estimates(capsys, finished):
   c, workdir, summary = finished
-  preds = store.load_predictions(workdir)
+  preds = chunks_lib.load_predictions(workdir)
   t, n, n_test = c.num_models, 1300, 497
   np.testing.assert_array_equal(preds['model_ids'], np.arange(t))
   assert preds['masks'].shape == (t, n) and preds['masks'].dtype == bool
@@ -29,10 +31,10 @@ def test_store_and_estimates(capsys, finished):
   np.testing.assert_array_equal(preds['masks'],
                                 subsets.masks(c.seed, n, m, range(t)))
   # 12 models, 5 per call: chunks 0-5, 5-10, 10-12.
-  assert [(a, b) for a, b, _ in store.list_chunks(workdir)] == [
+  assert [(a, b) for a, b, _ in chunks_lib.list_chunks(workdir)] == [
       (0, 5), (5, 10), (10, 12)]
 
-  est = store.load_estimates(workdir)
+  est = estimates_file.load_estimates(workdir)
   assert {'mem', 'infl', 'mem_stderr', 'heldout_acc'} <= set(est)
   want = reference.estimates(preds['masks'][:, :40], preds['train_correct'][:, :40],
                              preds['test_correct'][:, :30])
@@ -57,13 +59,13 @@ def test_rerun_resumes_and_extends(finished):
   # rerun reads them from the store: the same estimates and summary, bit for
   # bit.
   c, workdir, first = finished
-  before = store.load_estimates(workdir)
+  before = estimates_file.load_estimates(workdir)
   stale = os.path.join(workdir, 'chunks', '.tmp-killed')  # a killed write's
   open(stale, 'wb').close()
   again = pipeline.run(c, workdir)
   assert again['timing']['models_trained'] == 0
   assert not os.path.exists(stale)
-  after = store.load_estimates(workdir)
+  after = estimates_file.load_estimates(workdir)
   assert set(before) == set(after)
   for k in before:
     np.testing.assert_array_equal(before[k], after[k])
@@ -72,13 +74,13 @@ def test_rerun_resumes_and_extends(finished):
   c.num_models = 15
   extended = pipeline.run(c, workdir)
   assert extended['timing']['models_trained'] == 3
-  assert store.load_estimates(workdir)['num_models'] == 15
+  assert estimates_file.load_estimates(workdir)['num_models'] == 15
 
 
 def test_lost_and_corrupt_chunks_are_retrained_identically(finished):
   c, workdir, _ = finished
-  before = store.load_estimates(workdir)
-  chunks = store.list_chunks(workdir)
+  before = estimates_file.load_estimates(workdir)
+  chunks = chunks_lib.list_chunks(workdir)
   os.remove(chunks[0][2])
   with open(chunks[1][2], 'r+b') as f:  # flip bytes inside the file
     f.seek(200)
@@ -94,39 +96,39 @@ def test_lost_and_corrupt_chunks_are_retrained_identically(finished):
   assert phases['train'] >= phases['wait_for_device'] + phases['write_chunks']
   assert phases['compile'] > 0
   assert os.path.exists(os.path.join(workdir, 'chunks', 'corrupt'))
-  after = store.load_estimates(workdir)
+  after = estimates_file.load_estimates(workdir)
   for k in before:
     np.testing.assert_array_equal(before[k], after[k], err_msg=k)
 
 
 def test_changed_config_is_refused_and_results_kept(finished):
   c, workdir, _ = finished
-  before = os.path.getmtime(store.estimates_path(workdir))
+  before = os.path.getmtime(estimates_file.estimates_path(workdir))
   c.train.lr = 0.2
   c.seed = 3
-  with pytest.raises(store.StoreError, match=(
+  with pytest.raises(errors.StoreError, match=(
       r'config.seed \(stored 0, given 3\), config.train.lr \(stored 0.05, '
       r'given 0.2\) differ')):
     pipeline.run(c, workdir)
-  assert os.path.getmtime(store.estimates_path(workdir)) == before
+  assert os.path.getmtime(estimates_file.estimates_path(workdir)) == before
 
 
 def _poison(workdir, model_ids):
   """Rewrites the chunks holding model_ids as if those models had diverged."""
-  for _, _, path in store.list_chunks(workdir):
-    chunk = store.read_chunk(path)
+  for _, _, path in chunks_lib.list_chunks(workdir):
+    chunk = chunks_lib.read_chunk(path)
     bad = np.isin(chunk['model_ids'], model_ids)
     chunk['loss'][bad, -1] = np.nan
-    store.write_chunk(workdir, **chunk)
+    chunks_lib.write_chunk(workdir, **chunk)
 
 
 def test_diverged_models_are_excluded(finished):
   c, workdir, _ = finished
-  preds = store.load_predictions(workdir)
+  preds = chunks_lib.load_predictions(workdir)
   _poison(workdir, [2, 7])
   summary = pipeline.run(c, workdir)
   assert summary['diverged_models'] == 2
-  est = store.load_estimates(workdir)
+  est = estimates_file.load_estimates(workdir)
   np.testing.assert_array_equal(est['diverged_models'], [2, 7])
   keep = ~np.isin(np.arange(c.num_models), [2, 7])
   want = reference.estimates(preds['masks'][keep][:, :20],
@@ -148,7 +150,7 @@ def test_target_stderr_stops_early(tiny_config, tmp_path):
   assert summary['stopped_at_target_stderr']
   t = summary['num_models']
   assert 8 <= t < 40 and t % 8 == 0
-  est = store.load_estimates(str(tmp_path / 'run'))
+  est = estimates_file.load_estimates(str(tmp_path / 'run'))
   assert est['num_models'] == t and np.median(est['mem_stderr']) < 0.3
   assert [c['models'] for c in summary['convergence']] == [
       round(t / 4), round(t / 2), t]
@@ -159,7 +161,7 @@ def test_top_k_influence_in_estimates(tiny_config, tmp_path):
   c.estimate.infl_topk = 3
   c.estimate.pair_threshold = 0.5
   pipeline.run(c, str(tmp_path / 'run'))
-  est = store.load_estimates(str(tmp_path / 'run'))
+  est = estimates_file.load_estimates(str(tmp_path / 'run'))
   assert est['infl_top_infl'].shape == (3, 497)
   np.testing.assert_array_equal(est['infl_top_infl'],
                                 -np.sort(-est['infl'], axis=0)[:3])
@@ -192,21 +194,22 @@ def test_a_failed_last_chunk_write_leaves_no_estimates(tiny_config, tmp_path,
                                                        monkeypatch):
   # The last cell is written while the estimate runs; if that write fails,
   # the job fails and writes no estimates of models it did not store.
-  write_chunk, calls = store.write_chunk, []
+  write_chunk, calls = chunks_lib.write_chunk, []
 
   def flaky(workdir, **chunk):
     calls.append(chunk['model_ids'][0])
     if len(calls) == 3:  # 12 models, 5 per call: the third cell's write
-      raise store.StoreError('disk full')
+      raise errors.StoreError('disk full')
     return write_chunk(workdir, **chunk)
 
-  monkeypatch.setattr(store, 'write_chunk', flaky)
+  monkeypatch.setattr(chunks_lib, 'write_chunk', flaky)
   workdir = str(tmp_path / 'run')
-  with pytest.raises(store.StoreError, match='disk full'):
+  with pytest.raises(errors.StoreError, match='disk full'):
     pipeline.run(tiny_config, workdir)
-  assert not os.path.exists(store.estimates_path(workdir))
+  assert not os.path.exists(estimates_file.estimates_path(workdir))
   assert not [f for f in os.listdir(workdir) if 'dense' in f or 'infl' in f]
-  assert [(a, b) for a, b, _ in store.list_chunks(workdir)] == [(0, 5), (5, 10)]
+  assert [(a, b) for a, b, _ in chunks_lib.list_chunks(workdir)] == [
+      (0, 5), (5, 10)]
 
 
 def test_the_estimate_compiles_ahead_and_survives_its_failure(
@@ -228,21 +231,21 @@ def test_the_estimate_compiles_ahead_and_survives_its_failure(
 def test_a_failed_estimate_still_waits_for_and_reports_the_last_write(
     tiny_config, tmp_path, monkeypatch, caplog):
   from feldman_zhang import estimate as estimate_lib
-  write_chunk, calls = store.write_chunk, []
+  write_chunk, calls = chunks_lib.write_chunk, []
 
   def slow_and_flaky(workdir, **chunk):
     calls.append(chunk['model_ids'][0])
     if len(calls) == 3:
       time.sleep(0.5)  # still writing when the estimate fails
-      raise store.StoreError('disk full')
+      raise errors.StoreError('disk full')
     return write_chunk(workdir, **chunk)
 
   def no_room(*args, **kwargs):
-    raise store.StoreError('no room for the dense matrix')
+    raise errors.StoreError('no room for the dense matrix')
 
-  monkeypatch.setattr(store, 'write_chunk', slow_and_flaky)
+  monkeypatch.setattr(chunks_lib, 'write_chunk', slow_and_flaky)
   monkeypatch.setattr(estimate_lib, 'estimate', no_room)
-  with pytest.raises(store.StoreError, match='no room'):
+  with pytest.raises(errors.StoreError, match='no room'):
     pipeline.run(tiny_config, str(tmp_path / 'run'))
   assert len(calls) == 3
   assert 'storing the last models failed too: disk full' in caplog.text
@@ -257,7 +260,7 @@ def test_a_chunk_of_another_run_is_set_aside_and_retrained(tiny_config,
   c.train.epochs = 2
   a, b, e = (str(tmp_path / x) for x in 'abe')
   pipeline.run(c, a)
-  want = store.load_estimates(a)
+  want = estimates_file.load_estimates(a)
   other = c.copy_and_resolve_references()
   other.seed = 1
   pipeline.run(other, b)
@@ -269,7 +272,7 @@ def test_a_chunk_of_another_run_is_set_aside_and_retrained(tiny_config,
     os.replace(store.Workdir(source).chunk(3, 6), store.Workdir(a).chunk(3, 6))
     pipeline.run(c, a)
     assert name in os.listdir(store.Workdir(a).corrupt)
-    got = store.load_estimates(a)
+    got = estimates_file.load_estimates(a)
     for k in ('mem', 'infl', 'heldout_acc'):
       np.testing.assert_array_equal(got[k], want[k], err_msg=k)
     assert str(got['run_id']) == str(want['run_id'])
@@ -277,11 +280,11 @@ def test_a_chunk_of_another_run_is_set_aside_and_retrained(tiny_config,
 
 def test_margins_are_stored_for_every_model_and_view(finished):
   c, workdir, _ = finished
-  preds = store.load_predictions(workdir)
+  preds = chunks_lib.load_predictions(workdir)
   t = c.num_models
   assert preds['train_margin'].shape == (t, 1300, 1)
   assert preds['test_margin'].shape == (t, 497, 1)
-  assert preds['train_margin'].dtype == store.MARGIN_DTYPE
+  assert preds['train_margin'].dtype == chunks_lib.MARGIN_DTYPE
   # The log-odds of p(true label), both stored as float16.
   p = 1 / (1 + np.exp(-preds['test_margin'][..., 0].astype(np.float32)))
   np.testing.assert_allclose(p, preds['test_ptrue'].astype(np.float32),

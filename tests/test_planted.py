@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import planted
+from feldman_zhang import estimates_file
 from feldman_zhang import pipeline
-from feldman_zhang import store
 from feldman_zhang import pairs
 
 pytestmark = pytest.mark.integration  # runs and subprocesses
@@ -15,7 +15,7 @@ def test_planted_pairs_top_infl_and_planted_mem_high(tmp_path):
   train_ids, test_ids = planted.make(tmp_path / 'planted.npz')
   c = planted.config(tmp_path / 'planted.npz')
   pipeline.run(c, str(tmp_path / 'run'))
-  est = store.load_estimates(str(tmp_path / 'run'))
+  est = estimates_file.load_estimates(str(tmp_path / 'run'))
 
   planted_pairs = set(zip(train_ids.tolist(), test_ids.tolist()))
   top = pairs.top_pairs(est['infl'], len(planted_pairs))

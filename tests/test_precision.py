@@ -8,8 +8,10 @@ import numpy as np
 import optax
 import pytest
 
+from feldman_zhang import chunks
 from feldman_zhang import config as config_lib
 from feldman_zhang import data
+from feldman_zhang import errors
 from feldman_zhang import models
 from feldman_zhang import pipeline
 from feldman_zhang import precision
@@ -131,7 +133,7 @@ def test_split_storage_carries_half_words_and_no_cast():
   model = models.create(c.model, 3, jnp.bfloat16)
   step, tx, storage = train.make_config_step(model, c, 32)
   x = np.zeros((4, 2, 2, 1), np.uint8)
-  params, state = train.init(model, jax.random.key(0), x)
+  params, state = models.init(model, jax.random.key(0), x)
   carry = (storage.store(params), state, tx.init(params))
   assert {a.dtype for a in jax.tree.leaves(carry[0])} == {
       jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.int16)}
@@ -179,11 +181,11 @@ def test_runs_recorded_before_param_storage_still_resume(tmp_path,
   workdir = str(tmp_path / 'run')
   identity_lib.check_identity(workdir, old)  # an older version's run.json
   z = np.zeros((1, 4), bool)  # and a stored model, so the check is real
-  store.write_chunk(workdir, [0], z, z, z, z, z, np.zeros((1, 1)))
+  chunks.write_chunk(workdir, [0], z, z, z, z, z, np.zeros((1, 1)))
   identity_lib.check_identity(workdir, ident)  # resumes: the field's old meaning
   tiny_config.train.compute_dtype = 'bfloat16'
   tiny_config.train.param_storage = 'split'
-  with pytest.raises(store.StoreError, match='param_storage'):
+  with pytest.raises(errors.StoreError, match='param_storage'):
     identity_lib.check_identity(workdir, identity_lib.identity(
         config_lib.resolve(tiny_config), ds))
 
@@ -213,7 +215,7 @@ def test_identity_holds_the_resolved_storage(tmp_path, tiny_config):
   ident = lambda c, **kw: identity_lib.identity(config_lib.resolve(c, **kw), ds)
   identity_lib.check_identity(workdir, ident(tiny_config))
   z = np.zeros((1, 4), bool)
-  store.write_chunk(workdir, [0], z, z, z, z, z, np.zeros((1, 1)))
+  chunks.write_chunk(workdir, [0], z, z, z, z, z, np.zeros((1, 1)))
   tiny_config.train.param_storage = config_lib.AUTO
   with pytest.raises(identity_lib.IdentityError, match='param_storage'):
     identity_lib.check_identity(workdir, ident(tiny_config))
@@ -267,7 +269,7 @@ def test_auto_dtypes_and_what_they_resolve_to_are_one_run(tmp_path,
                                    'train.momentum_dtype': config_lib.AUTO}))
   identity_lib.check_identity(workdir, old)
   z = np.zeros((1, 4), bool)
-  store.write_chunk(workdir, [0], z, z, z, z, z, np.zeros((1, 1)))
+  chunks.write_chunk(workdir, [0], z, z, z, z, z, np.zeros((1, 1)))
   tiny_config.train.update(compute_dtype='float32', momentum_dtype='float32')
   identity_lib.check_identity(workdir, identity_lib.identity(
       config_lib.resolve(tiny_config), ds))

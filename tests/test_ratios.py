@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
+from feldman_zhang import chunks
 from feldman_zhang import config as config_lib
+from feldman_zhang import estimates_file
 from feldman_zhang import pipeline
 from feldman_zhang import ratios
 from feldman_zhang import store
@@ -78,13 +80,13 @@ def cscore_run(tmp_path_factory):
 
 def test_cscores_are_the_ratios_mean_and_mem_is_the_plain_runs(cscore_run):
   c, workdir, plain = cscore_run
-  est = store.load_estimates(workdir)
+  est = estimates_file.load_estimates(workdir)
   # mem and infl are the one-ratio run's, bit for bit.
-  base = store.load_estimates(plain)
+  base = estimates_file.load_estimates(plain)
   for k in ('mem', 'heldout_acc', 'infl'):
     np.testing.assert_array_equal(est[k], base[k], err_msg=k)
   np.testing.assert_array_equal(est['subset_ratios'], [0.3, 0.7])
-  other = store.load_estimates(ratios.workdir(workdir, 0.3))
+  other = estimates_file.load_estimates(ratios.workdir(workdir, 0.3))
   assert int(other['num_models']) == c.num_models
   want, counted = _reference_cscore(
       np.stack([other['heldout_acc'], est['heldout_acc']]),
@@ -95,7 +97,7 @@ def test_cscores_are_the_ratios_mean_and_mem_is_the_plain_runs(cscore_run):
   empty = (c.num_models - other['num_in']) == 0
   assert np.isnan(est['heldout_acc_by_ratio'][0][empty]).all()
   # The 0.3 ratio's models train on 30% subsets of their own stream.
-  preds = store.load_predictions(ratios.workdir(workdir, 0.3))
+  preds = chunks.load_predictions(ratios.workdir(workdir, 0.3))
   m = subsets.subset_size(len(est['mem']), 0.3)
   np.testing.assert_array_equal(preds['masks'].sum(1), m)
   summary = store.read_json(os.path.join(workdir, 'summary.json'))
@@ -107,16 +109,16 @@ def test_adding_a_ratio_trains_only_it(cscore_run, tmp_path):
   import shutil
   c, workdir, _ = cscore_run
   workdir = str(shutil.copytree(workdir, tmp_path / 'run'))
-  kept = store.load_predictions(ratios.workdir(workdir, 0.3))
+  kept = chunks.load_predictions(ratios.workdir(workdir, 0.3))
   c = config_lib.copy(c)
   c.subset_ratios = (0.3, 0.5, 0.7)
   summary = pipeline.run(c, workdir)
   assert summary['timing']['models_trained'] == 0  # subset_ratio's: stored
-  again = store.load_predictions(ratios.workdir(workdir, 0.3))
+  again = chunks.load_predictions(ratios.workdir(workdir, 0.3))
   np.testing.assert_array_equal(kept['masks'], again['masks'])
-  est = store.load_estimates(workdir)
+  est = estimates_file.load_estimates(workdir)
   np.testing.assert_array_equal(est['subset_ratios'], [0.3, 0.5, 0.7])
-  assert int(store.load_estimates(ratios.workdir(workdir, 0.5))[
+  assert int(estimates_file.load_estimates(ratios.workdir(workdir, 0.5))[
       'num_models']) == c.num_models
 
 
@@ -134,8 +136,8 @@ def test_subset_ratios_from_the_command_line(tmp_path):
 
 
 def test_report_shows_the_cscores(cscore_run):
-  from feldman_zhang.analysis import common, report  # pylint: disable=g-import-not-at-top
-  page = report.build(common.load_run(cscore_run[1]))
+  from feldman_zhang.analysis import report, runs  # pylint: disable=g-import-not-at-top
+  page = report.build(runs.load_run(cscore_run[1]))
   assert '<h2>C-scores</h2>' in page and 'cscores.png' in page
   assert '<h2>C-scores</h2>' not in report.build(
-      common.load_run(cscore_run[2]))
+      runs.load_run(cscore_run[2]))

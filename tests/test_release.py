@@ -10,14 +10,17 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
+from feldman_zhang import chunks
+from feldman_zhang import errors
 from feldman_zhang import estimate
+from feldman_zhang import estimates_file
 from feldman_zhang import pipeline
 from feldman_zhang import paper_files
 from feldman_zhang import store
 
-from feldman_zhang.analysis import common
 from feldman_zhang.analysis import export_pairs
 from feldman_zhang.analysis import release as release_script
+from feldman_zhang.analysis import runs
 
 pytestmark = pytest.mark.integration  # runs and subprocesses
 
@@ -37,7 +40,7 @@ def _assert_blocks_are_dense(blocks, ds, infl):
 
 def test_class_blocks_equal_the_dense_estimate(tiny_run):
   _, workdir = tiny_run
-  run = common.load_run(workdir)
+  run = runs.load_run(workdir)
   infl = run.estimates['infl']
   _assert_blocks_are_dense(release_script.class_blocks(run), run.dataset, infl)
   # The blocks are not trivially so: they vary, and differ by class.
@@ -48,16 +51,17 @@ def test_class_blocks_leave_out_diverged_models(tiny_run, tmp_path):
   c, workdir = tiny_run
   copy = str(tmp_path / 'run')
   shutil.copytree(workdir, copy)
-  for _, _, path in store.list_chunks(copy):
-    chunk = store.read_chunk(path)
+  for _, _, path in chunks.list_chunks(copy):
+    chunk = chunks.read_chunk(path)
     # Diverged in an early epoch only: finite at the end, still left out.
     chunk['loss'][np.isin(chunk['model_ids'], [2, 9]), 0] = np.inf
-    store.write_chunk(copy, **chunk)
+    chunks.write_chunk(copy, **chunk)
   pipeline.run(c, copy)  # re-estimates without them; trains nothing
-  run = common.load_run(copy)
+  run = runs.load_run(copy)
   np.testing.assert_array_equal(run.estimates['diverged_models'], [2, 9])
   infl = run.estimates['infl']
-  assert not np.array_equal(infl, store.load_estimates(workdir)['infl'])
+  assert not np.array_equal(infl,
+                            estimates_file.load_estimates(workdir)['infl'])
   _assert_blocks_are_dense(release_script.class_blocks(run), run.dataset, infl)
 
 
@@ -86,7 +90,7 @@ def test_infl_per_class_empty_groups_subsets_and_empty_classes():
 
 def test_class_file_round_trips(tiny_run, tmp_path):
   _, workdir = tiny_run
-  run = common.load_run(workdir)
+  run = runs.load_run(workdir)
   path = release_script.write_classes(run, str(tmp_path / 'classes.npz'))
   doc = paper_files.read_class_file(path)
   ds = run.dataset
@@ -105,7 +109,7 @@ def test_class_file_round_trips(tiny_run, tmp_path):
 
 def test_pair_file_of_export_pairs_reads(tiny_run, tmp_path):
   _, workdir = tiny_run
-  run = common.load_run(workdir, need_infl=True)
+  run = runs.load_run(workdir, need_infl=True)
   table, _ = export_pairs.export(run, str(tmp_path), grids=0)
   pairs = paper_files.read_pair_file(str(tmp_path / 'pairs.npz'))
   assert len(pairs['tr_idx']) > 0
@@ -120,7 +124,7 @@ def _script(*args):
 
 def test_compare_with_own_files_agrees_fully(tiny_run, tmp_path):
   _, workdir = tiny_run
-  run = common.load_run(workdir, need_infl=True)
+  run = runs.load_run(workdir, need_infl=True)
   export_pairs.export(run, str(tmp_path), grids=0)
   classes = str(tmp_path / 'classes.npz')
   result = _script(f'--workdir={workdir}', f'--write_classes={classes}')
@@ -143,7 +147,7 @@ def test_compare_with_own_files_agrees_fully(tiny_run, tmp_path):
 
 def test_compare_with_other_files_disagrees(tiny_run, tmp_path):
   _, workdir = tiny_run
-  run = common.load_run(workdir, need_infl=True)
+  run = runs.load_run(workdir, need_infl=True)
   table, _ = export_pairs.export(run, str(tmp_path), grids=0)
   # Half the pairs, with the test indices of the other half: another run.
   rng = np.random.default_rng(0)
@@ -172,7 +176,7 @@ def _malformed(tmp_path):
 
 def test_malformed_files_are_one_line_store_errors(tmp_path):
   for path in _malformed(tmp_path):
-    with pytest.raises(store.StoreError) as e:
+    with pytest.raises(errors.StoreError) as e:
       paper_files.read_pair_file(path)
     assert path in str(e.value) and '\n' not in str(e.value)
   bad_block = tmp_path / 'bad_block.npz'
@@ -193,7 +197,7 @@ def test_malformed_files_are_one_line_store_errors(tmp_path):
                     (no_index, 'has no tr_classidx_0'),
                     (out_of_range, re.escape('outside [0, 4)')),
                     (tmp_path / 'garbage.npz', 'not a readable')):
-    with pytest.raises(store.StoreError, match=why) as e:
+    with pytest.raises(errors.StoreError, match=why) as e:
       paper_files.read_class_file(str(path))
     assert '\n' not in str(e.value)
 

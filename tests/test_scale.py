@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
+from feldman_zhang import chunks
+from feldman_zhang import estimates_file
 from feldman_zhang import schedule
-from feldman_zhang import store
 
 pytestmark = pytest.mark.integration  # runs and subprocesses
 
@@ -40,7 +41,7 @@ def _run(workdir, *flags, devices=1):
 
 
 def _assert_same_estimates(a, b):
-  ea, eb = store.load_estimates(a), store.load_estimates(b)
+  ea, eb = estimates_file.load_estimates(a), estimates_file.load_estimates(b)
   assert sorted(ea) == sorted(eb)
   for k in ea:
     np.testing.assert_array_equal(ea[k], eb[k], err_msg=k)
@@ -82,12 +83,13 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
                           env=_env(), stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
   deadline = time.time() + 300
-  while len(store.list_chunks(killed)) < 3 and time.time() < deadline:
+  while len(chunks.list_chunks(killed)) < 3 and time.time() < deadline:
     time.sleep(0.05)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  done = len(store.list_chunks(killed))
-  assert 3 <= done < 20 and not os.path.exists(store.estimates_path(killed))
+  done = len(chunks.list_chunks(killed))
+  assert 3 <= done < 20 and not os.path.exists(
+      estimates_file.estimates_path(killed))
   result = _run(killed, '--config.num_models=40')
   assert f'training {40 - 2 * done} models' in result.stderr
   _assert_same_estimates(tmp_path / 'whole', killed)

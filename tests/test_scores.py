@@ -1,6 +1,6 @@
 """A run's per-example scores against released per-example files: the
-statistics against plain references, the file reader's refusals, and
-analysis.release --compare_scores on a finished run."""
+comparison's orientation, the file reader's refusals, and analysis.release
+--compare_scores on a finished run. (Its statistics: test_stats.py.)"""
 
 import json
 import os
@@ -13,77 +13,13 @@ import pytest
 
 from conftest import ROOT
 from feldman_zhang import store
-from feldman_zhang.analysis import common
+from feldman_zhang.analysis import runs
 from feldman_zhang.analysis import scores
+from feldman_zhang.analysis import stats
 
 from feldman_zhang.analysis import release as release_script
 
-# -- plain references: one pair or one element at a time ----------------------
-
-
-def ranks_ref(x):
-  """1 + how many are smaller + half of the others equal to it."""
-  return np.array([1 + sum(b < a for b in x) + (sum(b == a for b in x) - 1) / 2
-                   for a in x])
-
-
-def pearson_ref(a, b):
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  da, db = a - a.mean(), b - b.mean()
-  return (da * db).sum() / np.sqrt((da * da).sum() * (db * db).sum())
-
-
-def auc_ref(score, positive):
-  """Every (positive, negative) pair: 1 if the positive scores higher, 1/2
-  on a tie."""
-  pos = [s for s, p in zip(score, positive) if p]
-  neg = [s for s, p in zip(score, positive) if not p]
-  wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
-  return wins / (len(pos) * len(neg))
-
-
-# -- the statistics -----------------------------------------------------------
-
-
-def test_ranks_average_ties():
-  np.testing.assert_array_equal(scores.ranks([3, 1, 4, 1, 5]),
-                                [3, 1.5, 4, 1.5, 5])
-  np.testing.assert_array_equal(scores.ranks([2.0, 2.0, 2.0]), [2, 2, 2])
-  rng = np.random.default_rng(0)
-  for _ in range(5):
-    x = rng.integers(0, 5, 40)
-    np.testing.assert_array_equal(scores.ranks(x), ranks_ref(x))
-
-
-def test_pearson_and_spearman_against_references():
-  # By hand: ranks (1, 2.5, 2.5, 4) and (1, 3, 2, 4) give 4.5 / sqrt(22.5).
-  assert scores.spearman([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(
-      4.5 / np.sqrt(22.5), abs=1e-12)
-  rng = np.random.default_rng(1)
-  for _ in range(5):
-    a = rng.integers(0, 6, 50).astype(float)  # ties on both sides
-    b = a + rng.integers(-3, 4, 50)
-    assert scores.pearson(a, b) == pytest.approx(pearson_ref(a, b), abs=1e-12)
-    assert scores.spearman(a, b) == pytest.approx(
-        pearson_ref(ranks_ref(a), ranks_ref(b)), abs=1e-12)
-  x = rng.random(30)
-  assert scores.spearman(x, np.exp(5 * x)) == pytest.approx(1.0)
-  assert scores.spearman(x, -x ** 3) == pytest.approx(-1.0)
-  assert scores.pearson(np.ones(5), x[:5]) is None  # constant side
-  assert scores.pearson([1.0], [2.0]) is None
-
-
-def test_auc_counts_ties_as_half():
-  assert scores.auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == 0.75
-  # Pairs (1 v 1) 1/2, (1 v 0), (2 v 1), (2 v 0) 1 each: 3.5 / 4.
-  assert scores.auc([1, 1, 2, 0], [1, 0, 1, 0]) == 0.875
-  assert scores.auc([5, 5, 5], [1, 0, 0]) == 0.5
-  assert scores.auc([1, 2], [1, 1]) is None  # no negatives
-  rng = np.random.default_rng(2)
-  for _ in range(5):
-    s = rng.integers(0, 4, 60)
-    pos = rng.random(60) < 0.2
-    assert scores.auc(s, pos) == pytest.approx(auc_ref(s, pos), abs=1e-12)
+# -- the released lowest and the comparison -----------------------------------
 
 
 def test_lowest_takes_ceil_q_n_and_whole_ties():
@@ -105,8 +41,8 @@ def test_compare_orients_the_auc_by_score():
   mem = scores.compare(1 - cscore + noise, cscore, 'mem')
   assert acc['auc_ranks_by'] == '-heldout_acc' and mem['auc_ranks_by'] == '+mem'
   assert acc['lowest_examples'] == hard.sum() == 20
-  assert acc['auc'] == pytest.approx(auc_ref(-(cscore + noise), hard))
-  assert mem['auc'] == pytest.approx(auc_ref(1 - cscore + noise, hard))
+  assert acc['auc'] == pytest.approx(stats.auc(-(cscore + noise), hard))
+  assert mem['auc'] == pytest.approx(stats.auc(1 - cscore + noise, hard))
   assert acc['auc'] > 0.9 and mem['auc'] > 0.9
   assert acc['spearman'] > 0.9 and mem['spearman'] < -0.9
   # The same scores read as the other orientation are as wrong as can be.
@@ -207,7 +143,7 @@ def _script(*args):
 
 
 def test_compare_scores_with_the_runs_own_heldout_acc(tiny_workdir, tmp_path):
-  run = common.load_run(tiny_workdir)
+  run = runs.load_run(tiny_workdir)
   est, ds = run.estimates, run.dataset
   path = str(tmp_path / 'cscores.npz')
   np.savez(path, labels=ds.y_train, scores=est['heldout_acc'])
@@ -233,7 +169,7 @@ def test_compare_scores_with_the_runs_own_heldout_acc(tiny_workdir, tmp_path):
 
 
 def test_compare_scores_refusals_on_the_command_line(tiny_workdir, tmp_path):
-  n = common.load_run(tiny_workdir).dataset.num_train
+  n = runs.load_run(tiny_workdir).dataset.num_train
   short, ok = str(tmp_path / 'short.npy'), str(tmp_path / 'ok.npy')
   np.save(short, np.zeros(n - 1))
   np.save(ok, np.zeros(n))

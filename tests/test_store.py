@@ -7,7 +7,10 @@ import os
 import numpy as np
 import pytest
 
+from feldman_zhang import chunks
+from feldman_zhang import errors
 from feldman_zhang import estimate
+from feldman_zhang import estimates_file
 from feldman_zhang import store
 
 
@@ -18,8 +21,8 @@ def _estimates(workdir, seed, in_place=True):
   test_correct = rng.random((7, 9)) < 0.5
   out = {}
   if in_place:
-    out = dict(infl_out=store.new_dense(workdir, (50, 9)),
-               infl_stderr_out=store.new_dense(workdir, (50, 9)))
+    out = dict(infl_out=estimates_file.new_dense(workdir, (50, 9)),
+               infl_stderr_out=estimates_file.new_dense(workdir, (50, 9)))
   est = estimate.estimate(masks, correct, test_correct, with_infl_stderr=True,
                           block=16, **out)
   want = estimate.estimate(masks, correct, test_correct, with_infl_stderr=True)
@@ -36,54 +39,54 @@ def test_dense_matrices_are_mapped_files_named_by_their_crc(tmp_path):
   est, want = _estimates(workdir, 0)
   for k in want:  # filled in place: the same values as in memory
     np.testing.assert_array_equal(est[k], want[k], err_msg=k)
-  store.write_estimates(workdir, est)
+  estimates_file.write_estimates(workdir, est)
   files = _dense_files(workdir)
   assert [f.split('-')[0] for f in files] == ['infl', 'infl_stderr']
   assert not glob.glob(os.path.join(workdir, '.tmp-*'))
-  got = store.load_estimates(workdir)
+  got = estimates_file.load_estimates(workdir)
   assert isinstance(got['infl'], np.memmap) and not got['infl'].flags.writeable
   assert sorted(got) == sorted(want)
   for k in want:
     np.testing.assert_array_equal(got[k], want[k], err_msg=k)
-  store.write_estimates(workdir, est)  # again, its maps already sealed
+  estimates_file.write_estimates(workdir, est)  # again, its maps already sealed
   assert _dense_files(workdir) == files
   # The same values written from memory get the same file names.
   other = tmp_path / 'copy'
-  store.write_estimates(str(other), want)
+  estimates_file.write_estimates(str(other), want)
   assert _dense_files(str(other)) == files
 
 
 def test_new_estimates_replace_old_files_and_stale_temps(tmp_path):
   workdir = str(tmp_path)
-  store.write_estimates(workdir, _estimates(workdir, 0)[0])
+  estimates_file.write_estimates(workdir, _estimates(workdir, 0)[0])
   old = _dense_files(workdir)
-  store.new_dense(workdir, (3, 3))  # as a killed job would leave it
+  estimates_file.new_dense(workdir, (3, 3))  # as a killed job would leave it
   est, want = _estimates(workdir, 1)
-  store.write_estimates(workdir, est)
+  estimates_file.write_estimates(workdir, est)
   new = _dense_files(workdir)
   assert len(new) == 2 and not set(new) & set(old)
   assert not glob.glob(os.path.join(workdir, '.tmp-*'))
-  np.testing.assert_array_equal(store.load_estimates(workdir)['infl'],
+  np.testing.assert_array_equal(estimates_file.load_estimates(workdir)['infl'],
                                 want['infl'])
   # Estimates without infl leave no dense file behind.
-  store.write_estimates(workdir, {'mem': want['mem']})
+  estimates_file.write_estimates(workdir, {'mem': want['mem']})
   assert _dense_files(workdir) == []
-  assert 'infl' not in store.load_estimates(workdir)
+  assert 'infl' not in estimates_file.load_estimates(workdir)
 
 
 def test_a_kill_before_the_npz_keeps_the_old_pair(tmp_path, monkeypatch):
   workdir = str(tmp_path)
   _, first = _estimates(workdir, 0, in_place=False)
-  store.write_estimates(workdir, first)
+  estimates_file.write_estimates(workdir, first)
   est, _ = _estimates(workdir, 1)
 
   def killed(*args, **kwargs):
     raise KeyboardInterrupt
   monkeypatch.setattr(np, 'savez', killed)
   with pytest.raises(KeyboardInterrupt):
-    store.write_estimates(workdir, est)
+    estimates_file.write_estimates(workdir, est)
   monkeypatch.undo()
-  got = store.load_estimates(workdir)
+  got = estimates_file.load_estimates(workdir)
   for k in first:
     np.testing.assert_array_equal(got[k], first[k], err_msg=k)
 
@@ -91,18 +94,18 @@ def test_a_kill_before_the_npz_keeps_the_old_pair(tmp_path, monkeypatch):
 def test_missing_dense_file_is_a_store_error(tmp_path):
   workdir = str(tmp_path)
   _, want = _estimates(workdir, 0, in_place=False)
-  store.write_estimates(workdir, want)
+  estimates_file.write_estimates(workdir, want)
   os.remove(os.path.join(workdir, _dense_files(workdir)[0]))
-  with pytest.raises(store.StoreError, match=r'infl-.*\.npy.*is missing'):
-    store.load_estimates(workdir)
+  with pytest.raises(errors.StoreError, match=r'infl-.*\.npy.*is missing'):
+    estimates_file.load_estimates(workdir)
 
 
 def test_reads_estimates_that_hold_infl_in_the_npz(tmp_path):
   # Runs written before the dense files kept infl inside estimates.npz.
   workdir = str(tmp_path)
   _, want = _estimates(workdir, 0, in_place=False)
-  np.savez(store.estimates_path(workdir), **want)
-  got = store.load_estimates(workdir)
+  np.savez(estimates_file.estimates_path(workdir), **want)
+  got = estimates_file.load_estimates(workdir)
   for k in want:
     np.testing.assert_array_equal(got[k], want[k], err_msg=k)
 
@@ -117,7 +120,7 @@ def test_output_arrays_of_another_shape_are_refused():
 
 def test_dense_files_of_a_failed_estimate_are_removed(tmp_path):
   with pytest.raises(RuntimeError):
-    with store.dense_files(str(tmp_path)) as new_dense:
+    with estimates_file.dense_files(str(tmp_path)) as new_dense:
       new_dense((30, 20))
       assert len(glob.glob(str(tmp_path / '.tmp-dense-*'))) == 1
       raise RuntimeError('the device failed')
@@ -128,8 +131,8 @@ def test_a_full_disk_is_a_store_error_not_a_crash(tmp_path, monkeypatch):
   def full(fd, offset, length):
     raise OSError(errno.ENOSPC, 'No space left on device')
   monkeypatch.setattr(os, 'posix_fallocate', full, raising=False)
-  with pytest.raises(store.StoreError, match=r'no room for a .* \(300, 200\)'):
-    store.new_dense(str(tmp_path), (300, 200))
+  with pytest.raises(errors.StoreError, match=r'no room for a .* \(300, 200\)'):
+    estimates_file.new_dense(str(tmp_path), (300, 200))
   assert not os.listdir(tmp_path)
 
 
@@ -149,58 +152,58 @@ def _chunk_arrays(k=3, n=20, n_test=6, views=2, seed=0):
 
 def test_a_chunk_keeps_its_margins_and_the_run_that_wrote_it(tmp_path):
   workdir, arrays = str(tmp_path), _chunk_arrays()
-  path = store.write_chunk(workdir, **arrays, run_id='run-a')
-  got = store.read_chunk(path, dict(run_id='run-a', n=20, n_test=6))
+  path = chunks.write_chunk(workdir, **arrays, run_id='run-a')
+  got = chunks.read_chunk(path, dict(run_id='run-a', n=20, n_test=6))
   assert got['run_id'] == 'run-a'
   for k in ('train_margin', 'test_margin'):
-    assert got[k].dtype == store.MARGIN_DTYPE and got[k].shape[-1] == 2
+    assert got[k].dtype == chunks.MARGIN_DTYPE and got[k].shape[-1] == 2
     np.testing.assert_array_equal(got[k], arrays[k].astype(np.float16))
   for k in ('masks', 'train_correct', 'test_correct'):
     np.testing.assert_array_equal(got[k], arrays[k])
   # A copy of a chunk keeps its run (the tests rewrite chunks so).
-  again = store.write_chunk(str(tmp_path / 'b'), **got)
-  assert store.read_chunk(again)['run_id'] == 'run-a'
+  again = chunks.write_chunk(str(tmp_path / 'b'), **got)
+  assert chunks.read_chunk(again)['run_id'] == 'run-a'
 
 
 @pytest.mark.parametrize('expect', [dict(run_id='run-b'), dict(n=21),
                                     dict(n_test=5)])
 def test_a_chunk_of_another_run_is_foreign(tmp_path, expect):
-  path = store.write_chunk(str(tmp_path), **_chunk_arrays(), run_id='run-a')
-  with pytest.raises(store.ForeignChunkError, match='belongs to another run'):
-    store.read_chunk(path, expect)
+  path = chunks.write_chunk(str(tmp_path), **_chunk_arrays(), run_id='run-a')
+  with pytest.raises(chunks.ForeignChunkError, match='belongs to another run'):
+    chunks.read_chunk(path, expect)
 
 
 def test_stored_models_set_a_foreign_chunk_aside(tmp_path):
   workdir = str(tmp_path)
   mine = _chunk_arrays()
-  store.write_chunk(workdir, **mine, run_id='run-a')
+  chunks.write_chunk(workdir, **mine, run_id='run-a')
   theirs = dict(_chunk_arrays(seed=1), model_ids=np.arange(7, 10))
-  store.write_chunk(workdir, **theirs, run_id='run-b')
+  chunks.write_chunk(workdir, **theirs, run_id='run-b')
   expect = dict(run_id='run-a', n=20, n_test=6)
-  have = store.stored_models(workdir, 10, quarantine=True, expect=expect)
+  have = chunks.stored_models(workdir, 10, quarantine=True, expect=expect)
   np.testing.assert_array_equal(np.flatnonzero(have), [4, 5, 6])
   assert os.listdir(store.Workdir(workdir).corrupt) == [
       'models_0000007-0000010.npz']
-  preds = store.load_predictions(workdir, expect=expect)
+  preds = chunks.load_predictions(workdir, expect=expect)
   np.testing.assert_array_equal(preds['model_ids'], [4, 5, 6])
 
 
 def test_format_1_chunks_read_without_margins(tmp_path):
   workdir = str(tmp_path)
-  new = store.read_chunk(store.write_chunk(workdir, **_chunk_arrays(),
-                                           run_id='x'))
+  new = chunks.read_chunk(chunks.write_chunk(workdir, **_chunk_arrays(),
+                                             run_id='x'))
   # A format-1 chunk: no margins, no run id, its own checksum.
   path = store.Workdir(workdir).chunk(4, 7)
   with np.load(path) as f:
     old = {k: f[k] for k in f.files
            if k not in ('train_margin', 'test_margin', 'run_id', 'checksum')}
-  old['checksum'] = np.array(store._checksum(old))  # pylint: disable=protected-access
+  old['checksum'] = np.array(chunks._checksum(old))  # pylint: disable=protected-access
   with open(path, 'wb') as f:
     np.savez(f, **old)
-  got = store.read_chunk(path)
+  got = chunks.read_chunk(path)
   assert 'train_margin' not in got and got['run_id'] == ''
   np.testing.assert_array_equal(got['masks'], new['masks'])
   # Loaded beside a format-2 chunk: the fields both have.
-  store.write_chunk(workdir, **dict(_chunk_arrays(), model_ids=np.arange(7, 10)))
-  preds = store.load_predictions(workdir)
+  chunks.write_chunk(workdir, **dict(_chunk_arrays(), model_ids=np.arange(7, 10)))
+  preds = chunks.load_predictions(workdir)
   assert 'train_margin' not in preds and len(preds['model_ids']) == 6

@@ -4,6 +4,7 @@ import numpy as np
 
 from feldman_zhang import config as config_lib
 from feldman_zhang import data
+from feldman_zhang import diagnostics
 from feldman_zhang import estimate
 from feldman_zhang import summary
 
@@ -23,7 +24,7 @@ def _case(t=6, n=8, n_test=5, seed=0):
 
 def test_the_summary_counts_what_the_estimates_say():
   preds = _case()
-  valid = estimate.converged(preds['loss'])
+  valid = diagnostics.converged(preds['loss'])
   est = estimate.estimate(preds['masks'][valid], preds['train_correct'][valid],
                           preds['test_correct'][valid])
   ref = reference.estimates(preds['masks'][valid],

@@ -4,6 +4,7 @@ import optax
 
 from feldman_zhang import config as config_lib
 from feldman_zhang import data
+from feldman_zhang import evaluation
 from feldman_zhang import models
 from feldman_zhang import subsets
 from feldman_zhang import train
@@ -172,7 +173,7 @@ def test_fractional_epochs_stop_the_last_pass_early():
 
   step, tx, storage = train.make_config_step(model, c, 10)
   init_key, order_keys, aug_keys = train.split_model_key(key, 2, 2)
-  p0, state = train.init(model, init_key, x)
+  p0, state = models.init(model, init_key, x)
   carry = (storage.store(p0), state, tx.init(p0))
   ema, seen = (p0, state), []
   for s in range(3):
@@ -226,7 +227,7 @@ def test_margin_is_the_log_odds_of_the_true_class_at_any_scale():
   logits[2, 0] = -100.0
   y = rng.integers(0, 10, (6, 5))
   y[0, 0], y[0, 1] = 0, 0
-  got = np.asarray(train.margin(logits, y))
+  got = np.asarray(evaluation.margin(logits, y))
   want = _margin64(logits, y)
   assert got.dtype == np.float32 and np.isfinite(got).all()
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
@@ -247,7 +248,7 @@ def test_each_view_has_its_margin_and_the_plain_view_matches_p_and_correct(
   out = run(np.arange(2))
   for part, n in (('train', 1300), ('test', 497)):
     margin = out[f'{part}_margin']
-    assert margin.shape == (2, n, train.num_views('none')) == (2, n, 1)
+    assert margin.shape == (2, n, evaluation.num_views('none')) == (2, n, 1)
     margin = margin[..., 0]
     # One view: the margin is the averaged logits' log-odds.
     np.testing.assert_allclose(1 / (1 + np.exp(-margin)),
@@ -260,6 +261,6 @@ def test_each_view_has_its_margin_and_the_plain_view_matches_p_and_correct(
 
 def test_tta_views_each_get_a_margin(tiny_config):
   x = np.random.default_rng(0).integers(0, 255, (4, 8, 8, 1), np.uint8)
-  for tta in train.TTA:
-    views, weights = train.tta_views(x, tta)
-    assert views.shape[0] == len(weights) == train.num_views(tta)
+  for tta in evaluation.TTA:
+    views, weights = evaluation.tta_views(x, tta)
+    assert views.shape[0] == len(weights) == evaluation.num_views(tta)

@@ -4,7 +4,7 @@
 
 On the tests' planted data (tests/planted.py, 96 models) and the default
 digits job (1,000 models): the median mem standard error (all examples, and
-the memorizable ones, estimate.median_stderr), the spread of the per-example
+the memorizable ones, diagnostics.median_stderr), the spread of the per-example
 model counts |A_i|, and on the planted data how many of its 12 planted
 (train, test) pairs are the 12 strongest pairs. Not a test: minutes on 2
 cores.
@@ -19,19 +19,19 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 import planted  # pylint: disable=g-import-not-at-top,wrong-import-position
 from feldman_zhang import config as config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from feldman_zhang import estimate  # pylint: disable=g-import-not-at-top,wrong-import-position
+from feldman_zhang import diagnostics  # pylint: disable=g-import-not-at-top,wrong-import-position
+from feldman_zhang import estimates_file  # pylint: disable=g-import-not-at-top,wrong-import-position
 from feldman_zhang import pairs  # pylint: disable=g-import-not-at-top,wrong-import-position
 from feldman_zhang import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
-from feldman_zhang import store  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def figures(workdir, plants=None) -> dict:
-  est = store.load_estimates(workdir)
+  est = estimates_file.load_estimates(workdir)
   out = dict(models=int(est['num_models']),
              median_mem_stderr=float(np.median(est['mem_stderr'])),
-             median_mem_stderr_memorizable=estimate.median_stderr(est),
+             median_mem_stderr_memorizable=diagnostics.median_stderr(est),
              num_in_min=int(est['num_in'].min()),
              num_in_max=int(est['num_in'].max()))
   if plants is not None:

@@ -319,9 +319,9 @@ _FULL_DISK = ('import errno, os\n'
               'def full(fd):\n'
               '  raise OSError(errno.ENOSPC, "No space left on device")\n'
               'os.fsync = full')
-_CTRL_C = ('from feldman_zhang.analysis import common\n'
+_CTRL_C = ('from feldman_zhang.analysis import runs\n'
            'def ctrl_c(*a, **k):\n  raise KeyboardInterrupt\n'
-           'common.load_run = ctrl_c')
+           'runs.load_run = ctrl_c')
 
 
 def _temps(root):
@@ -333,6 +333,7 @@ def _issue27(out, ref):
   counts = {}
   add = lambda key, ok: counts.__setitem__(key, counts.get(key, 0) + bool(ok))
   sys.path.insert(0, ROOT)
+  from feldman_zhang import chunks  # pylint: disable=import-outside-toplevel
   from feldman_zhang import store  # pylint: disable=import-outside-toplevel
 
   # 10: SIGTERM, then two SIGINTs, after the first chunk.
@@ -354,9 +355,9 @@ def _issue27(out, ref):
       p.send_signal(sig)
     _, err = p.communicate(timeout=300)
     readable = True
-    for _, _, path in store.list_chunks(w):
+    for _, _, path in chunks.list_chunks(w):
       try:
-        store.read_chunk(path)
+        chunks.read_chunk(path)
       except store.StoreError:
         readable = False
     add(f'signal_{code}', p.returncode == code and 'Traceback' not in err

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
+from feldman_zhang import models
 from feldman_zhang import prepare as prepare_lib
 from feldman_zhang import subsets
 from feldman_zhang import train
@@ -78,7 +79,7 @@ def time_variant(variant, model, config, ds, m, k, steps=50, reps=3) -> dict:
                      f'{", ".join(VARIANTS)}')
   fn, tx, storage = _program(variant, model, config, m, ds.num_train, steps)
   keys = train.model_keys(config.seed, np.arange(k))
-  params, state = jax.vmap(lambda kk: train.init(model, kk, ds.x_train))(keys)
+  params, state = jax.vmap(lambda kk: models.init(model, kk, ds.x_train))(keys)
   num_params = sum(p.size for p in jax.tree.leaves(params)) // k
   x, y = jax.device_put(ds.x_train), jax.device_put(ds.y_train)
   idx = jnp.asarray(subsets.indices(config.seed, ds.num_train, m,

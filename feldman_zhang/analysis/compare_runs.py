@@ -11,9 +11,11 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from feldman_zhang import chunks
+from feldman_zhang import estimates_file
 from feldman_zhang import identity as identity_lib
-from feldman_zhang import store
-from feldman_zhang.analysis import common
+from feldman_zhang.analysis import commands
+from feldman_zhang.analysis import runs
 
 
 
@@ -30,9 +32,9 @@ def settings_differ(a: str, b: str) -> list:
 
 def compare(a: str, b: str) -> dict:
   """StoreError in one line if either run is unfinished or damaged."""
-  common.check_finished(a)
-  common.check_finished(b)
-  pa, pb = store.load_predictions(a), store.load_predictions(b)
+  runs.check_finished(a)
+  runs.check_finished(b)
+  pa, pb = chunks.load_predictions(a), chunks.load_predictions(b)
   t = min(len(pa['model_ids']), len(pb['model_ids']))
   # Runs of other settings differ by design, not by reproducibility.
   out = dict(settings_differ=settings_differ(a, b) or 'none', models=t)
@@ -40,7 +42,7 @@ def compare(a: str, b: str) -> dict:
     diff = pa[k][:t] != pb[k][:t]
     out[f'{k}_differ'] = int(diff.sum())
     out[f'{k}_entries'] = int(diff.size)
-  ea, eb = store.load_estimates(a), store.load_estimates(b)
+  ea, eb = estimates_file.load_estimates(a), estimates_file.load_estimates(b)
   if int(ea['num_models']) != int(eb['num_models']):
     # Estimates of other t differ by sampling, not by reproducibility.
     out['estimates'] = (f'not compared: {int(ea["num_models"])} and '
@@ -66,7 +68,7 @@ def define_flags():
 
 def run():
   """The command (python -m feldman_zhang.analysis.compare_runs)."""
-  common.run_command(define_flags, main)
+  commands.run(define_flags, main)
 
 
 if __name__ == '__main__':

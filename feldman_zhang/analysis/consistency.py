@@ -49,10 +49,15 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from feldman_zhang.analysis import common
-from feldman_zhang import pairs as pairs_lib
+from feldman_zhang import errors
+from feldman_zhang import estimates_file
 from feldman_zhang import identity as identity_lib
+from feldman_zhang import pairs as pairs_lib
 from feldman_zhang import store
+from feldman_zhang.analysis import commands
+from feldman_zhang.analysis import outputs
+from feldman_zhang.analysis import plots
+from feldman_zhang.analysis import runs as runs_lib
 
 FLAGS = flags.FLAGS
 
@@ -180,10 +185,10 @@ class Estimates:
   only indices are compared, and the data's identity is its fingerprint."""
 
   def __init__(self, workdir: str):
-    common.check_finished(workdir)
+    runs_lib.check_finished(workdir)
     self.workdir = workdir
     self.identity = identity_lib.read_identity(workdir)
-    self.estimates = store.load_estimates(workdir)
+    self.estimates = estimates_file.load_estimates(workdir)
     self.mem = np.asarray(self.estimates['mem'])
     self.num_models = int(self.estimates['num_models'])
     self.config = (json.loads(str(self.estimates['config_json']))
@@ -194,7 +199,7 @@ class Estimates:
     return os.path.basename(os.path.normpath(self.workdir)) or self.workdir
 
   def has_influence(self) -> bool:
-    return common.has_influence(self.estimates)
+    return runs_lib.has_influence(self.estimates)
 
   def candidates(self, infl_threshold, mem_threshold) -> dict:
     """The pairs of infl >= infl_threshold and mem >= mem_threshold."""
@@ -295,15 +300,15 @@ def write_csv(path: str, rows) -> str:
   for r in rows:
     writer.writerow([f'{r[k]:.6g}' if isinstance(r[k], float) else r[k]
                      for k in COLUMNS])
-  return common.write_file(path,
-                           lambda f: f.write(text.getvalue().encode()))
+  return outputs.write_file(path,
+                            lambda f: f.write(text.getvalue().encode()))
 
 
 def figure(rows, reference_name: str):
   """Two panels, mem and pairs: Jaccard against theta, one line per run,
   seed baselines dashed."""
   kinds = [k for k in ('mem', 'pairs') if any(r['kind'] == k for r in rows)]
-  fig = common.new_figure(5.0 * max(len(kinds), 1), 3.8)
+  fig = plots.new_figure(5.0 * max(len(kinds), 1), 3.8)
   axes = fig.subplots(1, max(len(kinds), 1), squeeze=False)[0]
   titles = dict(mem='memorized examples (mem >= theta)',
                 pairs='high-influence pairs (infl >= theta)')
@@ -375,13 +380,13 @@ def main(argv):
     runs = [Estimates(w) for w in others] or [ref]
     rows = consistency(ref, runs, mem_thetas, infl_thetas,
                        FLAGS.pair_mem_threshold)
-  except common.USER_ERRORS as e:
+  except errors.USER_ERRORS as e:
     sys.exit(f'error: {e}')
   out = FLAGS.out or os.path.join(FLAGS.reference, 'consistency')
-  with common.output_folder(out):
+  with outputs.output_folder(out):
     paths = [write_csv(os.path.join(out, 'consistency.csv'), rows),
-             common.save_png(figure(rows, ref.name),
-                             os.path.join(out, 'consistency.png'))]
+             plots.save_png(figure(rows, ref.name),
+                            os.path.join(out, 'consistency.png'))]
   print(render(rows))
   if not ref.has_influence():
     print('the reference holds no influence estimates: pairs not compared')
@@ -390,7 +395,7 @@ def main(argv):
 
 def run():
   """The command (python -m feldman_zhang.analysis.consistency)."""
-  common.run_command(define_flags, main)
+  commands.run(define_flags, main)
 
 
 if __name__ == '__main__':

@@ -15,7 +15,10 @@ import sys
 from absl import flags
 import numpy as np
 
-from feldman_zhang.analysis import common
+from feldman_zhang.analysis import commands
+from feldman_zhang.analysis import outputs
+from feldman_zhang.analysis import plots
+from feldman_zhang.analysis import runs
 from feldman_zhang.experiments import drop
 from feldman_zhang.experiments import lastlayer
 
@@ -26,7 +29,7 @@ def drop_figure(rows, name: str):
   """Test accuracy against the fraction removed, both arms, +- their SE;
   each point of the high-mem arm named by its theta, the title saying the
   models per arm (drop.csv's models_per_arm, where it has one)."""
-  fig = common.new_figure(5, 3.5)
+  fig = plots.new_figure(5, 3.5)
   ax = fig.subplots()
   frac = [r['fraction_removed'] for r in rows]
   for key, label in (('acc_high_mem_removed', 'highest mem removed'),
@@ -52,7 +55,7 @@ def drop_figure(rows, name: str):
 
 def lastlayer_figure(full, last, name: str):
   """Histograms of mem: the full network against the last layer alone."""
-  fig = common.new_figure(5, 3.5)
+  fig = plots.new_figure(5, 3.5)
   ax = fig.subplots()
   # mem lies in [-1, 1] but is rarely much below 0: the axis starts where
   # the data does, so the right half is not squeezed against an empty left.
@@ -69,7 +72,7 @@ def lastlayer_figure(full, last, name: str):
   return fig
 
 
-def figures(run: common.Run) -> dict:
+def figures(run: runs.Run) -> dict:
   """{path under the workdir: Figure} of the experiments that exist."""
   out = {}
   rows = drop.read_table(run.workdir)
@@ -84,14 +87,14 @@ def figures(run: common.Run) -> dict:
 
 
 def main(argv):
-  run = common.load_run_or_exit(argv, FLAGS.workdir)
-  common.clear_if_idle(FLAGS.workdir)  # the figures' killed writes
+  run = runs.load_run_or_exit(argv, FLAGS.workdir)
+  outputs.clear_if_idle(FLAGS.workdir)  # the figures' killed writes
   made = figures(run)
   if not made:
     sys.exit(f'error: {FLAGS.workdir} holds no drop or lastlayer results: run '
              'python -m feldman_zhang.main --mode=drop (or lastlayer) first')
-  paths = [common.save_png(fig, os.path.join(FLAGS.workdir, rel),
-                           remedy=None)
+  paths = [plots.save_png(fig, os.path.join(FLAGS.workdir, rel),
+                          remedy=None)
            for rel, fig in made.items()]
   print(f'wrote {", ".join(paths)}')
 
@@ -103,7 +106,7 @@ def define_flags():
 
 def run():
   """The command (python -m feldman_zhang.analysis.experiment_figures)."""
-  common.run_command(define_flags, main)
+  commands.run(define_flags, main)
 
 
 if __name__ == '__main__':

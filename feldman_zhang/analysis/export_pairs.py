@@ -32,7 +32,10 @@ from absl import flags
 from absl import logging
 import numpy as np
 
-from feldman_zhang.analysis import common
+from feldman_zhang.analysis import commands
+from feldman_zhang.analysis import outputs
+from feldman_zhang.analysis import plots
+from feldman_zhang.analysis import runs
 from feldman_zhang import pairs
 
 FLAGS = flags.FLAGS
@@ -44,7 +47,7 @@ COLUMNS = ('tr_idx', 'tt_idx', 'train_label', 'test_label', 'infl',
            'infl_stderr', 'mem', 'mem_stderr')
 
 
-def topk_caveat(run: common.Run, infl_threshold: float,
+def topk_caveat(run: runs.Run, infl_threshold: float,
                 mem_threshold: float) -> str | None:
   """Why top-k-only pairs may miss some, or None when they cannot."""
   est = run.estimates
@@ -89,7 +92,7 @@ def _records(table):
 
 
 # The files of one export, pairs.npz last: a folder holding some of them
-# without pairs.npz holds what a kill left of a set (common.write_set).
+# without pairs.npz holds what a kill left of a set (outputs.write_set).
 FILES = ('pairs.csv', 'pairs.json', 'pairs.png', 'pairs.npz')
 
 
@@ -114,12 +117,12 @@ def write_pairs(out_dir: str, table: dict, meta: dict, grid=None) -> list:
   files = {paths['pairs.csv']: lambda f: f.write(text.getvalue().encode()),
            paths['pairs.json']: lambda f: f.write(doc.encode())}
   if grid is not None:
-    png = common.png_bytes(grid)
+    png = plots.png_bytes(grid)
     files[paths['pairs.png']] = lambda f: f.write(png)
   elif os.path.exists(paths['pairs.png']):
     os.remove(paths['pairs.png'])  # another selection's grid
   files[paths['pairs.npz']] = lambda f: np.savez(f, **arrays)
-  return common.write_set(files)
+  return outputs.write_set(files)
 
 
 # -- the grid -----------------------------------------------------------------
@@ -143,7 +146,7 @@ def grid_figure(ds, pairs, num_tests=8, per_test=3, random_per_test=3,
   # between them and the random ones when tests have fewer pairs.
   per_test = max(len(c) for c in chosen)
   cols = 1 + per_test + random_per_test
-  fig = common.new_figure(1.25 * cols, 1.75 * len(tests))
+  fig = plots.new_figure(1.25 * cols, 1.75 * len(tests))
   axes = fig.subplots(len(tests), cols, squeeze=False)
   for row, j, mine in zip(axes, tests, chosen):
     for ax in row:
@@ -177,13 +180,13 @@ def _label(ds, i):
 
 def _draw(ax, x, caption, color):
   ax.set_axis_on()
-  common.show_image(ax, x, caption, color)
+  plots.show_image(ax, x, caption, color)
 
 
 # -- the job ------------------------------------------------------------------
 
 
-def export(run: common.Run, out_dir: str, infl_threshold=0.15,
+def export(run: runs.Run, out_dir: str, infl_threshold=0.15,
            mem_threshold=0.25, max_pairs=0, grids=8, per_test=3,
            random_per_test=3, seed=0):
   """Selects the pairs and writes every file; returns (table, paths)."""
@@ -195,8 +198,8 @@ def export(run: common.Run, out_dir: str, infl_threshold=0.15,
               influence='dense' if 'infl' in run.estimates else 'top-k')
   fig = grid_figure(run.dataset, table, grids, per_test, random_per_test,
                     seed) if grids else None
-  with common.output_folder(out_dir):
-    common.remove_partial_set([os.path.join(out_dir, f) for f in FILES])
+  with outputs.output_folder(out_dir):
+    outputs.remove_partial_set([os.path.join(out_dir, f) for f in FILES])
     paths = write_pairs(out_dir, table, meta, fig)
   return table, paths
 
@@ -223,7 +226,7 @@ def define_flags():
 
 
 def main(argv):
-  run = common.load_run_or_exit(argv, FLAGS.workdir, need_infl=True)
+  run = runs.load_run_or_exit(argv, FLAGS.workdir, need_infl=True)
   caveat = topk_caveat(run, FLAGS.infl_threshold, FLAGS.mem_threshold)
   if caveat:
     logging.warning(caveat)
@@ -237,7 +240,7 @@ def main(argv):
 
 def run():
   """The command (python -m feldman_zhang.analysis.export_pairs)."""
-  common.run_command(define_flags, main)
+  commands.run(define_flags, main)
 
 
 if __name__ == '__main__':

@@ -16,7 +16,10 @@ import os
 from absl import flags
 import numpy as np
 
-from feldman_zhang.analysis import common
+from feldman_zhang.analysis import commands
+from feldman_zhang.analysis import outputs
+from feldman_zhang.analysis import plots
+from feldman_zhang.analysis import runs
 
 FLAGS = flags.FLAGS
 
@@ -37,7 +40,7 @@ def most_memorized_figure(ds, mem, per_class=10, max_classes=20):
     best = np.array([mem[ds.y_train == c].max(initial=-np.inf)
                      for c in classes])
     classes = np.sort(np.argsort(-best, kind='stable')[:max_classes])
-  fig = common.new_figure(1.1 * per_class + 0.6, 1.35 * len(classes))
+  fig = plots.new_figure(1.1 * per_class + 0.6, 1.35 * len(classes))
   axes = fig.subplots(len(classes), per_class, squeeze=False)
   for row, c in zip(axes, classes):
     members = np.flatnonzero(ds.y_train == c)
@@ -47,9 +50,9 @@ def most_memorized_figure(ds, mem, per_class=10, max_classes=20):
     for ax, i in zip(row, top):
       ax.set_axis_on()
       noisy = ds.corrupted is not None and ds.corrupted[i]
-      common.show_image(ax, ds.x_train[i],
-                        f'{i}: mem {mem[i]:.2f}' + (' *' if noisy else ''),
-                        'tab:red' if noisy else 'black')
+      plots.show_image(ax, ds.x_train[i],
+                       f'{i}: mem {mem[i]:.2f}' + (' *' if noisy else ''),
+                       'tab:red' if noisy else 'black')
     row[0].set_ylabel(f'class {c}', fontsize=8)
   title = 'most memorized training examples per class'
   if ds.corrupted is not None:
@@ -61,7 +64,7 @@ def most_memorized_figure(ds, mem, per_class=10, max_classes=20):
 
 def mem_histogram_figure(mem, threshold=0.25, corrupted=None):
   """mem: (n,); corrupted: (n,) bool, noisy labels, stacked apart if given."""
-  fig = common.new_figure(5, 3.5)
+  fig = plots.new_figure(5, 3.5)
   ax = fig.subplots()
   bins = np.linspace(min(-0.1, float(mem.min())), 1.0, 45)
   if corrupted is None:
@@ -84,7 +87,7 @@ def mem_histogram_figure(mem, threshold=0.25, corrupted=None):
 
 def heldout_histogram_figure(heldout_acc):
   """heldout_acc: (n,), accuracy on each example of models not trained on it."""
-  fig = common.new_figure(5, 3.5)
+  fig = plots.new_figure(5, 3.5)
   ax = fig.subplots()
   ax.hist(heldout_acc, bins=np.linspace(0, 1, 41), color='tab:green')
   ax.set_yscale('log')
@@ -101,7 +104,7 @@ def cscore_figure(ds, est, lowest=10):
   images. est: estimates with cscore (n,), subset_ratios (R,) and
   heldout_acc_by_ratio (R, n)."""
   score, ratios = est['cscore'], est['subset_ratios']
-  fig = common.new_figure(max(8.0, 1.1 * lowest), 6)
+  fig = plots.new_figure(max(8.0, 1.1 * lowest), 6)
   top = fig.subfigures(2, 1, height_ratios=(3, 2))
   ax_hist, ax_ratio = top[0].subplots(1, 2)
   ax_hist.hist(score[np.isfinite(score)], bins=np.linspace(0, 1, 41),
@@ -120,8 +123,8 @@ def cscore_figure(ds, est, lowest=10):
     ax.set_axis_off()
   for ax, i in zip(axes, order):
     ax.set_axis_on()
-    common.show_image(ax, ds.x_train[i], f'{i} ({int(ds.y_train[i])}): '
-                      f'{score[i]:.2f}')
+    plots.show_image(ax, ds.x_train[i], f'{i} ({int(ds.y_train[i])}): '
+                     f'{score[i]:.2f}')
   top[1].suptitle('lowest C-scores: index (label): C-score', fontsize=9)
   return fig
 
@@ -129,7 +132,7 @@ def cscore_figure(ds, est, lowest=10):
 def mem_vs_heldout_figure(mem, heldout_acc, seed=0):
   """One dot per training example; mem = in_acc - heldout_acc, so examples
   that models get right only when trained on them sit top left."""
-  fig = common.new_figure(4.5, 4)
+  fig = plots.new_figure(4.5, 4)
   ax = fig.subplots()
   shown = np.arange(len(mem))
   if len(shown) > MAX_SCATTER_POINTS:
@@ -148,13 +151,13 @@ def mem_vs_heldout_figure(mem, heldout_acc, seed=0):
   return fig
 
 
-def figures(run: common.Run, per_class=10) -> dict:
+def figures(run: runs.Run, per_class=10) -> dict:
   """{file name: Figure} of every gallery of the run."""
   est, ds = run.estimates, run.dataset
   out = {
       'most_memorized.png': most_memorized_figure(ds, est['mem'], per_class),
       'mem_hist.png': mem_histogram_figure(
-          est['mem'], common.mem_threshold(run), ds.corrupted),
+          est['mem'], runs.mem_threshold(run), ds.corrupted),
       'heldout_acc_hist.png': heldout_histogram_figure(est['heldout_acc']),
       'mem_vs_heldout.png': mem_vs_heldout_figure(est['mem'],
                                                   est['heldout_acc']),
@@ -165,8 +168,8 @@ def figures(run: common.Run, per_class=10) -> dict:
 
 
 def define_flags():
-  """Defined only when run as a script: report.py imports this module, and
-  absl refuses a flag defined twice."""
+  """Defined only when run as a script: the report imports this module
+  (report_sections.py), and absl refuses a flag defined twice."""
   flags.DEFINE_string('workdir', None, 'A finished estimate run.',
                       required=True)
   flags.DEFINE_string('out', None, 'Output directory (default '
@@ -176,18 +179,18 @@ def define_flags():
 
 
 def main(argv):
-  run = common.load_run_or_exit(argv, FLAGS.workdir)
+  run = runs.load_run_or_exit(argv, FLAGS.workdir)
   out = FLAGS.out or os.path.join(FLAGS.workdir, 'figures')
   figs = figures(run, FLAGS.per_class)
-  with common.output_folder(out):
-    paths = [common.save_png(fig, os.path.join(out, name))
+  with outputs.output_folder(out):
+    paths = [plots.save_png(fig, os.path.join(out, name))
              for name, fig in figs.items()]
   print(f'wrote {", ".join(paths)}')
 
 
 def run():
   """The command (python -m feldman_zhang.analysis.galleries)."""
-  common.run_command(define_flags, main)
+  commands.run(define_flags, main)
 
 
 if __name__ == '__main__':

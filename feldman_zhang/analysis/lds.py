@@ -37,7 +37,6 @@ curve_counts(t). Writes under --out (default A/lds):
   lds_curve.png   the LDS against the number of A's models, log2 axis
 """
 
-import functools
 import json
 import math
 import os
@@ -52,8 +51,12 @@ import numpy as np
 from feldman_zhang import estimate
 from feldman_zhang import margins
 from feldman_zhang import store
-from feldman_zhang.analysis import common
+from feldman_zhang.analysis import commands
 from feldman_zhang.analysis import lira_files
+from feldman_zhang.analysis import outputs
+from feldman_zhang.analysis import plots
+from feldman_zhang.analysis import runs
+from feldman_zhang.analysis import stats
 
 FLAGS = flags.FLAGS
 
@@ -69,33 +72,13 @@ def random_scores(n: int, n_test: int, seed: int = 0) -> np.ndarray:
   return np.random.default_rng(seed).standard_normal((n, n_test), np.float32)
 
 
-def _ranks(x):
-  """(M, b) -> (M, b) float32 ranks 1..M along axis 0, ties given their
-  mean: (#smaller + #smaller-or-equal + 1) / 2."""
-  ordered = jnp.sort(x, 0)
-  def search(side):
-    return jax.vmap(functools.partial(jnp.searchsorted, side=side),
-                    in_axes=1, out_axes=1)(ordered, x)
-  below, upto = search('left'), search('right')
-  return (below + upto + 1).astype(jnp.float32) / 2
-
-
 @jax.jit
 def _lds_tile(eval_masks, score, actual):
   """eval_masks: (M, n) bool; score: (n, b) float32; actual: (M, b) float32
   -> (b,) float32 Spearman correlations, NaN where a side is constant."""
   predicted = jnp.dot(eval_masks.astype(jnp.float32), score,
                       precision=_HIGHEST)
-  m = eval_masks.shape[0]
-  # Centred ranks are multiples of 1/2: their sums are exact.
-  a = _ranks(predicted) - (m + 1) / 2
-  b = _ranks(actual) - (m + 1) / 2
-  finite = (jnp.all(jnp.isfinite(predicted), 0) &
-            jnp.all(jnp.isfinite(actual), 0))
-  saa, sbb = jnp.sum(a * a, 0), jnp.sum(b * b, 0)
-  ok = finite & (saa > 0) & (sbb > 0)
-  return jnp.where(ok, jnp.sum(a * b, 0) / jnp.sqrt(jnp.where(ok, saa * sbb,
-                                                              1)), jnp.nan)
+  return stats.column_spearman(predicted, actual)
 
 
 def lds(score, eval_masks, eval_out, *, num_bootstrap: int = 200,
@@ -182,9 +165,9 @@ def check_same_data(a: str, b: str) -> None:
   their run.json record the same data fingerprint."""
   found = []
   for workdir in (a, b):
-    path = common.check_finished(workdir).run_json
+    path = runs.check_finished(workdir).run_json
     try:
-      found.append(common.read_json_or_fail(path)['identity']['data'])
+      found.append(runs.read_json_or_fail(path)['identity']['data'])
     except (KeyError, TypeError) as e:
       raise store.StoreError(f'{path} lacks the data fingerprint ({e!r}); '
                              're-run the estimate in a new --workdir') from e
@@ -252,7 +235,7 @@ def evaluate(preds_a: dict, est_a: dict, preds_b: dict, seed: int = 0,
 def curve_figure(doc: dict, title: str):
   """The LDS of infl and infl_margin against the number of A's models (log2
   axis), 95% intervals as error bars; random as a band."""
-  fig = common.new_figure(5.5, 4)
+  fig = plots.new_figure(5.5, 4)
   ax = fig.subplots()
   for shift, (name, rows) in zip((0.97, 1.03), doc['curve'].items()):
     c, v, lo, hi = (np.array(x, np.float64) for x in zip(*[
@@ -308,7 +291,7 @@ def read(workdir: str) -> dict | None:
   path = os.path.join(store.Workdir(workdir).analysis('lds'), 'lds.json')
   if not os.path.exists(path):
     return None
-  return common.read_json_or_fail(
+  return runs.read_json_or_fail(
       path, f'python -m analysis.lds --scores={workdir} --eval=... rebuilds '
       'it')
 
@@ -318,7 +301,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   start = time.perf_counter()
   check_same_data(FLAGS.scores, FLAGS.eval)
-  run_a, run_b = common.load_run(FLAGS.scores), common.load_run(FLAGS.eval)
+  run_a, run_b = runs.load_run(FLAGS.scores), runs.load_run(FLAGS.eval)
   doc = evaluate(lira_files.converged_predictions(run_a), run_a.estimates,
                  lira_files.converged_predictions(run_b), FLAGS.seed)
   doc.update(scores=os.path.abspath(FLAGS.scores),
@@ -326,22 +309,22 @@ def main(argv):
              seconds=time.perf_counter() - start)
   out = FLAGS.out or store.Workdir(FLAGS.scores).analysis('lds')
   text = json.dumps(doc, indent=1, allow_nan=False)
-  png = common.png_bytes(curve_figure(
+  png = plots.png_bytes(curve_figure(
       doc, f'{run_a.dataset.name}: infl of {doc["models_a"]} models judged '
       f'on {doc["models_b"]} others'))
-  # One set, lds.json last (common.write_set): a kill never mixes two runs.
+  # One set, lds.json last (outputs.write_set): a kill never mixes two runs.
   paths = [os.path.join(out, f) for f in ('lds_curve.png', 'lds.json')]
-  with common.output_folder(out):
-    common.remove_partial_set(paths)
-    common.write_set({paths[0]: lambda f: f.write(png),
-                      paths[1]: lambda f: f.write(text.encode())})
+  with outputs.output_folder(out):
+    outputs.remove_partial_set(paths)
+    outputs.write_set({paths[0]: lambda f: f.write(png),
+                       paths[1]: lambda f: f.write(text.encode())})
   print(render(doc))
   print(f'wrote {", ".join(paths)}')
 
 
 def run():
   """The command (python -m feldman_zhang.analysis.lds)."""
-  common.run_command(define_flags, main)
+  commands.run(define_flags, main)
 
 
 if __name__ == '__main__':

@@ -18,10 +18,11 @@ from typing import NamedTuple
 
 import numpy as np
 
+from feldman_zhang import chunks
+from feldman_zhang import diagnostics
 from feldman_zhang import errors
-from feldman_zhang import estimate
 from feldman_zhang import store
-from feldman_zhang.analysis import common
+from feldman_zhang.analysis import runs
 
 _EXPERIMENT = re.compile(r'experiment-(\d+)(?:_\d+)?$')
 
@@ -120,13 +121,13 @@ def read_lira_dir(path: str) -> Pool:
 # -- a run's models -----------------------------------------------------------
 
 
-def converged_predictions(run: common.Run) -> dict:
+def converged_predictions(run: runs.Run) -> dict:
   """The stored predictions of the models the run's estimates came from:
   ids below the config's num_models (as the job reads them), diverged ones
-  (a non-finite loss, estimate.converged) left out as the estimates leave
+  (a non-finite loss, diagnostics.converged) left out as the estimates leave
   them out; rows by model id.
 
-  Returns store.load_predictions' dict, margins included. StoreError in one
+  Returns chunks.load_predictions' dict, margins included. StoreError in one
   line where a chunk is another run's, where the chunks hold no margins (a
   run of store format 1) or where they hold another number of converged
   models than estimates.npz records.
@@ -134,13 +135,13 @@ def converged_predictions(run: common.Run) -> dict:
   est = run.estimates
   expect = (dict(run_id=str(est['run_id']), n=len(est['mem']),
                  n_test=run.dataset.num_test) if 'run_id' in est else None)
-  preds = store.load_predictions(run.workdir, expect=expect)
+  preds = chunks.load_predictions(run.workdir, expect=expect)
   if 'train_margin' not in preds:
     raise store.StoreError(
         f'{run.workdir} stores no margins (a run of store format 1): re-run '
         'the estimate with this version, in a new --workdir')
   keep = ((preds['model_ids'] < int(run.config['num_models'])) &
-          estimate.converged(preds['loss']))
+          diagnostics.converged(preds['loss']))
   if not keep.all():
     preds = {k: v[keep] for k, v in preds.items()}
   if len(preds['model_ids']) != int(est['num_models']):
@@ -151,7 +152,7 @@ def converged_predictions(run: common.Run) -> dict:
   return preds
 
 
-def run_pool(run: common.Run) -> Pool:
+def run_pool(run: runs.Run) -> Pool:
   """The run's converged models as the attacks read them: masks, their
   margins on the training examples (t, n, V) float16, their ids."""
   preds = converged_predictions(run)

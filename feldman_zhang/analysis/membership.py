@@ -34,10 +34,13 @@ from absl import flags
 import numpy as np
 
 from feldman_zhang import store
-from feldman_zhang.analysis import common
+from feldman_zhang.analysis import commands
 from feldman_zhang.analysis import lira
 from feldman_zhang.analysis import lira_files
+from feldman_zhang.analysis import outputs
+from feldman_zhang.analysis import plots
 from feldman_zhang.analysis import roc
+from feldman_zhang.analysis import runs
 
 FLAGS = flags.FLAGS
 
@@ -84,7 +87,7 @@ def vulnerability_figure(mem, tpr, level: float, title: str):
   `level` (y), the correlations in the title."""
   mem, tpr = np.asarray(mem, np.float64), np.asarray(tpr, np.float64)
   ok = np.isfinite(mem) & np.isfinite(tpr)
-  fig = common.new_figure(5.5, 4.5)
+  fig = plots.new_figure(5.5, 4.5)
   ax = fig.subplots()
   ax.scatter(mem[ok], tpr[ok], s=4, alpha=0.4, lw=0)
   r = (np.corrcoef(mem[ok], tpr[ok])[0, 1]
@@ -99,7 +102,7 @@ def vulnerability_figure(mem, tpr, level: float, title: str):
 
 
 # The command's files, membership.json last: a folder holding some of them
-# without it holds what a kill left of a set (common.write_set).
+# without it holds what a kill left of a set (outputs.write_set).
 FILES = ('roc.png', 'per_example.npz', 'mem_vs_vulnerability.png',
          'membership.json')
 
@@ -110,23 +113,23 @@ def write(out: str, doc: dict, results: dict, vulnerable: dict, title: str,
   leaves the old set or the new one, or files without membership.json,
   which the next run removes. Returns their paths."""
   paths = dict(zip(FILES, (os.path.join(out, f) for f in FILES)))
-  common.remove_partial_set(list(paths.values()))
+  outputs.remove_partial_set(list(paths.values()))
   text = json.dumps(doc, indent=1, allow_nan=False)
-  roc_png = common.png_bytes(roc.roc_figure(results, title))
+  roc_png = plots.png_bytes(roc.roc_figure(results, title))
   arrays = {k: np.asarray(vulnerable[k]) for k in
             ('in_minus_out', 'tpr', 'fpr', 'num_in', 'num_out', 'threshold',
              'level')}
   files = {paths['roc.png']: lambda f: f.write(roc_png)}
   if mem is not None:
     arrays['mem'] = np.asarray(mem, np.float32)
-    scatter = common.png_bytes(vulnerability_figure(
+    scatter = plots.png_bytes(vulnerability_figure(
         mem, vulnerable['tpr'], vulnerable['level'], title))
     files[paths['mem_vs_vulnerability.png']] = lambda f: f.write(scatter)
   elif os.path.exists(paths['mem_vs_vulnerability.png']):
     os.remove(paths['mem_vs_vulnerability.png'])  # another pool's
   files[paths['per_example.npz']] = lambda f: np.savez(f, **arrays)
   files[paths['membership.json']] = lambda f: f.write(text.encode())
-  return common.write_set(files)
+  return outputs.write_set(files)
 
 
 def render(doc: dict) -> str:
@@ -160,7 +163,7 @@ def read(workdir: str):
   if not (os.path.exists(doc_path) and os.path.exists(per_path)):
     return None
   remedy = f'python -m analysis.membership --workdir={workdir} rebuilds it'
-  doc = common.read_json_or_fail(doc_path, remedy)
+  doc = runs.read_json_or_fail(doc_path, remedy)
   try:
     with np.load(per_path, allow_pickle=False) as f:
       per = {k: f[k] for k in f.files}
@@ -202,7 +205,7 @@ def main(argv):
   _check_flags(argv)
   start = time.perf_counter()
   if FLAGS.workdir:
-    run = common.load_run(FLAGS.workdir)
+    run = runs.load_run(FLAGS.workdir)
     pool, mem = lira_files.run_pool(run), run.estimates['mem']
     source, title = os.path.abspath(FLAGS.workdir), run.dataset.name
     out = FLAGS.out or store.Workdir(FLAGS.workdir).analysis('membership')
@@ -211,13 +214,13 @@ def main(argv):
     source = title = os.path.abspath(FLAGS.from_lira_dir)
     out = FLAGS.out
   if FLAGS.lira_dir:
-    with common.output_folder(FLAGS.lira_dir):
+    with outputs.output_folder(FLAGS.lira_dir):
       lira_files.write_lira_dir(FLAGS.lira_dir, *pool)
     print(f'wrote {len(pool.masks)} models to {FLAGS.lira_dir}')
   results, vulnerable = attack_pool(pool, FLAGS.targets, FLAGS.seed)
   doc = document(results, pool, vulnerable, time.perf_counter() - start,
                  source)
-  with common.output_folder(out):
+  with outputs.output_folder(out):
     paths = write(out, doc, results, vulnerable,
                   f'LiRA on {title}: {doc["models"]} models', mem)
   print(render(doc))
@@ -226,7 +229,7 @@ def main(argv):
 
 def run():
   """The command (python -m feldman_zhang.analysis.membership)."""
-  common.run_command(define_flags, main)
+  commands.run(define_flags, main)
 
 
 if __name__ == '__main__':

@@ -42,10 +42,14 @@ from absl import flags
 from absl import logging
 import numpy as np
 
+from feldman_zhang import chunks
+from feldman_zhang import errors
 from feldman_zhang import paper_files
 from feldman_zhang import store
-from feldman_zhang.analysis import common
+from feldman_zhang.analysis import commands
 from feldman_zhang.analysis import export_pairs
+from feldman_zhang.analysis import outputs
+from feldman_zhang.analysis import runs
 from feldman_zhang.analysis import scores
 
 FLAGS = flags.FLAGS
@@ -54,7 +58,7 @@ FLAGS = flags.FLAGS
 # -- the run's predictions ----------------------------------------------------
 
 
-def estimated_predictions(run: common.Run) -> dict:
+def estimated_predictions(run: runs.Run) -> dict:
   """The stored predictions of the models the run's estimates came from:
   ids below the config's num_models (as the job reads them), diverged ones
   still in (infl_per_class leaves them out with their loss).
@@ -62,11 +66,11 @@ def estimated_predictions(run: common.Run) -> dict:
   StoreError if they are not what estimates.npz records (another number of
   converged models, or other diverged ones): the chunks changed since.
   """
-  preds = store.load_predictions(run.workdir)
+  preds = chunks.load_predictions(run.workdir)
   keep = preds['model_ids'] < int(run.config['num_models'])
   if not keep.all():
     preds = {k: v[keep] for k, v in preds.items()}
-  valid = np.isfinite(preds['loss']).all(axis=1)  # estimate.converged
+  valid = np.isfinite(preds['loss']).all(axis=1)  # diagnostics.converged
   est = run.estimates
   diverged = preds['model_ids'][~valid]
   recorded = np.asarray(est.get('diverged_models', diverged))
@@ -79,7 +83,7 @@ def estimated_predictions(run: common.Run) -> dict:
   return preds
 
 
-def class_blocks(run: common.Run, classes=None):
+def class_blocks(run: runs.Run, classes=None):
   """paper_files.infl_per_class of the run: its ClassBlocks, one by one."""
   preds = estimated_predictions(run)
   ds = run.dataset
@@ -88,7 +92,7 @@ def class_blocks(run: common.Run, classes=None):
                                 classes, loss=preds['loss'])
 
 
-def write_classes(run: common.Run, path: str) -> str:
+def write_classes(run: runs.Run, path: str) -> str:
   """Writes the run's per-class influence file; returns its path."""
   ds = run.dataset
   return paper_files.write_class_file(path, class_blocks(run), ds.y_train,
@@ -104,6 +108,8 @@ def _keys(tr, tt, n_test):
 
 def _pearson(a, b):
   """Pearson correlation, or None where a side is constant or too short."""
+  # Not stats.pearson: np.corrcoef rounds differently (by up to ~2e-15), and
+  # compare.json keeps the values earlier versions wrote.
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
   if len(a) < 2 or a.std() == 0 or b.std() == 0:
     return None
@@ -126,7 +132,7 @@ def _set_stats(mine, theirs) -> dict:
               overlap=overlap, jaccard=overlap / union if union else 1.0)
 
 
-def compare(run: common.Run, pair_path: str, class_path: str | None = None,
+def compare(run: runs.Run, pair_path: str, class_path: str | None = None,
             infl_threshold: float = 0.15, mem_threshold: float = 0.25,
             near_duplicate: float = 0.4) -> dict:
   """The comparison of a run with released files (module doc), as a dict."""
@@ -222,7 +228,7 @@ def _fmt(x):
   return 'n/a' if x is None else f'{x:.4f}'
 
 
-def compare_scores(run: common.Run, spec: str, score: str = 'heldout_acc',
+def compare_scores(run: runs.Run, spec: str, score: str = 'heldout_acc',
                    q: float = 0.05) -> dict:
   """The run's `score` against a released per-example file (module doc)."""
   ds = run.dataset
@@ -295,12 +301,12 @@ def main(argv):
   if FLAGS.compare and len(FLAGS.compare) > 2:
     raise app.UsageError('--compare takes PAIRS.npz and at most one '
                          'CLASSES.npz')
-  run = common.load_run_or_exit(argv, FLAGS.workdir,
-                                need_infl=bool(FLAGS.compare))
+  run = runs.load_run_or_exit(argv, FLAGS.workdir,
+                              need_infl=bool(FLAGS.compare))
   try:
     if FLAGS.write_classes:
-      with common.writing(FLAGS.write_classes,
-                          'name another file with --write_classes'):
+      with outputs.writing(FLAGS.write_classes,
+                           'name another file with --write_classes'):
         path = write_classes(run, FLAGS.write_classes)
       print(f'wrote {run.dataset.num_classes} class blocks to {path}')
       return
@@ -318,7 +324,7 @@ def main(argv):
                        FLAGS.infl_threshold, FLAGS.mem_threshold,
                        FLAGS.near_duplicate)
       name, table = 'compare.json', render(result)
-  except common.USER_ERRORS as e:
+  except errors.USER_ERRORS as e:
     sys.exit(f'error: {e}')
   _write(result, name, table)
 
@@ -328,15 +334,15 @@ def _write(result: dict, name: str, table: str):
   out = FLAGS.out or os.path.join(FLAGS.workdir, 'release')
   path = os.path.join(out, name)
   doc = json.dumps(result, indent=1, allow_nan=False)
-  with common.output_folder(out):
-    common.write_file(path, lambda f: f.write(doc.encode()))
+  with outputs.output_folder(out):
+    outputs.write_file(path, lambda f: f.write(doc.encode()))
   print(table)
   print(f'wrote {path}')
 
 
 def run():
   """The command (python -m feldman_zhang.analysis.release)."""
-  common.run_command(define_flags, main)
+  commands.run(define_flags, main)
 
 
 if __name__ == '__main__':

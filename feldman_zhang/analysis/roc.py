@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from feldman_zhang.analysis import common
+from feldman_zhang.analysis import plots
 
 LEVELS = (0.01, 0.001, 0.0001)
 
@@ -65,6 +65,8 @@ def summary(fpr, tpr, levels=LEVELS) -> dict:
   if np.isnan(fpr[-1]) or np.isnan(tpr[-1]):
     nan = float('nan')
     return dict(auc=nan, acc=nan, tpr_at_fpr={str(q): nan for q in levels})
+  # Trapezoids, not stats.auc's rank sum: the same statistic for unit
+  # weights (ties 1/2), but the bootstrap's draws reweight the pairs.
   auc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
   acc = float(np.max(1 - (fpr + (1 - tpr)) / 2))
   # tpr never falls as fpr grows: the largest below the level is the last
@@ -161,7 +163,7 @@ def roc_figure(results: dict, title: str, level: str = '0.001'):
 
   results: {attack: statistics()}.
   """
-  fig = common.new_figure(5.5, 5)
+  fig = plots.new_figure(5.5, 5)
   ax = fig.subplots()
   for name, r in results.items():
     fpr, tpr = thin(r['roc']['fpr'], r['roc']['tpr'])

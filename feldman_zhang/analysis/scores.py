@@ -5,7 +5,7 @@ CIFAR-10 C-scores, `cifar10-cscores-orig-order.npz`, array `scores`) holds
 one value per training example. `compare` sets one of a run's per-example
 arrays against it: the Pearson and Spearman correlations, and the AUC of our
 score at picking the released file's lowest fraction q (the examples it
-calls hardest).
+calls hardest); the statistics themselves are stats.py's.
 
 Orientation: the released file is read as a C-score, low for hard, atypical
 examples. Held-out accuracy and the C-score are low for those examples too,
@@ -24,6 +24,7 @@ import typing
 import numpy as np
 
 from feldman_zhang import store
+from feldman_zhang.analysis import stats
 
 SCORES = ('heldout_acc', 'cscore', 'mem')
 # +1: high means hard, as a low released C-score does; -1: low means hard.
@@ -105,46 +106,7 @@ def _load(path, key):
     return f[key], labels, key
 
 
-# -- statistics ---------------------------------------------------------------
-
-
-def pearson(a, b) -> float | None:
-  """Pearson correlation of two (n,) arrays; None where a side is constant
-  or shorter than 2."""
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  if len(a) < 2:
-    return None
-  a, b = a - a.mean(), b - b.mean()
-  scale = np.sqrt((a * a).sum() * (b * b).sum())
-  return float((a * b).sum() / scale) if scale > 0 else None
-
-
-def ranks(x) -> np.ndarray:
-  """(n,) float64 ranks 1..n of x, ties given the mean of their ranks."""
-  _, inverse, counts = np.unique(np.asarray(x), return_inverse=True,
-                                 return_counts=True)
-  first = np.cumsum(counts) - counts + 1
-  return (first + (counts - 1) / 2)[inverse.ravel()].astype(np.float64)
-
-
-def spearman(a, b) -> float | None:
-  """Spearman correlation: Pearson's of the tie-averaged ranks."""
-  return pearson(ranks(a), ranks(b))
-
-
-def auc(score, positive) -> float | None:
-  """P(score of a positive > score of a negative), ties counting 1/2
-  (Mann-Whitney U / (n_pos n_neg)); None where a side is empty.
-
-  score: (n,) float; positive: (n,) bool.
-  """
-  positive = np.asarray(positive, bool)
-  n_pos = int(positive.sum())
-  n_neg = len(positive) - n_pos
-  if not n_pos or not n_neg:
-    return None
-  u = ranks(score)[positive].sum() - n_pos * (n_pos + 1) / 2
-  return float(u / (n_pos * n_neg))
+# -- the released side ---------------------------------------------------------
 
 
 def lowest(values, q: float) -> np.ndarray:
@@ -196,8 +158,8 @@ def compare(ours, released, name: str, q: float = 0.05) -> dict:
   sign = _HARD_IS_HIGH[name]
   return dict(score=name, examples=len(ours), compared=int(keep.sum()),
               left_out=int((~keep).sum()),
-              pearson=pearson(ours[keep], released[keep]),
-              spearman=spearman(ours[keep], released[keep]),
+              pearson=stats.pearson(ours[keep], released[keep]),
+              spearman=stats.spearman(ours[keep], released[keep]),
               lowest=q, lowest_examples=int(hard.sum()),
               auc_ranks_by=('+' if sign > 0 else '-') + name,
-              auc=auc(sign * ours[keep], hard[keep]))
+              auc=stats.auc(sign * ours[keep], hard[keep]))

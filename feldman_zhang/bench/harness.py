@@ -23,6 +23,7 @@ import numpy as np
 
 from feldman_zhang import config as config_lib
 from feldman_zhang import cost
+from feldman_zhang import models
 from feldman_zhang import prepare as prepare_lib
 from feldman_zhang import runner
 from feldman_zhang import schedule
@@ -136,7 +137,7 @@ def make_steploop(model, config, m):
   def loop(key, idx, x, y, max_steps=None, timing=None):
     start = time.perf_counter()
     init_key, order_keys, aug_keys = train.split_model_key(key, passes, steps)
-    params, state = train.init(model, init_key, x)
+    params, state = models.init(model, init_key, x)
     carry = jax.block_until_ready((storage.store(params), state,
                                    tx.init(params)))
     if timing is not None:

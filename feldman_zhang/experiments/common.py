@@ -5,6 +5,8 @@ import os
 import jax
 
 from feldman_zhang import config as config_lib
+from feldman_zhang import errors
+from feldman_zhang import estimates_file
 from feldman_zhang import identity as identity_lib
 from feldman_zhang import prepare as prepare_lib
 from feldman_zhang import store
@@ -12,8 +14,8 @@ from feldman_zhang import store
 
 def need_estimates(workdir):
   if not os.path.exists(store.Workdir(workdir).estimates):
-    raise store.StoreError(f'{workdir} has no estimates.npz: run the estimate '
-                           '(--mode=estimate) there first')
+    raise errors.StoreError(f'{workdir} has no estimates.npz: run the estimate '
+                            '(--mode=estimate) there first')
 
 
 def finished_run(config, workdir) -> tuple[prepare_lib.Prepared, dict]:
@@ -29,4 +31,4 @@ def finished_run(config, workdir) -> tuple[prepare_lib.Prepared, dict]:
   need_estimates(workdir)
   identity_lib.check_identity(workdir, identity_lib.identity(job.config,
                                                              job.ds))
-  return job, store.load_estimates(workdir)
+  return job, estimates_file.load_estimates(workdir)

@@ -20,6 +20,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from feldman_zhang import config as config_lib
+from feldman_zhang import errors
+from feldman_zhang import estimates_file
 from feldman_zhang import models
 from feldman_zhang import prepare as prepare_lib
 from feldman_zhang import identity as identity_lib
@@ -42,7 +44,7 @@ def backbone(job, workdir):
   config, ds, model = job.config, job.ds, job.model
   w = store.Workdir(workdir)
   path = w.backbone
-  params, state = train.init(model, jax.random.key(0), ds.x_train)
+  params, state = models.init(model, jax.random.key(0), ds.x_train)
   target = {'params': params, **state}
   _remove_partial_saves(path)
   restored = None
@@ -55,7 +57,7 @@ def backbone(job, workdir):
     (params, state), losses = train_one(
         key, np.arange(ds.num_train, dtype=np.int32), ds.x_train, ds.y_train)
     if not np.isfinite(np.asarray(losses)).all():
-      raise store.StoreError('the backbone diverged; lower train.lr')
+      raise errors.StoreError('the backbone diverged; lower train.lr')
     restored = {'params': params, **state}
     _save(path, w.backbone_checksum, restored)
   params = restored.pop('params')
@@ -113,7 +115,7 @@ def _save(path, checksum_path, tree):
     _remove(checksum_path)
     if not _is_storage_error(e):
       raise
-    raise store.StoreError(
+    raise errors.StoreError(
         f'cannot save the backbone checkpoint {path}: {_short(e)}; free '
         'space (or make the workdir writable) and rerun the same command'
     ) from e
@@ -226,12 +228,12 @@ def _lastlayer(parent, est, workdir, job) -> dict:
                                       models.Linear(ds.num_classes)),
                   out_dir, show=False)
   except identity_lib.IdentityError as e:
-    raise store.StoreError(
+    raise errors.StoreError(
         f'{out_dir} holds heads made with other settings ('
         f'{", ".join(e.diffs)} differ: lastlayer.* changed, or an older '
         f'version made them); remove {out_dir} to train them again (the '
         'estimate run is kept)') from e
-  head = store.load_estimates(out_dir)
+  head = estimates_file.load_estimates(out_dir)
   comparison = compare_mem(est['mem'], head['mem'],
                            config.summary.mem_threshold)
   full_summary = store.Workdir(workdir).summary_json
@@ -264,7 +266,7 @@ def read_comparison(workdir) -> dict | None:
     if not isinstance(comparison, dict) or 'memorized_last' not in comparison:
       raise ValueError('not a comparison')
   except (OSError, UnicodeDecodeError, ValueError) as e:
-    raise store.StoreError(
+    raise errors.StoreError(
         f'{path} is damaged ({type(e).__name__}: {str(e)[:120]}); '
         '--mode=lastlayer on the same run rebuilds it') from e
   return comparison
@@ -278,9 +280,9 @@ def read_head_mem(workdir):
     return None
   try:
     # mem alone: the dense matrices' crc32 (a read of each) is not needed.
-    return store.load_estimates(heads.root, verify=False)['mem']
-  except (store.StoreError, KeyError) as e:
-    raise store.StoreError(
+    return estimates_file.load_estimates(heads.root, verify=False)['mem']
+  except (errors.StoreError, KeyError) as e:
+    raise errors.StoreError(
         f'{heads.estimates} is damaged ({str(e)[:160]}); --mode=lastlayer '
         'on the same run rebuilds it') from e
 
