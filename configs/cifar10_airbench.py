@@ -2,7 +2,7 @@
 
 Jordan, "94% on CIFAR-10 in 3.29 seconds on a single GPU" (arXiv 2404.00498),
 KellerJordan/cifar10-airbench legacy/airbench94.py, carried over in our
-conventions (models.Airbench, train.make_optimizer):
+conventions (airbench.Airbench, optimizer.make_optimizer):
   - whitening fit on each model's own subset, its bias trained 3 epochs;
   - Nesterov SGD, momentum 0.85, batch 1024. airbench's lr 11.5 and weight
     decay 0.0153 are "per 1024 examples" on a summed loss, divided by

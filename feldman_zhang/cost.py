@@ -14,9 +14,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from feldman_zhang import config as config_lib
+from feldman_zhang import airbench
 from feldman_zhang import evaluation
 from feldman_zhang import models
+from feldman_zhang import optimizer
+from feldman_zhang import resolve
 from feldman_zhang import schedule
 from feldman_zhang import topk
 from feldman_zhang import train
@@ -47,11 +49,11 @@ def count(model, config, ds, m, compile_fallback: bool = True) -> dict:
   carry = (storage.store(params), state, tx.init(params))
   step_flops = flops(jax.jit(step).lower(
       carry, ds.x_train[:b], ds.y_train[:b], jnp.ones(b), jax.random.key(0)))
-  steps = train.step_counts(m, config.train)[1]
+  steps = optimizer.step_counts(m, config.train)[1]
   num_params = sum(p.size for p in jax.tree.leaves(params))
   views = len(evaluation.tta_views(batch, config.model.tta)[1])
   # Per-model preparation: the whitening fit on the subset, where there is one.
-  prep_flops = (flops(jax.jit(models.fit_whitening).lower(
+  prep_flops = (flops(jax.jit(airbench.fit_whitening).lower(
       ds.x_train, jnp.arange(m, dtype=jnp.int32))) if 'whiten' in state else 0.)
   return dict(
       num_params=int(num_params), forward_flops_per_example=fwd_flops,
@@ -66,7 +68,7 @@ def count(model, config, ds, m, compile_fallback: bool = True) -> dict:
 def _examples(m: int, config, steps: int) -> int:
   """The training examples one model sees in `steps` steps: a kept, padded
   last batch counts its m % B real ones."""
-  per_epoch, _ = train.step_counts(m, config)
+  per_epoch, _ = optimizer.step_counts(m, config)
   if config.drop_last:
     return steps * config.batch_size
   full, tail = divmod(steps, per_epoch)
@@ -126,7 +128,7 @@ def plan(config, ds, m: int, model, todo: int) -> Plan:
   if peak:
     c = count(model, config, ds, m, compile_fallback=False)
     flops = todo * (c['train_flops_per_model'] + c['eval_flops_per_model'])
-  per_epoch, steps = train.step_counts(m, config.train)
+  per_epoch, steps = optimizer.step_counts(m, config.train)
   n, n_test = ds.num_train, ds.num_test
   k, d = schedule.models_per_call(config)
   chunks = (chunk_bytes(todo, n, n_test, math.ceil(steps / per_epoch),
@@ -135,7 +137,7 @@ def plan(config, ds, m: int, model, todo: int) -> Plan:
   estimates = 4 * 8 * n + 4 * 4 * n_test  # the per-example arrays
   dense = 0
   if config.estimate.infl is True:
-    dense = config_lib.dense_bytes(n, n_test) * (
+    dense = resolve.dense_bytes(n, n_test) * (
         1 + bool(config.estimate.infl_stderr) + bool(config.estimate.margin))
   if config.estimate.infl_topk:
     # Each test example's top k (value and index), and at most MAX_PAIRS

@@ -40,7 +40,7 @@ _DTYPES = ('compute_dtype', 'momentum_dtype')
 def identity(config, ds) -> dict:
   """What the stored predictions depend on; a resume must match it exactly.
 
-  config: resolved (config.resolve): its dtypes and parameter storage are
+  config: resolved (resolve.resolve): its dtypes and parameter storage are
   what the models computed with, so auto and what it resolved to are the
   same run, and a run must not mix bf16 and f32 models.
   """
@@ -71,7 +71,7 @@ def run_id(workdir) -> str:
 
 def recorded_config(workdir) -> dict | None:
   """The identity config of the models a workdir stores (what
-  config.resolve keeps an auto param_storage to), or None where it stores
+  resolve.resolve keeps an auto param_storage to), or None where it stores
   none or its run.json is unreadable (check_identity says why)."""
   w = store.Workdir(workdir)
   if not os.path.exists(w.run_json) or not chunks.list_chunks(workdir):

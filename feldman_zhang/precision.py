@@ -15,6 +15,9 @@ rounding of the compute copy differs, ties going away from zero instead of to
 even (1 value in 65,536). For the bandwidth-bound MNIST MLP step the byte
 model (bench.bytes_per_param_step) goes from 26 to 20 bytes per parameter
 and step (BENCHMARKS.md).
+
+`compute_dtype` is the jnp dtype a resolved dtype name (train.compute_dtype,
+train.momentum_dtype) computes or holds momentum in.
 """
 
 from typing import Callable, NamedTuple
@@ -69,6 +72,12 @@ def _split_tree(params):
 
 def _join_tree(stored):
   return jax.tree.map(join_f32, stored['hi'], stored['lo'])
+
+
+def compute_dtype(name: str):
+  """The jnp dtype of a resolved dtype field (resolve.resolve), used for
+  matrix math and for the momentum buffer; parameters always stay f32."""
+  return {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[name]
 
 
 _IDENTITY = lambda x: x

@@ -1,7 +1,7 @@
 """Where a job's config becomes concrete: the data, the resolved config,
 m and the model, checked before the workdir is touched.
 
-`prepare(config)` loads the data, resolves the config once (config.resolve:
+`prepare(config)` loads the data, resolves the config once (resolve.resolve:
 every 'auto' made concrete for this backend and this data's size), builds
 the model, and refuses in one line what cannot run: subsets that hold none
 or all of the data, batches larger than a subset, training of no step, a
@@ -18,11 +18,13 @@ import flax.linen as nn
 import jax
 import ml_collections
 
-from feldman_zhang import config as config_lib
 from feldman_zhang import data as data_lib
+from feldman_zhang import errors
 from feldman_zhang import models
+from feldman_zhang import optimizer
+from feldman_zhang import precision
+from feldman_zhang import resolve
 from feldman_zhang import subsets
-from feldman_zhang import train
 from feldman_zhang import units
 
 
@@ -38,9 +40,9 @@ def create_model(config, num_classes: int) -> nn.Module:
   """The model of a resolved config, computing in train.compute_dtype."""
   try:
     return models.create(config.model, num_classes,
-                         train.compute_dtype(config.train.compute_dtype))
+                         precision.compute_dtype(config.train.compute_dtype))
   except ValueError as e:
-    raise config_lib.ConfigError(str(e)) from e
+    raise errors.ConfigError(str(e)) from e
 
 
 def prepare(config, recorded: dict | None = None) -> Prepared:
@@ -50,25 +52,25 @@ def prepare(config, recorded: dict | None = None) -> Prepared:
   recorded: the identity config of the models a workdir already stores
   (identity.recorded_config), which an auto param_storage keeps.
   """
-  config_lib.validate(config)
+  resolve.validate(config)
   ds = data_lib.from_config(config)
-  given, config = config, config_lib.resolve(
+  given, config = config, resolve.resolve(
       config, recorded=recorded, sizes=(ds.num_train, ds.num_test))
   for ratio in (config.subset_ratio, *config.subset_ratios):
     m = subsets.subset_size(ds.num_train, ratio)
     if not 0 < m < ds.num_train:
-      raise config_lib.ConfigError(
+      raise errors.ConfigError(
           f'subset_ratio={ratio} gives subsets of {m} of {ds.num_train} '
           'examples; each subset must hold some but not all')
     if config.train.batch_size > m:
-      raise config_lib.ConfigError(
+      raise errors.ConfigError(
           f'train.batch_size={config.train.batch_size} exceeds the subsets\' '
           f'm={m} examples')
     check_steps(config.train, m)
   m = subsets.subset_size(ds.num_train, config.subset_ratio)
   if (config.subset_design == 'balanced' and
       config.num_models * m > subsets.MAX_BALANCED_ENTRIES):
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         f'subset_design=balanced draws all {config.num_models:,} x {m:,} '
         f'indices at once ({units.human_bytes(4 * config.num_models * m)}); '
         'use subset_design=random for runs this large')
@@ -76,7 +78,7 @@ def prepare(config, recorded: dict | None = None) -> Prepared:
   have = _host_bytes()
   if need > have:
     # The estimate holds every model's masks and correctness as bytes.
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         f'num_models={config.num_models:,} needs about '
         f'{units.human_bytes(need)} of host memory for the predictions of '
         f'{ds.num_train:,} + {ds.num_test:,} examples; this machine has '
@@ -84,7 +86,7 @@ def prepare(config, recorded: dict | None = None) -> Prepared:
   model = create_model(config, ds.num_classes)
   shape = getattr(model, 'input_shape', None)
   if shape and tuple(ds.x_train.shape[1:]) != shape:
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         f'model.name={config.model.name} takes images of shape {shape}, not '
         f'{ds.name}\'s {tuple(ds.x_train.shape[1:])}')
   _check_device_memory(config, ds, _param_count(config, ds, model))
@@ -96,9 +98,9 @@ def check_steps(train_config, m: int, field: str = 'train') -> None:
   small that its steps round to zero): its models would be their random
   initializations, and every estimate noise. field: where train_config
   comes from, for the message ('lastlayer' for the heads)."""
-  steps, total = train.step_counts(m, train_config)
+  steps, total = optimizer.step_counts(m, train_config)
   if total < 1:
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         f'{field}.epochs={train_config.epochs:g} trains no step on subsets '
         f'of m={m} examples ({steps} steps an epoch at batch size '
         f'{train_config.batch_size}); {field}.epochs must be at least '
@@ -109,7 +111,7 @@ def derived(given, config, ds, m: int, model) -> Prepared:
   """A job built on another's checked data and model (the C-score's other
   ratios, the last layer's heads): given as recorded, config made from the
   parent's resolved one, resolved for ds's size. No check repeats."""
-  resolved = config_lib.resolve(config, sizes=(ds.num_train, ds.num_test))
+  resolved = resolve.resolve(config, sizes=(ds.num_train, ds.num_test))
   return Prepared(ml_collections.FrozenConfigDict(resolved), given, ds, m,
                   model)
 
@@ -128,7 +130,7 @@ def _param_count(config, ds, model) -> int:
       raise ValueError(f'logits of shape {out.shape}, not {want}')
   except Exception as e:  # pylint: disable=broad-except
     # Flax and XLA raise many types for a shape they cannot take.
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         f'model.name={config.model.name} cannot take {ds.name}\'s inputs '
         f'{ds.x_train.shape[1:]}: {str(e).splitlines()[0]}') from e
   return sum(math.prod(x.shape) for x in jax.tree.leaves(params))
@@ -150,7 +152,7 @@ def _check_device_memory(config, ds, params: int):
       device, 'memory_stats') else None
   limit = limit or _host_bytes()
   if need > limit:
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         f'models_per_device={k:,} needs at least {units.human_bytes(need)} '
         f'on a device ({params:,} parameters a model); {device.platform} '
         f'device 0 has {units.human_bytes(limit)}: lower models_per_device')

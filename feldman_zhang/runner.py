@@ -77,28 +77,33 @@ class Program:
   per_device: models per device and call. sharded: split the models over a
   mesh of this process's devices (train.make_chunk_fn); False runs one
   device's program unsharded (the benchmark's one-model-at-a-time arm).
+  data: another Program's `data` (same sharded), to share its device copy.
   """
 
   def __init__(self, model, config, ds, m: int, per_device: int,
-               sharded: bool = True):
+               sharded: bool = True, data=None):
     self.mesh = distributed.local_mesh() if sharded else None
     self.size = per_device * (self.mesh.devices.size if sharded else 1)
     self.m = m
     self._fn = train.make_chunk_fn(model, config, m, self.mesh)
-    data = (ds.x_train, ds.y_train, ds.x_test, ds.y_test)
-    self.data = (distributed.put_replicated(self.mesh, *data) if sharded else
-                 [jax.device_put(a) for a in data])
+    if data is None:  # else another Program's, placed alike
+      data = (ds.x_train, ds.y_train, ds.x_test, ds.y_test)
+      data = (distributed.put_replicated(self.mesh, *data) if sharded else
+              [jax.device_put(a) for a in data])
+    self.data = data
 
-  def compile_async(self) -> concurrent.futures.Future:
-    """Compiles for (size,) models on abstract inputs, on a thread: XLA
-    works (and releases the GIL) while the host draws the first subsets."""
+  def compile_async(self, pool: concurrent.futures.Executor | None = None
+                    ) -> concurrent.futures.Future:
+    """Compiles for (size,) models on abstract inputs, on a thread (pool's,
+    or one of its own): XLA works (and releases the GIL) while the host
+    draws the first subsets."""
     sharding = distributed.models_sharding(self.mesh) if self.mesh else None
     keys = jax.eval_shape(lambda: train.model_keys(0, np.arange(self.size)))
     lowered = self._fn.lower(
         jax.ShapeDtypeStruct(keys.shape, keys.dtype, sharding=sharding),
         jax.ShapeDtypeStruct((self.size, self.m), np.int32, sharding=sharding),
         *self.data)
-    return start(lowered.compile)
+    return pool.submit(lowered.compile) if pool else start(lowered.compile)
 
   def dispatch(self, compiled, keys, idx):
     """Starts one call (asynchronously); returns its outputs on the device,
@@ -159,7 +164,8 @@ def request_stop(signum: int) -> str | None:
 
 def run(program: Program, calls: Iterable, sink: Sink, phases: Phases,
         after_compile: Callable | None = None,
-        progress: Progress | None = None):
+        progress: Progress | None = None,
+        compiling: concurrent.futures.Future | None = None):
   """Trains every call, handing each one's outputs to sink in order.
 
   calls: iterable of (tag, keys (size,), idx (size, m) int32); the first is
@@ -169,7 +175,8 @@ def run(program: Program, calls: Iterable, sink: Sink, phases: Phases,
   ends the run after it (the last call's answer is not asked for).
   after_compile: started on a thread once the program has compiled (the
   job compiles its estimate while the device trains). progress: restarted
-  once compiled, so its rates are of training alone.
+  once compiled, so its rates are of training alone. compiling: the
+  program's compile_async() if the caller started it earlier.
   Returns (compiled, future of after_compile or None, stopped).
 
   A stop request (request_stop, from a signal handler) is honoured between
@@ -180,7 +187,8 @@ def run(program: Program, calls: Iterable, sink: Sink, phases: Phases,
   _LOOP.running, _LOOP.last_call_s = True, None
   _LOOP.stop.clear()
   try:
-    result = _run(program, calls, sink, phases, after_compile, progress)
+    result = _run(program, calls, sink, phases, after_compile, progress,
+                  compiling)
     if _LOOP.stop.is_set():
       raise Interrupted(_LOOP.signum)
     return result
@@ -189,9 +197,9 @@ def run(program: Program, calls: Iterable, sink: Sink, phases: Phases,
     _LOOP.stop.clear()
 
 
-def _run(program, calls, sink, phases, after_compile, progress):
+def _run(program, calls, sink, phases, after_compile, progress, compiling):
   with phases('compile'):
-    compiling = program.compile_async()
+    compiling = compiling or program.compile_async()
     first = next(calls, None)
     compiled = compiling.result()
   logging.info('compiled the %d-model program in %.1f s', program.size,
@@ -226,16 +234,19 @@ def _hand(pending, sink, phases) -> bool:
   return bool(sink(tag, idx, out))
 
 
-def train_rows(program: Program, keys, idx, phases: Phases | None = None):
+def train_rows(program: Program, keys, idx, phases: Phases | None = None,
+               compiling: concurrent.futures.Future | None = None):
   """One model per row: idx (R, m) int32, keys (R,). Calls are whole,
-  padded with copies of the last model, whose outputs drop. Returns the
-  outputs of the R models (numpy, train.make_chunk_fn's), in order."""
+  padded with copies of the last model, whose outputs drop. compiling: as
+  in run. Returns the outputs of the R models (numpy,
+  train.make_chunk_fn's), in order."""
   r, size = len(idx), program.size
   rows = np.minimum(np.arange(-(-r // size) * size), r - 1)
   calls = ((i, keys[rows[i:i + size]], idx[rows[i:i + size]])
            for i in range(0, len(rows), size))
   outs = []
-  run(program, calls, lambda tag, idx, out: outs.append(out), phases or Phases())
+  run(program, calls, lambda tag, idx, out: outs.append(out),
+      phases or Phases(), compiling=compiling)
   return {k: np.concatenate([o[k] for o in outs])[:r] for k in outs[0]}
 
 

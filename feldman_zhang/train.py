@@ -5,8 +5,9 @@ config.vectorize) over models of
 a per-model trainer whose epochs and steps run inside `lax.scan`, reading
 mini-batches by gather from the device-resident data set. Each model k draws
 its initialization and its data order from fold_in(key(seed), k), so a model
-trains the same whichever chunk, device or host it lands on. The evaluation
-is evaluation.py's; the mesh the models split over, distributed.py's.
+trains the same whichever chunk, device or host it lands on. The optimizer
+and its step counts are optimizer.py's; the evaluation, evaluation.py's; the
+mesh the models split over, distributed.py's.
 """
 
 import math
@@ -17,118 +18,18 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec as P
 
+from feldman_zhang import airbench
 from feldman_zhang import augment as augment_lib
 from feldman_zhang import distributed
 from feldman_zhang import evaluation
 from feldman_zhang import models as models_lib
+from feldman_zhang import optimizer
 from feldman_zhang import precision
 from feldman_zhang import streams
 
 
-# config.train.schedule's choices (_schedule) and config.vectorize's (how a
-# call runs its models: make_chunk_fn).
-SCHEDULES = ('constant', 'cosine', 'linear')
+# config.vectorize's choices (how a call runs its models: make_chunk_fn).
 VECTORIZE = ('vmap', 'map')
-
-
-def steps_per_epoch(m: int, batch_size: int, drop_last: bool = False) -> int:
-  """The last, partial batch is kept (zero-weight padding fills it), or
-  dropped (airbench's loader: each epoch's leftover m % batch_size
-  examples of its permutation sit that epoch out)."""
-  return m // batch_size if drop_last else math.ceil(m / batch_size)
-
-
-def total_steps(epochs, steps: int) -> int:
-  """The steps of `epochs` passes of `steps` each; a fractional epochs
-  stops the last pass early, as airbench's ceil(9.9 x steps). (Rounded
-  first, so 0.1 x 30 is 3 steps, not 4.)"""
-  return math.ceil(round(epochs * steps, 6))
-
-
-def step_counts(m: int, config) -> tuple[int, int]:
-  """(steps per epoch, total steps) of config.train on subsets of size m:
-  what the optimizer's schedule, the trainer and the cost plan all count."""
-  steps = steps_per_epoch(m, config.batch_size, config.drop_last)
-  return steps, total_steps(config.epochs, steps)
-
-
-def make_optimizer(config, steps: int) -> optax.GradientTransformation:
-  """SGD with momentum (the reference setup), an optional schedule, and
-  optionally airbench's parameter groups.
-
-  config: config.train; steps: steps per epoch. With bias_lr_scale != 1 the
-  BatchNorm biases train at lr x bias_lr_scale with weight decay /
-  bias_lr_scale (the same decay per step: airbench raises their learning
-  rate, not their decay), and a model's `whiten_bias` trains for the first
-  whiten_bias_epochs only; without, one SGD for every parameter.
-  """
-  lr = _schedule(config, steps)
-  if config.bias_lr_scale == 1 and not config.whiten_bias_epochs:
-    return _sgd(config, lr, config.weight_decay)
-  if not callable(lr):
-    lr = optax.constant_schedule(lr)
-  scale = config.bias_lr_scale
-  frozen_from = int(config.whiten_bias_epochs * steps)
-  groups = dict(
-      other=_sgd(config, lr, config.weight_decay),
-      norm_bias=_sgd(config, lambda s: lr(s) * scale,
-                     config.weight_decay / scale),
-      whiten_bias=_sgd(config, lambda s: jnp.where(s < frozen_from, lr(s), 0.),
-                       config.weight_decay))
-  return optax.multi_transform(groups, param_groups)
-
-
-def param_groups(params):
-  """'norm_bias' for BatchNorm parameters, 'whiten_bias' for a model's
-  whitening bias, 'other' for the rest: a pytree of labels like params."""
-  def label(path, _):
-    names = [getattr(k, 'key', str(k)) for k in path]
-    if names[-1] == 'whiten_bias':
-      return 'whiten_bias'
-    return ('norm_bias' if any(n.startswith('BatchNorm') for n in names)
-            else 'other')
-  return jax.tree_util.tree_map_with_path(label, params)
-
-
-def _schedule(config, steps: int):
-  """The learning rate: a float, or an optax schedule of the step."""
-  total = total_steps(config.epochs, steps)
-  warmup = int(config.warmup_epochs * steps)
-  if config.schedule == 'constant':
-    return config.lr
-  if config.schedule == 'cosine':
-    # Without warm-up, the same values without optax's log line about an
-    # empty warm-up schedule.
-    return (optax.warmup_cosine_decay_schedule(0.0, config.lr, warmup, total)
-            if warmup else optax.cosine_decay_schedule(config.lr, total))
-  if config.schedule == 'linear':
-    # From lr_start x lr up to lr over the warm-up, then down to lr_end x lr:
-    # the fast CIFAR recipes (Page's ResNet-9: 0 and 0; airbench: 0.2 and
-    # 0.07, peak at 23% of the steps).
-    return optax.join_schedules(
-        [optax.linear_schedule(config.lr_start * config.lr, config.lr, warmup),
-         optax.linear_schedule(config.lr, config.lr_end * config.lr,
-                               total - warmup)], [warmup])
-  raise ValueError(f'unknown schedule {config.schedule!r}: expected '
-                   'constant, cosine or linear')
-
-
-def _sgd(config, lr, weight_decay: float) -> optax.GradientTransformation:
-  """Coupled weight decay (added to the gradient, as PyTorch's SGD), then
-  SGD with momentum in config.momentum_dtype."""
-  parts = []
-  if weight_decay:
-    parts.append(optax.add_decayed_weights(weight_decay))
-  parts.append(optax.sgd(lr, momentum=config.momentum or None,
-                         nesterov=bool(config.nesterov),
-                         accumulator_dtype=compute_dtype(config.momentum_dtype)))
-  return optax.chain(*parts)
-
-
-def compute_dtype(name: str):
-  """The jnp dtype of a resolved dtype field (config.resolve), used for
-  matrix math and for the momentum buffer; parameters always stay f32."""
-  return {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[name]
 
 
 def model_keys(seed: int, model_ids, stream: int = 0):
@@ -190,7 +91,8 @@ def make_step(model, tx, augment=None, label_smoothing: float = 0.0,
 def config_storage(config) -> precision.Storage:
   """The parameter storage of a resolved config.train."""
   c = config.train
-  return precision.storage(c.param_storage, compute_dtype(c.compute_dtype))
+  return precision.storage(c.param_storage,
+                           precision.compute_dtype(c.compute_dtype))
 
 
 def make_config_step(model, config, m: int):
@@ -198,7 +100,7 @@ def make_config_step(model, config, m: int):
   augmentation, label smoothing and parameter storage, for the trainers that
   drive steps themselves (bench). The carry holds storage.store(params)."""
   c = config.train
-  tx = make_optimizer(c, step_counts(m, c)[0])
+  tx = optimizer.make_optimizer(c, optimizer.step_counts(m, c)[0])
   storage = config_storage(config)
   return make_step(model, tx, augment_lib.make(c.augment, c.crop_padding),
                    c.label_smoothing, storage), tx, storage
@@ -209,7 +111,7 @@ def epoch_order(key, idx, batch_size: int, drop_last: bool = False):
   batch filled up with repeats, and (steps, B) weights, 0 on the repeats.
   drop_last: the permutation's first steps x B examples, all weighing 1."""
   m = idx.shape[0]
-  steps = steps_per_epoch(m, batch_size, drop_last)
+  steps = optimizer.steps_per_epoch(m, batch_size, drop_last)
   perm = jax.random.permutation(key, idx)
   if drop_last:
     return (perm[:steps * batch_size].reshape(steps, batch_size),
@@ -235,7 +137,8 @@ def make_train_one(model, tx, *, m: int, batch_size: int, epochs,
 
   idx: (m,) int32 training indices of this model's subset; x: (N, H, W, C)
   uint8 and y: (N,) int32, the whole training set, shared by all models.
-  epochs: a fractional count stops the last pass early (`total_steps`).
+  epochs: a fractional count stops the last pass early
+  (`optimizer.total_steps`).
   epoch_losses: (ceil(epochs),) mean training loss of each pass (of the
   examples the last, early-stopped one saw).
   alternating_flip: mirror each batch by augment.alternating_flips (before
@@ -243,8 +146,8 @@ def make_train_one(model, tx, *, m: int, batch_size: int, epochs,
   (`_lookahead`); drop_last: `epoch_order`'s.
   A model with a 'whiten' collection has it fit on x[idx] after init.
   """
-  steps = steps_per_epoch(m, batch_size, drop_last)
-  total = total_steps(epochs, steps)
+  steps = optimizer.steps_per_epoch(m, batch_size, drop_last)
+  total = optimizer.total_steps(epochs, steps)
   passes = math.ceil(total / steps)
   # Steps of the last pass: all of them unless epochs is fractional.
   tail = total - (passes - 1) * steps
@@ -255,7 +158,7 @@ def make_train_one(model, tx, *, m: int, batch_size: int, epochs,
     init_key, order_keys, aug_keys = split_model_key(key, passes, steps)
     params, state = models_lib.init(model, init_key, x)
     if 'whiten' in state:
-      state = {**state, 'whiten': {'kernel': models_lib.fit_whitening(x, idx)}}
+      state = {**state, 'whiten': {'kernel': airbench.fit_whitening(x, idx)}}
     opt_state = tx.init(params)
     bits = (augment_lib.flip_bits(jax.random.fold_in(key, streams.FLIP),
                                   x.shape[0]) if alternating_flip else None)
@@ -326,7 +229,7 @@ def _lookahead(carry, ema, s, total: int, storage):
 def make_trainer(model, config, m: int):
   """train_one for the config's optimizer, batch size, epochs, augmentation."""
   c = config.train
-  tx = make_optimizer(c, step_counts(m, c)[0])
+  tx = optimizer.make_optimizer(c, optimizer.step_counts(m, c)[0])
   return make_train_one(model, tx, m=m, batch_size=c.batch_size,
                         epochs=c.epochs, drop_last=c.drop_last,
                         augment=augment_lib.make(c.augment, c.crop_padding),

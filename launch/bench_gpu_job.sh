@@ -26,7 +26,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv \
   | tee -a "$out/steps.log"
 
 step tests_on_gpu 60 "$python" -m pytest -q -p no:cacheprovider \
-  tests/test_estimate.py tests/test_store.py
+  tests/test_estimate.py tests/test_estimates_file.py \
+  -m 'not slow and not integration'
 for storage in float32 split; do
   step "step_$storage" 90 "$python" -m feldman_zhang.bench \
     --config=configs/mnist_mlp.py \

@@ -20,7 +20,7 @@ def make_tiny_config():
   c.train.batch_size = 64
   c.train.lr = 0.05
   c.summary.top_pairs = 3
-  # Concrete dtypes, as config.resolve makes them on the CPU: tests build
+  # Concrete dtypes, as resolve.resolve makes them on the CPU: tests build
   # trainers from this config directly, and the trainer takes resolved
   # configs only. auto is tested where it is meant (test_precision, and
   # every run of a config file).

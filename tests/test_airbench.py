@@ -10,12 +10,16 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
+from feldman_zhang import airbench
 from feldman_zhang import augment
 from feldman_zhang import config as config_lib
+from feldman_zhang import errors
 from feldman_zhang import evaluation
 from feldman_zhang import models
+from feldman_zhang import optimizer
 from feldman_zhang import pipeline
 from feldman_zhang import identity as identity_lib
+from feldman_zhang import resolve
 from feldman_zhang import subsets
 from feldman_zhang import train
 
@@ -34,7 +38,7 @@ def tiny_config(epochs=1):
   c.eval_batch_size = 50
   c.train.update(epochs=epochs, batch_size=32, warmup_epochs=0.5 * epochs,
                  whiten_bias_epochs=min(epochs, 3))
-  return config_lib.resolve(c)  # the trainer takes resolved configs
+  return resolve.resolve(c)  # the trainer takes resolved configs
 
 
 def test_shipped_recipe_counts_airbench_steps():
@@ -43,11 +47,11 @@ def test_shipped_recipe_counts_airbench_steps():
   # the whitening bias trained ceil(3 x 34) steps.
   c = config_lib.from_file(os.path.join(ROOT, 'configs',
                                         'cifar10_airbench.py')).train
-  steps, total = train.step_counts(35000, c)
+  steps, total = optimizer.step_counts(35000, c)
   assert (steps, total) == (34, 337)
   assert int(c.warmup_epochs * steps) == int(0.23 * total) == 77
   assert int(c.whiten_bias_epochs * steps) == 102
-  lr = train._schedule(c, steps)
+  lr = optimizer._schedule(c, steps)
   np.testing.assert_allclose([lr(0), lr(77), lr(337)],
                              np.array([0.2, 1.0, 0.07]) * c.lr, rtol=1e-6)
 
@@ -64,12 +68,12 @@ def test_whitening_whitens_the_subset_and_sees_nothing_else():
   # Correlated channels, so the whitening has something to undo.
   x = np.clip(x * 0.3 + x[..., :1] * 0.7, 0, 255).astype(np.uint8)
   idx = jnp.asarray(subsets.indices(0, 200, 140, [0])[0])
-  kernel = models.fit_whitening(x, idx)
+  kernel = airbench.fit_whitening(x, idx)
   assert kernel.shape == (2, 2, 3, 24)
   # The first 12 filters whiten the subset's patches: second moment ~ I
   # (up to eps, which shrinks the smallest directions a little).
   h = jax.lax.conv_general_dilated(
-      models.preprocess_cifar(x[np.asarray(idx)]), kernel[..., :12], (1, 1),
+      airbench.preprocess_cifar(x[np.asarray(idx)]), kernel[..., :12], (1, 1),
       'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC')).reshape(-1, 12)
   second = np.asarray(h.T @ h) / len(h)
   np.testing.assert_allclose(np.diag(second), 1, atol=0.05)
@@ -79,12 +83,12 @@ def test_whitening_whitens_the_subset_and_sees_nothing_else():
   held_out = np.setdiff1d(np.arange(200), np.asarray(idx))
   x2 = x.copy()
   x2[held_out] = 255 - x2[held_out]
-  np.testing.assert_array_equal(models.fit_whitening(x2, idx), kernel)
+  np.testing.assert_array_equal(airbench.fit_whitening(x2, idx), kernel)
   x3 = x.copy()
   x3[np.asarray(idx)[0]] = 0
-  assert not np.array_equal(models.fit_whitening(x3, idx), kernel)
+  assert not np.array_equal(airbench.fit_whitening(x3, idx), kernel)
   other = jnp.asarray(subsets.indices(0, 200, 140, [1])[0])
-  assert not np.array_equal(models.fit_whitening(x, other), kernel)
+  assert not np.array_equal(airbench.fit_whitening(x, other), kernel)
 
 
 def test_a_model_never_sees_a_held_out_example():
@@ -107,7 +111,7 @@ def test_a_model_never_sees_a_held_out_example():
     np.testing.assert_array_equal(a, b)
   # The model's whitening is its subset's (jitted apart: last-ulp sums).
   np.testing.assert_allclose(s1['whiten']['kernel'],
-                             models.fit_whitening(x, idx), rtol=1e-5,
+                             airbench.fit_whitening(x, idx), rtol=1e-5,
                              atol=1e-6)
 
 
@@ -156,7 +160,7 @@ def test_optimizer_groups():
   model = models.create(c.model, 10)
   x, y, _, _ = random_data()
   params, state = models.init(model, jax.random.key(0), x)
-  labels = train.param_groups(params)
+  labels = optimizer.param_groups(params)
   flat = {'/'.join(getattr(k, 'key', str(k)) for k in path): v
           for path, v in jax.tree_util.tree_leaves_with_path(labels)}
   assert flat['whiten_bias'] == 'whiten_bias'
@@ -165,7 +169,7 @@ def test_optimizer_groups():
   # Constant lr, no momentum, no decay: the update is -lr x scale x grad.
   c.train.update(schedule='constant', momentum=0.0, weight_decay=0.0,
                  whiten_bias_epochs=1)
-  tx = train.make_optimizer(c.train, steps=2)
+  tx = optimizer.make_optimizer(c.train, steps=2)
   grads = jax.tree.map(jnp.ones_like, params)
   opt = tx.init(params)
   for step in range(4):
@@ -196,7 +200,7 @@ def test_wrong_image_shape_is_refused_before_the_workdir(tmp_path):
   c = tiny_config()
   c.data.source = 'random:28x28x1:10:100:20'
   workdir = tmp_path / 'run'
-  with pytest.raises(config_lib.ConfigError, match=r'takes images of shape'):
+  with pytest.raises(errors.ConfigError, match=r'takes images of shape'):
     pipeline.run(c, str(workdir))
   assert not workdir.exists()
 
@@ -255,8 +259,8 @@ def test_loop_friendly_conv_has_xla_gradients():
   w = jax.random.normal(jax.random.key(1), (3, 3, 5, 7)) * 0.1
   grads = lambda conv: jax.grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w))),
                                 argnums=(0, 1))(x, w)
-  want, got = grads(models._conv_same), grads(models.conv_same_loop)
+  want, got = grads(airbench._conv_same), grads(airbench.conv_same_loop)
   np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-5)
-  np.testing.assert_array_equal(models.conv_same_loop(x, w),
-                                models._conv_same(x, w))
+  np.testing.assert_array_equal(airbench.conv_same_loop(x, w),
+                                airbench._conv_same(x, w))

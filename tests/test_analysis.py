@@ -672,3 +672,15 @@ def test_estimates_of_another_run_are_refused(finished, tmp_path):
   assert result.returncode != 0
   assert result.stderr.strip().count('\n') == 0, result.stderr
   assert 'made by another run' in result.stderr
+
+
+def test_readers_trust_the_config_the_estimates_were_made_with(finished):
+  c, workdir, _ = finished
+  config_json = os.path.join(workdir, 'config.json')
+  # A kill after a lower num_models' config.json, before its estimates.
+  other = store.read_json(config_json)
+  other['num_models'] = 3
+  store.write_json(config_json, other)
+  run = runs.load_run(workdir)
+  assert run.config['num_models'] == c.num_models
+  assert int(run.estimates['num_models']) == c.num_models

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from feldman_zhang import chunks
-from feldman_zhang import config as config_lib
+from feldman_zhang import errors
 from feldman_zhang import pipeline
 from feldman_zhang import identity as identity_lib
+from feldman_zhang import resolve
 from feldman_zhang import subsets
 
 pytestmark = pytest.mark.integration  # runs and subprocesses
@@ -75,9 +76,9 @@ def test_a_balanced_run_resumes_identically_and_refuses_another_t(
 def test_balanced_refuses_an_early_stop(tiny_config):
   tiny_config.subset_design = 'balanced'
   tiny_config.target_stderr = 0.05
-  with pytest.raises(config_lib.ConfigError, match='unbalance'):
-    config_lib.validate(tiny_config)
+  with pytest.raises(errors.ConfigError, match='unbalance'):
+    resolve.validate(tiny_config)
   tiny_config.subset_design = 'lira'
   tiny_config.target_stderr = 0.0
-  with pytest.raises(config_lib.ConfigError, match='random or balanced'):
-    config_lib.validate(tiny_config)
+  with pytest.raises(errors.ConfigError, match='random or balanced'):
+    resolve.validate(tiny_config)

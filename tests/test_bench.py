@@ -10,6 +10,7 @@ from feldman_zhang import config as config_lib
 from feldman_zhang.bench import harness as bench
 from feldman_zhang import data
 from feldman_zhang import models
+from feldman_zhang import resolve
 from feldman_zhang import subsets
 from feldman_zhang import train
 
@@ -41,7 +42,7 @@ def test_counts_of_the_reference_mlp(tiny_config):
 
 
 def _bytes(config):
-  return bench.bytes_per_param_step(config_lib.resolve(config))
+  return bench.bytes_per_param_step(resolve.resolve(config))
 
 
 def test_byte_model_follows_the_dtypes(tiny_config):

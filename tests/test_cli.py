@@ -1,13 +1,19 @@
-"""The command line: bad input is one clear line, a non-zero exit, no files."""
+"""The command line: bad input is one clear line, a non-zero exit, no files;
+help, where the results went, and Ctrl-C or SIGTERM stop in one line and
+keep what was trained."""
 
+import glob
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
 from conftest import ROOT
+from feldman_zhang import chunks as chunks_lib
 
 pytestmark = pytest.mark.integration  # runs and subprocesses
 
@@ -174,3 +180,122 @@ def test_the_environment_names_the_cache_and_every_program_goes_in(tmp_path):
   assert not os.path.exists(tmp_path / 'flag')
   # The estimate's programs compile in well under JAX's default 1 s bar.
   assert [f for f in os.listdir(tmp_path / 'env') if '_memorization' in f]
+
+
+def _main(*args):
+  return subprocess.run([sys.executable, '-m', 'feldman_zhang.main', *args],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_help_exits_zero_and_names_config_overrides():
+  for flag in ('--help', '--helpfull'):
+    out = _main(flag)
+    assert out.returncode == 0, out.stderr
+    assert '--config.FIELD=VALUE' in out.stdout
+
+
+def test_a_missing_config_file_is_one_line(tmp_path):
+  out = _main('--config=configs/nope.py', '--config.num_models=3',
+              f'--workdir={tmp_path}/run')
+  assert out.returncode != 0
+  assert out.stderr.strip() == 'error: --config file configs/nope.py does not exist'
+
+
+def test_the_job_says_where_its_results_went_and_no_tpu_warning(tmp_path):
+  out = _main('--config=configs/digits_mlp.py', f'--workdir={tmp_path}/run',
+              '--config.num_models=4', '--config.models_per_device=4',
+              '--config.train.epochs=1', '--compilation_cache=')
+  assert out.returncode == 0, out.stderr
+  assert f'results: {tmp_path}/run/ estimates.npz' in out.stdout
+  assert "Unable to initialize backend 'tpu'" not in out.stderr
+
+
+def test_ctrl_c_is_one_line_and_the_rerun_resumes(tmp_path):
+  workdir = tmp_path / 'run'
+  # A suite started in the background (`pytest &` from a script) has SIGINT
+  # ignored, and a child inherits that: it would never see Ctrl-C. A handled
+  # signal is reset to the default by exec, so the job gets its own.
+  ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+  if ignored:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'feldman_zhang.main',
+         '--config=configs/digits_mlp.py', f'--workdir={workdir}',
+         '--config.num_models=4000', '--config.models_per_device=20',
+         '--compilation_cache='],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  finally:
+    if ignored:
+      signal.signal(signal.SIGINT, signal.SIG_IGN)
+  deadline = time.time() + 120
+  while not glob.glob(str(workdir / 'chunks' / 'models_*.npz')):
+    assert time.time() < deadline and proc.poll() is None
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 130, err
+  assert err.strip().splitlines()[-1] == (
+      f'interrupted: the models stored in {workdir} are kept; re-running the '
+      'same command resumes')
+  assert 'Traceback' not in err
+
+
+def _start_job(workdir, *extra):
+  """The digits job, long enough to be stopped, with SIGINT deliverable."""
+  # A suite started in the background (`pytest &` from a script) has SIGINT
+  # ignored, and a child inherits that; a handled signal is reset by exec.
+  ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+  if ignored:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    return subprocess.Popen(
+        [sys.executable, '-m', 'feldman_zhang.main',
+         '--config=configs/digits_mlp.py', f'--workdir={workdir}',
+         '--config.num_models=4000', '--config.models_per_device=20',
+         '--compilation_cache=', *extra],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  finally:
+    if ignored:
+      signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _first_chunk(proc, workdir):
+  deadline = time.time() + 120
+  while not glob.glob(str(workdir / 'chunks' / 'models_*.npz')):
+    assert time.time() < deadline and proc.poll() is None
+    time.sleep(0.1)
+
+
+def test_sigterm_stops_at_the_next_call_and_keeps_what_was_trained(tmp_path):
+  workdir = tmp_path / 'run'
+  proc = _start_job(workdir)
+  _first_chunk(proc, workdir)
+  proc.send_signal(signal.SIGTERM)
+  begin = time.time()
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 143, err
+  assert time.time() - begin < 30  # not the 4,000 models
+  lines = err.strip().splitlines()
+  assert lines[-1] == (f'interrupted: the models stored in {workdir} are '
+                       'kept; re-running the same command resumes')
+  assert sum('SIGTERM: stopping after the ' in line for line in lines) == 1, err
+  assert 'Traceback' not in err
+  chunks = chunks_lib.list_chunks(str(workdir))
+  assert chunks and not glob.glob(str(workdir / 'chunks' / '.tmp-*'))
+  for _, _, path in chunks:
+    chunks_lib.read_chunk(path)
+  # Each call trained is stored: nothing is lost but the calls not started.
+  assert sum(stop - start for start, stop, _ in chunks) % 20 == 0
+
+
+def test_a_second_signal_exits_at_once(tmp_path):
+  workdir = tmp_path / 'run'
+  proc = _start_job(workdir, '--config.train.epochs=200')  # slow calls
+  _first_chunk(proc, workdir)
+  proc.send_signal(signal.SIGINT)
+  time.sleep(0.5)
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=60)
+  assert proc.returncode == 130, err
+  assert 'Traceback' not in err

@@ -11,6 +11,7 @@ import pytest
 from conftest import ROOT
 from feldman_zhang import config as config_lib
 from feldman_zhang import models
+from feldman_zhang import resolve
 from feldman_zhang import train
 
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', '*.py')))
@@ -28,7 +29,7 @@ def test_all_configs_are_covered():
 
 @pytest.mark.parametrize('path', CONFIGS, ids=os.path.basename)
 def test_config_builds_and_trains_one_step(path):
-  c = config_lib.resolve(config_lib.from_file(path))
+  c = resolve.resolve(config_lib.from_file(path))
   assert c.subset_ratio == 0.7 and c.num_models >= 1000
   shape, classes = SHAPES[c.data.source]
   # Real shapes, tiny model count and sizes: a step of each config's model.

@@ -16,6 +16,8 @@ from feldman_zhang import store
 from feldman_zhang import topk as topk_lib
 
 from feldman_zhang.analysis import consistency
+from feldman_zhang.analysis import consistency_measures
+from feldman_zhang.analysis import consistency_runs
 
 pytestmark = pytest.mark.integration  # runs and subprocesses
 
@@ -58,10 +60,11 @@ def _script(*args):
 
 def test_jaccard_of_sets():
   a = np.array([1, 1, 0, 0], bool)
-  assert consistency.jaccard(a, a) == 1.0
-  assert consistency.jaccard(a, np.array([0, 1, 1, 0], bool)) == 1 / 3
-  assert consistency.jaccard(a, ~a) == 0.0
-  assert consistency.jaccard(np.zeros(4, bool), np.zeros(4, bool)) == 1.0
+  jaccard = consistency_measures.jaccard
+  assert jaccard(a, a) == 1.0
+  assert jaccard(a, np.array([0, 1, 1, 0], bool)) == 1 / 3
+  assert jaccard(a, ~a) == 0.0
+  assert jaccard(np.zeros(4, bool), np.zeros(4, bool)) == 1.0
 
 
 def test_pair_consistency_looks_up_pairs_outside_a_set():
@@ -70,19 +73,19 @@ def test_pair_consistency_looks_up_pairs_outside_a_set():
   b = dict(tr_idx=np.array([0]), tt_idx=np.array([0]),
            infl=np.array([0.3], np.float32))
   dense_b = np.array([[0.3], [0.1]])
-  got = consistency.pair_consistency(a, b, [0.15, 0.4], None,
-                                     lambda i, j: dense_b[i, j])
+  got = consistency_measures.pair_consistency(a, b, [0.15, 0.4], None,
+                                              lambda i, j: dense_b[i, j])
   # 0.15: a has both pairs, b only (0, 0); b's (1, 0) is its dense 0.1.
   np.testing.assert_allclose(got['jaccard'], [0.5, 0.0])
   np.testing.assert_allclose(got['mean_abs_diff'], [(0.2 + 0.1) / 2, 0.2],
                              rtol=1e-6)
   np.testing.assert_array_equal(got['compared'], [2, 1])
   # Without b's matrix, (1, 0) is unknown to b: left out of the mean only.
-  got = consistency.pair_consistency(a, b, [0.15], None, None)
+  got = consistency_measures.pair_consistency(a, b, [0.15], None, None)
   assert got['jaccard'][0] == 0.5 and got['compared'][0] == 1
   np.testing.assert_allclose(got['mean_abs_diff'], [0.2], rtol=1e-6)
   empty = {k: v[:0] for k, v in a.items()}
-  got = consistency.pair_consistency(empty, empty, [0.1])
+  got = consistency_measures.pair_consistency(empty, empty, [0.1])
   assert got['jaccard'][0] == 1.0 and np.isnan(got['mean_abs_diff'][0])
 
 
@@ -111,9 +114,10 @@ def test_a_run_agrees_with_itself(tiny_workdir, tmp_path):
 def test_shuffled_mem_is_inconsistent(tiny_workdir, tmp_path):
   est = dict(estimates_file.load_estimates(tiny_workdir))
   est['mem'] = np.random.default_rng(0).permutation(est['mem'])
-  shuffled = consistency.Estimates(_copy_run(tiny_workdir, tmp_path / 's', est))
-  rows = consistency.consistency(consistency.Estimates(tiny_workdir), [shuffled],
-                                 MEM_THETAS, INFL_THETAS)
+  shuffled = consistency_runs.Estimates(
+      _copy_run(tiny_workdir, tmp_path / 's', est))
+  rows = consistency_runs.consistency(consistency_runs.Estimates(tiny_workdir),
+                                      [shuffled], MEM_THETAS, INFL_THETAS)
   mem = [r for r in _rows(rows, 'mem') if r['union']]
   assert max(r['jaccard'] for r in mem) < 0.7
   assert min(r['mean_abs_diff'] for r in mem) > 0.1
@@ -129,9 +133,10 @@ def test_topk_only_run_agrees_where_its_list_is_whole(tiny_workdir, tmp_path):
          if not k.startswith('infl')}
   est.update(topk_lib.topk_estimates(preds['masks'], preds['test_correct'],
                                      est['mem'], 2, 0.15, 0.25))
-  topk = consistency.Estimates(_copy_run(tiny_workdir, tmp_path / 'k', est))
-  rows = consistency.consistency(consistency.Estimates(tiny_workdir), [topk],
-                                 MEM_THETAS, INFL_THETAS)
+  topk = consistency_runs.Estimates(
+      _copy_run(tiny_workdir, tmp_path / 'k', est))
+  rows = consistency_runs.consistency(consistency_runs.Estimates(tiny_workdir),
+                                      [topk], MEM_THETAS, INFL_THETAS)
   pairs = _rows(rows, 'pairs')
   whole = [r for r in pairs if r['theta'] >= 0.15]
   assert all(r['jaccard'] == 1.0 for r in whole)
@@ -143,17 +148,17 @@ def test_topk_only_run_agrees_where_its_list_is_whole(tiny_workdir, tmp_path):
 
 
 def test_seed_baseline_is_labelled(tiny_workdir, tmp_path):
-  ref = consistency.Estimates(tiny_workdir)
-  seed = consistency.Estimates(_copy_run(tiny_workdir, tmp_path / 'seed1',
-                                         identity={'config.seed': 1}))
-  lr = consistency.Estimates(_copy_run(tiny_workdir, tmp_path / 'lr',
-                                       identity={'config.seed': 1,
-                                                 'config.train.lr': 0.5}))
-  assert consistency.is_seed_baseline(ref, seed)
-  assert not consistency.is_seed_baseline(ref, lr)
-  assert consistency.label(ref, seed) == 'seed1 (seed baseline)'
-  assert consistency.label(ref, lr) == 'lr (seed, train.lr)'
-  rows = consistency.consistency(ref, [seed, lr], MEM_THETAS, [])
+  ref = consistency_runs.Estimates(tiny_workdir)
+  seed = consistency_runs.Estimates(_copy_run(
+      tiny_workdir, tmp_path / 'seed1', identity={'config.seed': 1}))
+  lr = consistency_runs.Estimates(_copy_run(
+      tiny_workdir, tmp_path / 'lr',
+      identity={'config.seed': 1, 'config.train.lr': 0.5}))
+  assert consistency_runs.is_seed_baseline(ref, seed)
+  assert not consistency_runs.is_seed_baseline(ref, lr)
+  assert consistency_runs.label(ref, seed) == 'seed1 (seed baseline)'
+  assert consistency_runs.label(ref, lr) == 'lr (seed, train.lr)'
+  rows = consistency_runs.consistency(ref, [seed, lr], MEM_THETAS, [])
   assert {r['run']: r['baseline'] for r in rows} == {
       seed.workdir: True, lr.workdir: False}
   fig = consistency.figure(rows, ref.name)

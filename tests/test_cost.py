@@ -19,6 +19,7 @@ from feldman_zhang import errors
 from feldman_zhang import estimates_file
 from feldman_zhang import pipeline
 from feldman_zhang import prepare
+from feldman_zhang import resolve
 from feldman_zhang import units
 
 
@@ -26,26 +27,26 @@ def test_auto_writes_the_dense_matrix_up_to_a_gib_and_the_top_k_above():
   c = config_lib.base()
   assert c.estimate.infl == config_lib.AUTO
   # Without the sizes it stays auto; the job resolves it once the data is in.
-  assert config_lib.resolve(c).estimate.infl == config_lib.AUTO
-  small = config_lib.resolve(c, sizes=(1300, 497)).estimate
+  assert resolve.resolve(c).estimate.infl == config_lib.AUTO
+  small = resolve.resolve(c, sizes=(1300, 497)).estimate
   assert small.infl is True and small.infl_topk == 0
   # MNIST: 60,000 x 10,000 float32 is 2.4 GB.
-  big = config_lib.resolve(c, sizes=(60000, 10000)).estimate
-  assert big.infl is False and big.infl_topk == config_lib.AUTO_TOPK
-  edge = config_lib.DENSE_INFL_BYTES // 4
-  assert config_lib.resolve(c, sizes=(edge, 1)).estimate.infl is True
-  assert config_lib.resolve(c, sizes=(edge + 1, 1)).estimate.infl is False
+  big = resolve.resolve(c, sizes=(60000, 10000)).estimate
+  assert big.infl is False and big.infl_topk == resolve.AUTO_TOPK
+  edge = resolve.DENSE_INFL_BYTES // 4
+  assert resolve.resolve(c, sizes=(edge, 1)).estimate.infl is True
+  assert resolve.resolve(c, sizes=(edge + 1, 1)).estimate.infl is False
   # What the user sets is kept: dense at any size, or their own k.
   c.estimate.infl = True
-  assert config_lib.resolve(c, sizes=(60000, 10000)).estimate.infl is True
+  assert resolve.resolve(c, sizes=(60000, 10000)).estimate.infl is True
   c.estimate.infl, c.estimate.infl_topk = config_lib.AUTO, 25
-  assert config_lib.resolve(c, sizes=(60000, 10000)).estimate.infl_topk == 25
+  assert resolve.resolve(c, sizes=(60000, 10000)).estimate.infl_topk == 25
   c.estimate.infl = False
-  assert config_lib.resolve(c, sizes=(10, 10)).estimate.infl is False
+  assert resolve.resolve(c, sizes=(10, 10)).estimate.infl is False
   c.estimate.infl = 'yes'
-  with pytest.raises(config_lib.ConfigError,
+  with pytest.raises(errors.ConfigError,
                      match='estimate.infl must be auto, True or False'):
-    config_lib.resolve(c)
+    resolve.resolve(c)
 
 
 @pytest.mark.parametrize('field,value,want', [
@@ -69,19 +70,19 @@ def test_the_command_line_parses_the_object_fields(tmp_path, field, value,
 
 def test_a_run_above_the_limit_writes_the_top_k_form_not_the_matrix(
     tiny_config, tmp_path, monkeypatch):
-  monkeypatch.setattr(config_lib, 'DENSE_INFL_BYTES', 1000)
+  monkeypatch.setattr(resolve, 'DENSE_INFL_BYTES', 1000)
   tiny_config.estimate.infl = config_lib.AUTO
   workdir = str(tmp_path / 'run')
   pipeline.run(tiny_config, workdir)
   est = estimates_file.load_estimates(workdir)
   assert 'infl' not in est
-  assert est['infl_top_infl'].shape == (config_lib.AUTO_TOPK, 497)
+  assert est['infl_top_infl'].shape == (resolve.AUTO_TOPK, 497)
   assert not glob.glob(os.path.join(workdir, 'infl-*.npy'))
   # The same run asked for the matrix writes it, and its top-k is its top.
   tiny_config.estimate.infl = True
   pipeline.run(tiny_config, workdir)
   dense = estimates_file.load_estimates(workdir)['infl']
-  top = np.sort(np.asarray(dense), axis=0)[::-1][:config_lib.AUTO_TOPK]
+  top = np.sort(np.asarray(dense), axis=0)[::-1][:resolve.AUTO_TOPK]
   np.testing.assert_allclose(np.sort(est['infl_top_infl'], axis=0)[::-1],
                              top, atol=1e-6)
 

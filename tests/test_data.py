@@ -215,3 +215,34 @@ def test_digits_indices_map_back_to_scikit_learn():
   np.testing.assert_array_equal(ds.y_test, bunch.target[test])
   np.testing.assert_array_equal(
       ds.x_train[..., 0], np.round(bunch.images[train] * (255 / 16)))
+
+
+def _npz_file(path, y_train, y_test, **extra):
+  rng = np.random.default_rng(0)
+  np.savez(path, x_train=rng.integers(0, 256, (len(y_train), 4, 4), np.uint8),
+           y_train=np.asarray(y_train), x_test=rng.integers(
+               0, 256, (len(y_test), 4, 4), np.uint8),
+           y_test=np.asarray(y_test), **extra)
+  return str(path)
+
+
+def test_bad_npz_inputs_are_named(tmp_path):
+  junk = tmp_path / 'junk.npz'
+  junk.write_bytes(os.urandom(256))
+  with pytest.raises(data.DataError, match='is not an npz file'):
+    data.load(f'npz:{junk}')
+  stray = _npz_file(tmp_path / 'stray.npz', [0, 1, 17, 0, 1], [0, 1])
+  with pytest.raises(data.DataError, match='have no training example'):
+    data.load(f'npz:{stray}')
+  assert data.load(f'npz:{stray}', num_classes=18).num_classes == 18
+  big = _npz_file(tmp_path / 'big.npz', [0, 1, 2**31 - 1], [0])
+  with pytest.raises(data.DataError, match='no training example'):
+    data.load(f'npz:{big}')
+  one = _npz_file(tmp_path / 'one.npz', [0, 0, 0], [0], num_classes=2)
+  with pytest.raises(data.DataError, match='one class leaves nothing'):
+    data.load(f'npz:{one}')
+  np.savez(tmp_path / 'empty.npz', x_train=np.zeros((3, 0, 0), np.uint8),
+           y_train=np.array([0, 1, 0]), x_test=np.zeros((1, 0, 0), np.uint8),
+           y_test=np.array([0]))
+  with pytest.raises(data.DataError, match='empty side'):
+    data.load(f'npz:{tmp_path / "empty.npz"}')

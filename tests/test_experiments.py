@@ -1,5 +1,6 @@
 """The two experiments on the planted long-tail data set."""
 
+import collections
 import os
 import shutil
 
@@ -72,11 +73,28 @@ def test_random_arm_sets_are_distinct_and_exact():
   np.testing.assert_array_equal(gone, drop_lib.random_removal(3, 2, 1, n, r))
 
 
+def test_drop_compiles_each_size_once_ahead_with_the_same_results(
+    planted_run):
+  c, _, _, _ = planted_run
+  job = prepare.prepare(c)
+  config, ds, model = job.config, job.ds, job.model
+  n = ds.num_train
+  ahead = drop_lib.compile_ahead(config, model, ds, [n - 3, n - 5, n - 3])
+  assert sorted(ahead) == [n - 5, n - 3]        # one program per size
+  assert ahead[n - 3][0].data is ahead[n - 5][0].data   # one device copy
+  removed = np.arange(3)
+  early = drop_lib.drop_one(config, ds, model, removed, 0.5, 0, ahead[n - 3])
+  alone = drop_lib.drop_one(config, ds, model, removed, 0.5, 0)
+  assert early.keys() == alone.keys()
+  for k in early:
+    np.testing.assert_array_equal(early[k], alone[k], err_msg=k)
+
+
 def test_drop_keeps_exactly_the_complement(planted_run, monkeypatch):
   c, workdir, _, _ = planted_run
   seen = {}
 
-  def fake_train(config, model, ds, idx, keys):
+  def fake_train(config, model, ds, idx, keys, ahead=None):
     seen['idx'] = idx
     k = len(idx)
     return dict(test_correct=np.ones((k, ds.num_test), bool),
@@ -101,7 +119,7 @@ def test_drop_retrains_on_other_settings_and_leaves_diverged_out(
   c.drop.thresholds = (0.55,)
   calls = []
 
-  def fake_train(config, model, ds, idx, keys):
+  def fake_train(config, model, ds, idx, keys, ahead=None):
     k = len(idx)
     calls.append(k)
     correct = np.zeros((k, ds.num_test), bool)
@@ -111,6 +129,8 @@ def test_drop_retrains_on_other_settings_and_leaves_diverged_out(
     return dict(test_correct=correct, loss=loss)
 
   monkeypatch.setattr(drop_lib, 'train_rows', fake_train)
+  monkeypatch.setattr(drop_lib, 'compile_ahead',
+                      lambda *a: collections.defaultdict(lambda: None))
   rows = drop_lib.drop(c, workdir)
   n_test = np.load(os.path.join(workdir, 'drop', 'theta_0.5500.npz'))[
       'test_correct'].shape[1]
@@ -199,28 +219,27 @@ def test_head_config_has_no_network_warmup_and_is_valid(tiny_config):
 
 
 def test_experiments_refuse_several_processes(planted_run, monkeypatch):
-  from feldman_zhang import config as config_lib
   c, workdir, _, _ = planted_run
   monkeypatch.setattr(jax, 'process_count', lambda: 2)
-  with pytest.raises(config_lib.ConfigError, match='one process'):
+  with pytest.raises(errors.ConfigError, match='one process'):
     drop_lib.drop(c, workdir)
 
 
 def test_no_step_of_training_is_refused_for_heads_and_drop_arms(tiny_config):
-  from feldman_zhang import train
+  from feldman_zhang import optimizer
   head = lastlayer_lib.make_head_config(tiny_config)
   with head.unlocked():
     head.train.epochs = 1e-9
-  with pytest.raises(config_lib.ConfigError,
+  with pytest.raises(errors.ConfigError,
                      match='lastlayer.epochs=1e-09 trains no step'):
     prepare.check_steps(head.train, 910, 'lastlayer')
   # An arm left with fewer examples than one batch, which drop_last drops.
   tiny_config.train.drop_last = True
   ds = prepare.prepare(tiny_config).ds
   removed = np.arange(ds.num_train - tiny_config.train.batch_size + 1)
-  assert train.step_counts(ds.num_train - len(removed),
-                           tiny_config.train)[1] == 0
-  with pytest.raises(config_lib.ConfigError, match='trains no step'):
+  assert optimizer.step_counts(ds.num_train - len(removed),
+                               tiny_config.train)[1] == 0
+  with pytest.raises(errors.ConfigError, match='trains no step'):
     drop_lib.drop_one(tiny_config, ds, None, removed, 0.1, 0)
 
 

@@ -1,16 +1,20 @@
 """A run's identity: what it records, what a resume must match, old records."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
+from conftest import ROOT
 from feldman_zhang import chunks
 from feldman_zhang import config as config_lib
 from feldman_zhang import data
 from feldman_zhang import errors
 from feldman_zhang import identity as identity_lib
 from feldman_zhang import prepare
+from feldman_zhang import resolve
 from feldman_zhang import store
 
 
@@ -83,11 +87,31 @@ def test_differences_name_every_field_and_top_level_key():
 
 def test_how_a_result_is_computed_is_not_part_of_the_identity(tiny_config):
   ds = data.load('digits')
-  c = config_lib.resolve(tiny_config, 'cpu')
-  g = config_lib.resolve(tiny_config, 'gpu')
+  c = resolve.resolve(tiny_config, 'cpu')
+  g = resolve.resolve(tiny_config, 'gpu')
   assert c.model.conv_weight_grad == 'matmul'
   assert g.model.conv_weight_grad == 'xla'
   fields = identity_lib.identity(c, ds)['config']
   assert 'model.conv_weight_grad' not in fields
   assert not {k for k in fields if k.split('.')[0] in
               config_lib.SCHEDULING_FIELDS}
+
+
+@pytest.mark.integration
+def test_a_corrupt_run_json_is_one_short_line_everywhere(finished):
+  c, workdir, _ = finished
+  path = os.path.join(workdir, 'run.json')
+  data = bytearray(open(path, 'rb').read())
+  data[len(data) // 3] = 0xDF  # not UTF-8 any more
+  open(path, 'wb').write(bytes(data))
+  for cmd in ([sys.executable, '-m', 'analysis.report', f'--workdir={workdir}'],
+              [sys.executable, '-m', 'feldman_zhang.main',
+               '--config=configs/digits_mlp.py', f'--workdir={workdir}',
+               '--compilation_cache=']):
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    last = out.stderr.strip().splitlines()[-1]
+    assert out.returncode != 0 and 'Traceback' not in out.stderr, out.stderr
+    # The reason, not the file's bytes.
+    assert last.startswith('error: ') and 'run.json is unreadable' in last
+    assert len(last) < 400 and 'new --workdir' in last

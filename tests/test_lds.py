@@ -1,6 +1,6 @@
-"""The linear datamodeling score and the margin influence (analysis/lds.py)
-against plain loops written from the definitions, and on planted linear
-datamodels; then the command on two finished runs."""
+"""The linear datamodeling score (analysis/lds_score.py) and the margin
+influence against plain loops written from the definitions, and on planted
+linear datamodels; then the command (analysis/lds.py) on two finished runs."""
 
 import json
 import math
@@ -18,6 +18,7 @@ from feldman_zhang import margins
 from feldman_zhang import pipeline
 from feldman_zhang import store
 from feldman_zhang.analysis import lds as lds_lib
+from feldman_zhang.analysis import lds_score
 from feldman_zhang.analysis import lira_files
 from feldman_zhang.analysis import runs
 
@@ -89,8 +90,8 @@ def test_lds_matches_the_loops_with_ties():
   want = lds_ref(score, eval_masks, eval_out)
   assert np.isnan(want[:2]).all() and np.isfinite(want[2:]).all()
   for tile in (3, 512):  # several tiles, the last padded; one tile
-    got = lds_lib.lds(score, eval_masks, eval_out, tile=tile,
-                      num_bootstrap=50)
+    got = lds_score.lds(score, eval_masks, eval_out, tile=tile,
+                        num_bootstrap=50)
     np.testing.assert_allclose(got['per_test'], want, rtol=1e-6,
                                equal_nan=True)
     assert got['excluded'] == 2 and got['num_test'] == n_test
@@ -101,25 +102,25 @@ def test_lds_matches_the_loops_with_ties():
 def test_lds_averages_views_and_refuses_mismatched_shapes():
   w, masks, out = planted(n=8, n_test=5, num_models=20)
   views = np.stack([out - 1, out + 1], -1)  # mean over views is out
-  a = lds_lib.lds(w, masks, views, num_bootstrap=10)
-  b = lds_lib.lds(w, masks, out, num_bootstrap=10)
+  a = lds_score.lds(w, masks, views, num_bootstrap=10)
+  b = lds_score.lds(w, masks, out, num_bootstrap=10)
   np.testing.assert_allclose(a['per_test'], b['per_test'], rtol=1e-6)
   with pytest.raises(ValueError, match='not \\(n, n_test\\)'):
-    lds_lib.lds(w[:, :4], masks, out)
+    lds_score.lds(w[:, :4], masks, out)
 
 
 def test_bootstrap_is_seeded():
   w, masks, out = planted(noise=3.0)
-  a = lds_lib.lds(w, masks, out, seed=3)
-  assert a['lo'] == lds_lib.lds(w, masks, out, seed=3)['lo']
-  assert a['lo'] != lds_lib.lds(w, masks, out, seed=4)['lo']
+  a = lds_score.lds(w, masks, out, seed=3)
+  assert a['lo'] == lds_score.lds(w, masks, out, seed=3)['lo']
+  assert a['lo'] != lds_score.lds(w, masks, out, seed=4)['lo']
   assert a['lo'] < a['value'] < a['hi']
 
 
 def test_planted_datamodel_scores_near_one_and_random_near_zero():
   w, masks, out = planted()
-  assert lds_lib.lds(w, masks, out)['value'] > 0.95
-  chance = lds_lib.lds(lds_lib.random_scores(40, 30, seed=2), masks, out)
+  assert lds_score.lds(w, masks, out)['value'] > 0.95
+  chance = lds_score.lds(lds_score.random_scores(40, 30, seed=2), masks, out)
   assert abs(chance['value']) < 0.06
   assert chance['lo'] < 0 < chance['hi']
 
@@ -157,18 +158,18 @@ def test_infl_margin_recovers_a_planted_datamodel_and_its_curve_rises():
   w, masks, phi_test = planted(n=30, n_test=20, num_models=160, noise=0.5)
   _, eval_masks, eval_out = planted(num_models=60, noise=0.5, seed=1,
                                     w=w)
-  counts = lds_lib.curve_counts(160)
+  counts = lds_score.curve_counts(160)
   assert counts == (20, 40, 80, 160)
   def score(c):
     return margins.infl_margin(masks[:c], phi_test[:c])
-  curve = lds_lib.lds_curve(score, counts, eval_masks, eval_out,
-                            num_bootstrap=20)
+  curve = lds_score.lds_curve(score, counts, eval_masks, eval_out,
+                              num_bootstrap=20)
   values = [r['value'] for r in curve]
   assert [r['count'] for r in curve] == list(counts)
   # 0.54, 0.68, 0.80, 0.88: more models, less noise in the estimate.
   assert values[-1] > 0.8 and np.all(np.diff(values) > 0)
-  again = lds_lib.lds_curve([score(c) for c in counts], counts, eval_masks,
-                            eval_out, num_bootstrap=20)
+  again = lds_score.lds_curve([score(c) for c in counts], counts,
+                              eval_masks, eval_out, num_bootstrap=20)
   assert [r['value'] for r in again] == values
 
 

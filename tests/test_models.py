@@ -8,6 +8,8 @@ import pytest
 
 from feldman_zhang import config as config_lib
 from feldman_zhang import models
+from feldman_zhang import precision
+from feldman_zhang import resolve
 from feldman_zhang import subsets
 from feldman_zhang import train
 
@@ -23,7 +25,7 @@ def _config(name):
   c.model = ml_collections.ConfigDict({**MODELS[name], 'tta': 'none'})
   c.train.update(epochs=2, batch_size=16, lr=0.05, augment='crop_flip')
   c.eval_batch_size = 32
-  return config_lib.resolve(c, 'cpu')
+  return resolve.resolve(c, 'cpu')
 
 
 def _data():
@@ -68,7 +70,7 @@ def test_features_then_head_is_the_model(name):
 
 def test_bf16_compute_keeps_f32_params():
   c = _config('resnet9')
-  model = models.create(c.model, 4, dtype=train.compute_dtype('bfloat16'))
+  model = models.create(c.model, 4, dtype=precision.compute_dtype('bfloat16'))
   x = _data()[0][:5]
   params, _ = models.init(model, jax.random.key(0), x)
   assert {p.dtype for p in jax.tree.leaves(params)} == {np.dtype('float32')}

@@ -13,9 +13,11 @@ from feldman_zhang import config as config_lib
 from feldman_zhang import data
 from feldman_zhang import errors
 from feldman_zhang import models
+from feldman_zhang import optimizer
 from feldman_zhang import pipeline
 from feldman_zhang import precision
 from feldman_zhang import identity as identity_lib
+from feldman_zhang import resolve
 from feldman_zhang import store
 from feldman_zhang import subsets
 from feldman_zhang import train
@@ -66,7 +68,7 @@ def _three_steps(storage_name, params, grads_fn):
   """Three SGD-momentum steps in the given storage; returns f32 params."""
   c = config_lib.base().train
   c.update(momentum_dtype='bfloat16', weight_decay=5e-4, schedule='cosine')
-  tx = train.make_optimizer(c, 10)
+  tx = optimizer.make_optimizer(c, 10)
   storage = precision.storage(storage_name, jnp.bfloat16)
   stored, opt = storage.store(params), tx.init(params)
   for _ in range(3):
@@ -129,7 +131,7 @@ def test_split_storage_carries_half_words_and_no_cast():
   c = config_lib.base()
   c.model.hidden = (16,)
   c.train.update(compute_dtype='bfloat16', param_storage='split')
-  c = config_lib.resolve(c)
+  c = resolve.resolve(c)
   model = models.create(c.model, 3, jnp.bfloat16)
   step, tx, storage = train.make_config_step(model, c, 32)
   x = np.zeros((4, 2, 2, 1), np.uint8)
@@ -160,14 +162,14 @@ def test_split_storage_needs_bf16_compute():
   c = config_lib.base()
   c.train.param_storage = 'split'
   c.train.compute_dtype = 'float32'
-  with pytest.raises(config_lib.ConfigError, match='param_storage=split'):
-    config_lib.resolve(c)
+  with pytest.raises(errors.ConfigError, match='param_storage=split'):
+    resolve.resolve(c)
   c.train.compute_dtype = config_lib.AUTO  # float32 on the CPU
-  with pytest.raises(config_lib.ConfigError, match='auto is float32'):
-    config_lib.resolve(c, 'cpu')
-  assert config_lib.resolve(c, 'gpu').train.compute_dtype == 'bfloat16'
+  with pytest.raises(errors.ConfigError, match='auto is float32'):
+    resolve.resolve(c, 'cpu')
+  assert resolve.resolve(c, 'gpu').train.compute_dtype == 'bfloat16'
   c.train.compute_dtype = 'bfloat16'
-  config_lib.resolve(c)
+  resolve.resolve(c)
   with pytest.raises(ValueError, match='needs bf16'):
     precision.storage('split', jnp.float32)
 
@@ -175,7 +177,7 @@ def test_split_storage_needs_bf16_compute():
 def test_runs_recorded_before_param_storage_still_resume(tmp_path,
                                                          tiny_config):
   ds = data.load('digits')
-  ident = identity_lib.identity(config_lib.resolve(tiny_config), ds)
+  ident = identity_lib.identity(resolve.resolve(tiny_config), ds)
   old = dict(ident, config={k: v for k, v in ident['config'].items()
                             if k != 'train.param_storage'})
   workdir = str(tmp_path / 'run')
@@ -187,7 +189,7 @@ def test_runs_recorded_before_param_storage_still_resume(tmp_path,
   tiny_config.train.param_storage = 'split'
   with pytest.raises(errors.StoreError, match='param_storage'):
     identity_lib.check_identity(workdir, identity_lib.identity(
-        config_lib.resolve(tiny_config), ds))
+        resolve.resolve(tiny_config), ds))
 
 
 def test_auto_storage_is_split_exactly_where_the_compute_is_bf16(tiny_config):
@@ -195,15 +197,15 @@ def test_auto_storage_is_split_exactly_where_the_compute_is_bf16(tiny_config):
   c.train.param_storage = config_lib.AUTO
   for dtype, want in (('float32', 'float32'), ('bfloat16', 'split')):
     c.train.compute_dtype = dtype
-    assert config_lib.resolve(c).train.param_storage == want
+    assert resolve.resolve(c).train.param_storage == want
   # compute_dtype auto is f32 on a CPU, bf16 elsewhere: so is the storage.
   c.train.compute_dtype = config_lib.AUTO
-  assert config_lib.resolve(c, 'cpu').train.param_storage == 'float32'
-  assert config_lib.resolve(c, 'tpu').train.param_storage == 'split'
+  assert resolve.resolve(c, 'cpu').train.param_storage == 'float32'
+  assert resolve.resolve(c, 'tpu').train.param_storage == 'split'
   assert c.train.param_storage == config_lib.AUTO  # a copy, not changed
-  assert train.config_storage(config_lib.resolve(c)).view is not None
+  assert train.config_storage(resolve.resolve(c)).view is not None
   with pytest.raises(KeyError):  # the trainer takes resolved configs only
-    train.compute_dtype(config_lib.AUTO)
+    precision.compute_dtype(config_lib.AUTO)
 
 
 def test_identity_holds_the_resolved_storage(tmp_path, tiny_config):
@@ -212,7 +214,7 @@ def test_identity_holds_the_resolved_storage(tmp_path, tiny_config):
   ds = data.load('digits')
   workdir = str(tmp_path / 'run')
   tiny_config.train.update(compute_dtype='bfloat16', param_storage='float32')
-  ident = lambda c, **kw: identity_lib.identity(config_lib.resolve(c, **kw), ds)
+  ident = lambda c, **kw: identity_lib.identity(resolve.resolve(c, **kw), ds)
   identity_lib.check_identity(workdir, ident(tiny_config))
   z = np.zeros((1, 4), bool)
   chunks.write_chunk(workdir, [0], z, z, z, z, z, np.zeros((1, 1)))
@@ -228,12 +230,12 @@ def test_identity_holds_the_resolved_storage(tmp_path, tiny_config):
   # float32 everywhere), an explicit other storage is still refused.
   tiny_config.train.param_storage = config_lib.AUTO
   recorded = identity_lib.recorded_config(workdir)
-  kept = config_lib.resolve(tiny_config, recorded=recorded)
+  kept = resolve.resolve(tiny_config, recorded=recorded)
   assert kept.train.param_storage == 'float32'
   assert tiny_config.train.param_storage == config_lib.AUTO  # not changed
   identity_lib.check_identity(workdir, ident(tiny_config, recorded=recorded))
   assert identity_lib.recorded_config(str(tmp_path / 'new')) is None
-  assert config_lib.resolve(tiny_config).train.param_storage == 'split'
+  assert resolve.resolve(tiny_config).train.param_storage == 'split'
 
 
 def test_auto_resumes_a_float32_run_with_float32(tiny_config, tmp_path):
@@ -261,7 +263,7 @@ def test_auto_dtypes_and_what_they_resolve_to_are_one_run(tmp_path,
   ds = data.load('digits')
   workdir = str(tmp_path / 'run')
   # compute_dtype auto: f32 here
-  ident = identity_lib.identity(config_lib.resolve(tiny_config), ds)
+  ident = identity_lib.identity(resolve.resolve(tiny_config), ds)
   assert ident['config']['train.compute_dtype'] == 'float32'
   # As runs before resolved dtypes wrote it: the config as written.
   old = dict(ident, config=dict(ident['config'],
@@ -272,9 +274,9 @@ def test_auto_dtypes_and_what_they_resolve_to_are_one_run(tmp_path,
   chunks.write_chunk(workdir, [0], z, z, z, z, z, np.zeros((1, 1)))
   tiny_config.train.update(compute_dtype='float32', momentum_dtype='float32')
   identity_lib.check_identity(workdir, identity_lib.identity(
-      config_lib.resolve(tiny_config), ds))
+      resolve.resolve(tiny_config), ds))
   tiny_config.train.compute_dtype = 'bfloat16'
   with pytest.raises(identity_lib.IdentityError, match=(
       r"config.train.compute_dtype \(stored 'float32', given 'bfloat16'\)")):
     identity_lib.check_identity(workdir, identity_lib.identity(
-        config_lib.resolve(tiny_config), ds))
+        resolve.resolve(tiny_config), ds))

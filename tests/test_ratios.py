@@ -10,9 +10,11 @@ import pytest
 from conftest import ROOT
 from feldman_zhang import chunks
 from feldman_zhang import config as config_lib
+from feldman_zhang import errors
 from feldman_zhang import estimates_file
 from feldman_zhang import pipeline
 from feldman_zhang import ratios
+from feldman_zhang import resolve
 from feldman_zhang import store
 from feldman_zhang import streams
 from feldman_zhang import subsets
@@ -48,11 +50,11 @@ def test_cscore_equals_the_definition_with_empty_groups():
 
 def test_config_checks_the_ratios(tiny_config):
   tiny_config.subset_ratios = (0.3, 0.5)  # lacks subset_ratio 0.7
-  with pytest.raises(config_lib.ConfigError, match='must hold subset_ratio'):
-    config_lib.validate(tiny_config)
+  with pytest.raises(errors.ConfigError, match='must hold subset_ratio'):
+    resolve.validate(tiny_config)
   tiny_config.subset_ratios = (0.7, 0.7)
-  with pytest.raises(config_lib.ConfigError, match='distinct'):
-    config_lib.validate(tiny_config)
+  with pytest.raises(errors.ConfigError, match='distinct'):
+    resolve.validate(tiny_config)
 
 
 def test_other_ratios_draw_subsets_of_their_own():

@@ -20,6 +20,7 @@ from feldman_zhang import store
 
 from feldman_zhang.analysis import export_pairs
 from feldman_zhang.analysis import release as release_script
+from feldman_zhang.analysis import release_compare
 from feldman_zhang.analysis import runs
 
 pytestmark = pytest.mark.integration  # runs and subprocesses
@@ -157,7 +158,7 @@ def test_compare_with_other_files_disagrees(tiny_run, tmp_path):
   other['mem'] = rng.permutation(other['mem'])
   path = str(tmp_path / 'other.npz')
   np.savez(path, **other)
-  got = release_script.compare(run, path)
+  got = release_compare.compare(run, path)
   assert got['jaccard'] < 1.0
   assert got['mem_correlation_pairs'] < 0.99
 

@@ -101,10 +101,10 @@ def test_processes_with_other_device_counts_are_refused(monkeypatch,
   # differ, training some models twice and others never.
   import collections
   import jax
-  from feldman_zhang import config as config_lib
+  from feldman_zhang import errors
   fake = collections.namedtuple('Device', 'process_index')
   monkeypatch.setattr(jax, 'devices', lambda: [fake(0), fake(0), fake(1)])
-  with pytest.raises(config_lib.ConfigError,
+  with pytest.raises(errors.ConfigError,
                      match=r'different numbers of devices \({0: 2, 1: 1}'):
     schedule.models_per_call(tiny_config)
   monkeypatch.setattr(jax, 'devices', lambda: [fake(0), fake(1)])

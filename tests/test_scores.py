@@ -13,11 +13,11 @@ import pytest
 
 from conftest import ROOT
 from feldman_zhang import store
+from feldman_zhang.analysis import release_compare
 from feldman_zhang.analysis import runs
 from feldman_zhang.analysis import scores
 from feldman_zhang.analysis import stats
 
-from feldman_zhang.analysis import release as release_script
 
 # -- the released lowest and the comparison -----------------------------------
 
@@ -163,7 +163,7 @@ def test_compare_scores_with_the_runs_own_heldout_acc(tiny_workdir, tmp_path):
   # from another order show.
   shuffled = np.random.default_rng(0).permutation(ds.y_train)
   np.savez(path, labels=shuffled, scores=est['heldout_acc'])
-  got = release_script.compare_scores(run, path + ':scores', 'mem', 0.1)
+  got = release_compare.compare_scores(run, path + ':scores', 'mem', 0.1)
   assert got['auc_ranks_by'] == '+mem' and got['auc'] > 0.5
   assert got['labels_agreement'] < 0.5
 

@@ -4,8 +4,11 @@ import optax
 
 from feldman_zhang import config as config_lib
 from feldman_zhang import data
+from feldman_zhang import errors
 from feldman_zhang import evaluation
 from feldman_zhang import models
+from feldman_zhang import optimizer
+from feldman_zhang import resolve
 from feldman_zhang import subsets
 from feldman_zhang import train
 
@@ -67,14 +70,14 @@ def test_partial_last_batch_counts_once():
   # m = 10, batch 4: steps of 4, 4, 2 real examples; the padded slots must
   # weigh nothing, so a model trained with batch 4 on 10 examples whose
   # lr is 0 reports the true mean loss of its 10 examples.
-  c = config_lib.resolve(config_lib.base(), 'cpu')
+  c = resolve.resolve(config_lib.base(), 'cpu')
   c.model.hidden = (8,)
   c.train.update(epochs=1, batch_size=4, lr=1e-30, momentum=0.0)
   model = models.create(c.model, 3)
   x = np.random.default_rng(0).integers(0, 255, (20, 2, 2, 1), np.uint8)
   y = np.arange(20, dtype=np.int32) % 3
   idx = np.arange(10, dtype=np.int32)
-  tx = train.make_optimizer(c.train, train.steps_per_epoch(10, 4))
+  tx = optimizer.make_optimizer(c.train, optimizer.steps_per_epoch(10, 4))
   train_one = train.make_train_one(model, tx, m=10, batch_size=4, epochs=1)
   (params, _), losses = jax.jit(train_one)(jax.random.key(0), idx, x, y)
   logits = model.apply({'params': params}, x[:10])
@@ -106,7 +109,7 @@ def test_map_over_models_equals_vmap(tiny_config):
 def test_bf16_momentum_is_stored_in_bf16_and_trains_alike(tiny_config):
   c = tiny_config.train
   c.momentum_dtype = 'bfloat16'
-  tx = train.make_optimizer(c, 10)
+  tx = optimizer.make_optimizer(c, 10)
   params = {'w': np.ones((3, 2), np.float32)}
   dtypes = {x.dtype for x in jax.tree.leaves(tx.init(params))
             if getattr(x, 'ndim', 0)}
@@ -135,11 +138,11 @@ def test_step_counts_follow_airbench():
   # partial batch of each epoch dropped; kept, 35 steps an epoch.
   t = config_lib.base().train
   t.update(epochs=9.9, batch_size=1024, drop_last=True)
-  assert train.step_counts(35000, t) == (34, 337)
+  assert optimizer.step_counts(35000, t) == (34, 337)
   t.update(epochs=10, drop_last=False)
-  assert train.step_counts(35000, t) == (35, 350)
-  assert train.total_steps(0.1, 30) == 3  # 0.1 x 30 is 3.0000000000000004
-  assert train.total_steps(0.5, 3) == 2
+  assert optimizer.step_counts(35000, t) == (35, 350)
+  assert optimizer.total_steps(0.1, 30) == 3  # 0.1 x 30 is 3.0000000000000004
+  assert optimizer.total_steps(0.5, 3) == 2
 
 
 def test_drop_last_order_is_a_part_of_a_permutation():
@@ -157,7 +160,7 @@ def test_drop_last_order_is_a_part_of_a_permutation():
 def test_fractional_epochs_stop_the_last_pass_early():
   # m = 10, batch 4, drop_last: 2 steps an epoch, 1.5 epochs = 3 steps:
   # the same model as train_one driven step by step over the same keys.
-  c = config_lib.resolve(config_lib.base(), 'cpu')
+  c = resolve.resolve(config_lib.base(), 'cpu')
   c.model.hidden = (8,)
   c.train.update(epochs=1.5, batch_size=4, lr=0.5, drop_last=True,
                  schedule='linear', warmup_epochs=0.5, lookahead=True)
@@ -187,7 +190,7 @@ def test_fractional_epochs_stop_the_last_pass_early():
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ema[0])):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
   # The schedule ends at the last of the 3 steps.
-  lr = train._schedule(c.train, 2)
+  lr = optimizer._schedule(c.train, 2)
   np.testing.assert_allclose([lr(1), lr(3)], [0.5, 0.0], atol=1e-7)
 
 
@@ -196,12 +199,12 @@ def test_epochs_field_takes_fractions_through_copies():
   c.train.epochs = 9.9
   c = config_lib.copy(c)
   c.train.epochs = 3
-  assert config_lib.resolve(c, 'cpu').train.epochs == 3
+  assert resolve.resolve(c, 'cpu').train.epochs == 3
   for bad in ('ten', True, 0, -1.5):
     c.train.epochs = bad
     try:
-      config_lib.validate(c)
-    except config_lib.ConfigError as e:
+      resolve.validate(c)
+    except errors.ConfigError as e:
       assert str(e).startswith('train.epochs must be') and '\n' not in str(e)
     else:
       raise AssertionError(f'epochs={bad!r} was accepted')

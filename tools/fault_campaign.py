@@ -20,12 +20,18 @@
    a disk too small before it starts), and with that check off, so every
    write meets the full disk itself.
 6. Malformed inputs: each one exits non-zero with one line, no traceback.
-7. Issue 27 (`_issue27`, also alone: --only=issue27, about two minutes):
-   SIGTERM and a second SIGINT in a job; the lock's note file removed
-   under its holder; flipped bytes in the lastlayer backbone's weights;
-   damaged experiment files, a full disk, an unwritable --out and Ctrl-C
-   in the analysis commands; a killed pair export; a config file that does
-   not load; training of no step.
+7. Issue 27 (`_issue27`, also alone: --only=issue27, about six minutes on
+   2 busy cores): files of another run copied in (`_foreign_files`): a
+   chunk of another seed, a chunk of another epoch count and, in a C-score
+   run, a chunk of ratio 0.7 in ratio 0.5's chunks, each under the name of
+   one of the run's own: set aside in chunks/corrupt, its models retrained,
+   the estimates (C-scores) bit-identical; another run's estimates.npz and
+   dense infl files: report and export_pairs refuse them in one line,
+   writing nothing; SIGTERM and a second SIGINT in a job; the lock's note
+   file removed under its holder; flipped bytes in the lastlayer
+   backbone's weights; damaged experiment files, a full disk, an
+   unwritable --out and Ctrl-C in the analysis commands; a killed pair
+   export; a config file that does not load; training of no step.
 Prints one JSON line of counts. Not a test: tens of minutes on 2 cores.
 """
 
@@ -329,12 +335,108 @@ def _temps(root):
           for n in names if n.startswith('.tmp-')]
 
 
+def _fresh_run(out, name, *extra):
+  """A finished run of the job with `extra` in OUT/name, made anew."""
+  w = os.path.join(out, name)
+  shutil.rmtree(w, ignore_errors=True)
+  r = _run(_job(w, *extra))
+  assert r.returncode == 0, r.stderr[-2000:]
+  return w
+
+
+def _snapshot(root):
+  """{relative path: (size, mtime)} of every file under root."""
+  return {os.path.relpath(os.path.join(r, n), root):
+          (os.path.getsize(os.path.join(r, n)),
+           os.path.getmtime(os.path.join(r, n)))
+          for r, _, names in os.walk(root) for n in names}
+
+
+def _foreign_chunk(src, dst, workdir, *extra):
+  """Copies the chunk src (another run's) over dst, a chunk of the same
+  name, and reruns the job of workdir (with extra). Returns (whether it
+  finished with no traceback, whether it logged dst as another run's and
+  set exactly src's bytes aside in chunks/corrupt beside dst)."""
+  # Else the trial would prove nothing: the chunk must change the results.
+  assert open(src, 'rb').read() != open(dst, 'rb').read(), (src, dst)
+  shutil.copyfile(src, dst)
+  r = _run(_job(workdir, *extra))
+  aside = os.path.join(os.path.dirname(dst), 'corrupt', os.path.basename(dst))
+  finished = r.returncode == 0 and 'Traceback' not in r.stderr
+  set_aside = (os.path.exists(aside) and
+               open(aside, 'rb').read() == open(src, 'rb').read() and
+               f'chunk {dst} belongs to another run' in r.stderr and
+               'moving it to chunks/corrupt' in r.stderr)
+  if not (finished and set_aside):
+    print(f'foreign chunk {src} -> {dst}: rc {r.returncode}: '
+          f'{r.stderr.splitlines()[-3:]}', file=sys.stderr)
+  return finished, set_aside
+
+
+def _foreign_files(out, ref, add):
+  """Items 1-3: files of another run copied in are set aside or refused."""
+  want = _files(ref)
+  chunk = os.path.join('chunks', 'models_0000016-0000024.npz')
+  seed1 = _fresh_run(out, 'foreign_seed1', '--config.seed=1')
+  epochs3 = _fresh_run(out, 'foreign_epochs3', '--config.train.epochs=3',
+                       '--config.num_models=24')  # up to the chunk copied
+
+  # 1 (another seed), 2 (another epoch count, once stuck in a traceback):
+  # a chunk of the same name is set aside, its models retrained.
+  for tag, donor in (('chunk', seed1), ('epochs_chunk', epochs3)):
+    w = os.path.join(out, f'foreign_{tag}')
+    shutil.rmtree(w, ignore_errors=True)
+    shutil.copytree(ref, w)
+    finished, set_aside = _foreign_chunk(
+        os.path.join(donor, chunk), os.path.join(w, chunk), w)
+    add(f'foreign_{tag}_finished', finished)
+    add(f'foreign_{tag}_set_aside', set_aside)
+    add(f'foreign_{tag}_same_estimates', finished and _files(w) == want)
+
+  # 1, across C-score ratios: a chunk of ratio 0.7 (the run's own) copied
+  # into ratio 0.5's run under the same name.
+  flags = ('--config.num_models=16', '--config.subset_ratios=(0.5,0.7)')
+  c = _fresh_run(out, 'foreign_ratio', *flags)
+  before = _files(c)
+  small = os.path.join('chunks', 'models_0000008-0000016.npz')
+  donor = os.path.join(out, 'foreign_ratio_0.7.npz')  # kept: c's is retrained
+  shutil.copyfile(os.path.join(c, small), donor)
+  finished, set_aside = _foreign_chunk(
+      donor, os.path.join(c, 'ratios', '0.5000', small), c, *flags)
+  add('foreign_ratio_chunk_finished', finished)
+  add('foreign_ratio_chunk_set_aside', set_aside)
+  with np.load(os.path.join(c, 'estimates.npz')) as est:
+    has_cscore = 'cscore' in est.files
+  add('foreign_ratio_same_cscores', finished and has_cscore and
+      _files(c) == before)
+
+  # 3: another run's estimates (and dense infl files) copied in: the
+  # analysis refuses them in one line and writes nothing.
+  w = os.path.join(out, 'foreign_estimates')
+  shutil.rmtree(w, ignore_errors=True)
+  shutil.copytree(ref, w)
+  for path in glob.glob(os.path.join(w, 'infl*.npy')):
+    os.remove(path)
+  for path in [os.path.join(seed1, 'estimates.npz'),
+               *glob.glob(os.path.join(seed1, 'infl*.npy'))]:
+    shutil.copy(path, w)
+  files = _snapshot(w)
+  for name in ('report', 'export_pairs'):
+    add('foreign_estimates_one_line', _one_line(
+        _analysis(name, f'--workdir={w}'), f'{w}/estimates.npz',
+        'made by another run'))
+    add('foreign_estimates_trials', True)
+  add('foreign_estimates_nothing_written', _snapshot(w) == files)
+
+
 def _issue27(out, ref):
   counts = {}
   add = lambda key, ok: counts.__setitem__(key, counts.get(key, 0) + bool(ok))
   sys.path.insert(0, ROOT)
   from feldman_zhang import chunks  # pylint: disable=import-outside-toplevel
   from feldman_zhang import store  # pylint: disable=import-outside-toplevel
+
+  _foreign_files(out, ref, add)
 
   # 10: SIGTERM, then two SIGINTs, after the first chunk.
   for sig, code, twice in ((signal.SIGTERM, 143, False),

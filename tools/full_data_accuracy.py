@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from feldman_zhang import config as config_lib
+from feldman_zhang import optimizer
 from feldman_zhang import prepare as prepare_lib
 from feldman_zhang import train
 
@@ -39,7 +40,7 @@ def main(config_file, source, epochs=None):
   out = {k: np.asarray(v)[0] for k, v in out.items()}
   print(json.dumps(dict(
       config=config_file, source=source, n=n, epochs=c.train.epochs,
-      steps=train.step_counts(n, c.train)[1],
+      steps=optimizer.step_counts(n, c.train)[1],
       test_acc=float(out['test_correct'].mean()),
       train_acc=float(out['train_correct'].mean()),
       epoch_losses=[round(float(x), 4) for x in out['loss']],

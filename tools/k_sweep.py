@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from feldman_zhang import config as config_lib
+from feldman_zhang import optimizer
 from feldman_zhang import prepare as prepare_lib
 from feldman_zhang import schedule
 from feldman_zhang import train
@@ -55,7 +56,7 @@ def main(config_file, source, ks, epochs=None, repeats=3):
   print(json.dumps(dict(
       config=config_file, source=source, backend=jax.default_backend(),
       vectorize=c.vectorize, epochs=c.train.epochs,
-      steps=train.step_counts(m, c.train)[1], m=m,
+      steps=optimizer.step_counts(m, c.train)[1], m=m,
       per_model_s={k: round(v, 4) for k, v in per_model.items()},
       relative_to_first={k: round(v / per_model[ks[0]], 3)
                          for k, v in per_model.items()},

@@ -24,7 +24,7 @@ from feldman_zhang import prepare as prepare_lib
 from feldman_zhang import runner
 from feldman_zhang import schedule
 from feldman_zhang import subsets
-from feldman_zhang.analysis import lds as lds_lib
+from feldman_zhang.analysis import lds_score
 from feldman_zhang.analysis import lira
 
 
@@ -53,7 +53,7 @@ def main(config_file='configs/digits_mlp.py', pool='512', evals='128'):
     attacks = lira.attack_all(a['masks'], phi(a['train_margin']),
                                     num_bootstrap=100)
     score = margins.infl_margin(a['masks'], phi(a['test_margin']))
-    out = lds_lib.lds(score, b['masks'], phi(b['test_margin']).mean(-1))
+    out = lds_score.lds(score, b['masks'], phi(b['test_margin']).mean(-1))
     result[name] = dict(
         lds_infl_margin=[out['value'], out['lo'], out['hi']],
         **{k: dict(auc=v['auc']['value'],

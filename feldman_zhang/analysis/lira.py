@@ -1,6 +1,7 @@
 r"""LiRA (Carlini et al. 2022, "Membership Inference Attacks From First
 Principles") against a pool of models on random subsets: the attacks'
-scores; membership.py is the command.
+scores; their shadow groups' statistics are lira_shadows.py's, and
+membership.py is the command.
 
 Every model is a target in turn; its shadow pool is every OTHER model. For a
 target k, example i and view v, the shadow scores of i split into IN (the
@@ -43,6 +44,7 @@ import jax.numpy as jnp
 from jax.scipy import special as jax_special
 import numpy as np
 
+from feldman_zhang.analysis import lira_shadows
 from feldman_zhang.analysis import roc
 
 ATTACKS = ('online', 'online_fixed', 'offline', 'offline_fixed',
@@ -74,101 +76,6 @@ def choose_targets(t: int, count: int = 64, seed: int = 0) -> np.ndarray:
   """(min(count, t),) int64: a seeded sample of target models, sorted."""
   rng = np.random.default_rng(seed)
   return np.sort(rng.choice(t, min(count, t), replace=False))
-
-
-def _loo_middle(phi, group, targets):
-  """The two middle scores of each target's group without the target, whose
-  mean is the group's median (np.median's rule).
-
-  phi: (t, b, V) float32; group: (t, b, V) bool; targets: (T,) int32.
-  Returns lo, hi (T, b, V) float32, NaN where the group is empty.
-  """
-  t = phi.shape[0]
-  size = jnp.sum(group, 0, dtype=jnp.int32)
-  keyed = jnp.where(group, phi, jnp.inf)  # the group first, in order
-  order = jnp.argsort(keyed, axis=0)
-  ordered = jnp.take_along_axis(keyed, order, axis=0)
-  own = group[targets]
-  # Dropping the target's entry shifts every later position by one; a tied
-  # copy's position would give the same values.
-  skip = jnp.where(own, jnp.argsort(order, axis=0)[targets], t)
-  left = size[None] - own
-  def at(p):
-    p = jnp.maximum(p, 0)
-    value = jnp.take_along_axis(ordered, jnp.minimum(p + (p >= skip), t - 1),
-                                axis=0)
-    return jnp.where(left > 0, value, jnp.nan)
-  return at((left - 1) // 2), at(left // 2)
-
-
-@jax.jit
-def _tile_middles(masks, phi, targets):
-  """masks: (t, b) bool; phi: (t, b, V) float32; targets: (T,) int32 ->
-  dict of (T, b, V) float32 in_lo, in_hi, out_lo, out_hi (_loo_middle),
-  and whether every score is finite."""
-  member = jnp.broadcast_to(masks[:, :, None], phi.shape)
-  in_lo, in_hi = _loo_middle(phi, member, targets)
-  out_lo, out_hi = _loo_middle(phi, ~member, targets)
-  return dict(in_lo=in_lo, in_hi=in_hi, out_lo=out_lo, out_hi=out_hi,
-              finite=jnp.all(jnp.isfinite(phi)))
-
-
-def _loo_std(phi, group, targets):
-  """np.std of each target's group without the target: (T, b, V) float64,
-  NaN where the group is empty.
-
-  phi: (t, b, V) float64; group: (t, b, V) bool; targets: (T,) int.
-  One pass serves every target: Welford's removal of the target from the
-  group's two-pass sums. In float64 on the host because removing an
-  outlier cancels: in float32 the sd of two close shadows (0.004, the third
-  at 0.9 from them) came out 5e-4 off relatively, 15 in a score of 3400.
-  """
-  size = group.sum(0)
-  total = np.where(group, phi, 0).sum(0)
-  mean = total / np.maximum(size, 1)
-  sq = np.where(group, np.square(phi - mean), 0).sum(0)
-  x, own = phi[targets], group[targets]
-  left = size - own
-  mean_left = (total - x) / np.maximum(left, 1)
-  sq_left = np.where(own, sq - (x - mean) * (x - mean_left), sq)
-  var = np.where(left > 1, np.maximum(sq_left, 0) / np.maximum(left, 1), 0)
-  return np.where(left > 0, np.sqrt(var), np.nan)
-
-
-def _tiles(masks, phi, tile):
-  """(start, stop, masks (t, b), phi (t, b, V) float32) per tile of `tile`
-  examples, the last padded so every tile compiles once."""
-  n = masks.shape[1]
-  tile = max(1, min(tile, n))
-  for start in range(0, n, tile):
-    stop = min(start + tile, n)
-    m = np.zeros((masks.shape[0], tile), bool)
-    p = np.zeros((phi.shape[0], tile, phi.shape[2]), np.float32)
-    m[:, :stop - start], p[:, :stop - start] = (masks[:, start:stop],
-                                                phi[:, start:stop])
-    yield start, stop, m, p
-
-
-def _pooled_std(masks, phi, tile):
-  """(2, t) float64: the std of the pooled IN (row 0) and OUT (row 1) scores
-  of every model but the one in the column, over examples and views; NaN
-  where none."""
-  t, _, num_views = phi.shape
-  shift = float(np.mean(phi[:, :min(tile, phi.shape[1])], dtype=np.float64))
-  moments = np.zeros((2, 3, t))  # side, (count, sum, sum of squares), model
-  for start in range(0, masks.shape[1], tile):
-    d = np.asarray(phi[:, start:start + tile], np.float64) - shift
-    member = masks[:, start:start + tile]
-    for side, group in enumerate((member, ~member)):
-      w = group[:, :, None]
-      moments[side] += [group.sum(1) * num_views,
-                        np.where(w, d, 0).sum((1, 2)),
-                        np.where(w, d * d, 0).sum((1, 2))]
-  pooled = moments.sum(2, keepdims=True) - moments  # leave each model out
-  count, total, sq = pooled.transpose(1, 0, 2)
-  with np.errstate(invalid='ignore', divide='ignore'):
-    var = sq / count - np.square(total / count)
-  return np.where(count > 0, np.sqrt(np.maximum(var, 0)), np.nan)
 
 
 def _logpdf(x, loc, scale):
@@ -222,10 +129,10 @@ def _score_tiles(masks, phi, targets, attacks, tile):
   """(start, stop, {attack: (T, stop - start) float64}) per tile."""
   pooled = None
   if any(a.endswith('_fixed') for a in attacks):
-    pooled = _pooled_std(masks, phi, tile)[:, targets, None, None]
+    pooled = lira_shadows.pooled_std(masks, phi, tile)[:, targets, None, None]
   targets_dev = jnp.asarray(targets, jnp.int32)
-  for start, stop, m, p in _tiles(masks, phi, tile):
-    mid = _tile_middles(m, p, targets_dev)
+  for start, stop, m, p in lira_shadows.tiles(masks, phi, tile):
+    mid = lira_shadows.tile_middles(m, p, targets_dev)
     if not bool(mid.pop('finite')):
       raise ValueError(f'phi holds non-finite scores in examples {start} to '
                        f'{stop - 1}')
@@ -235,8 +142,8 @@ def _score_tiles(masks, phi, targets, attacks, tile):
     member = np.broadcast_to(m[:, :b, None], phi64.shape)
     s = dict(x=phi64[targets], med_in=(mid['in_lo'] + mid['in_hi']) / 2,
              med_out=(mid['out_lo'] + mid['out_hi']) / 2,
-             sd_in=_loo_std(phi64, member, targets),
-             sd_out=_loo_std(phi64, ~member, targets))
+             sd_in=lira_shadows.loo_std(phi64, member, targets),
+             sd_out=lira_shadows.loo_std(phi64, ~member, targets))
     with np.errstate(invalid='ignore', over='ignore', divide='ignore'):
       scores = {a: _score(a, s, pooled) for a in attacks}
     yield start, stop, scores

@@ -24,6 +24,8 @@ import numpy as np
 from feldman_zhang import config as config_lib
 from feldman_zhang import cost
 from feldman_zhang import models
+from feldman_zhang import optimizer
+from feldman_zhang import precision
 from feldman_zhang import prepare as prepare_lib
 from feldman_zhang import runner
 from feldman_zhang import schedule
@@ -42,8 +44,8 @@ def bytes_per_param_step(config) -> dict:
   storage reads and writes the two halves and needs no cast.
   """
   c = config.train
-  w = np.dtype(train.compute_dtype(c.compute_dtype)).itemsize
-  mom = np.dtype(train.compute_dtype(c.momentum_dtype)).itemsize
+  w = np.dtype(precision.compute_dtype(c.compute_dtype)).itemsize
+  mom = np.dtype(precision.compute_dtype(c.momentum_dtype)).itemsize
   split = c.param_storage == 'split'
   terms = dict(cast=0 if split or w == 4 else 4 + w, forward=w, backward=w,
                gradient=2 * w, momentum=2 * mom if c.momentum else 0,
@@ -129,7 +131,7 @@ def make_steploop(model, config, m):
   setup_s, the time to initialize the model before its first step.
   """
   c = config.train
-  steps, total = train.step_counts(m, c)
+  steps, total = optimizer.step_counts(m, c)
   passes = math.ceil(total / steps)
   step, tx, storage = train.make_config_step(model, config, m)
   step = jax.jit(step)
@@ -173,7 +175,7 @@ def time_steploop(config, model, ds, m, num_models, sample_steps) -> dict:
   start = time.perf_counter()
   jax.block_until_ready(loop(key[0], idx[0], ds.x_train, ds.y_train, 2))
   compile_s = time.perf_counter() - start
-  steps = train.step_counts(m, config.train)[1]
+  steps = optimizer.step_counts(m, config.train)[1]
   sample = min(sample_steps, steps)
   timing = {}
   start = time.perf_counter()

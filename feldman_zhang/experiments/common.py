@@ -4,7 +4,6 @@ import os
 
 import jax
 
-from feldman_zhang import config as config_lib
 from feldman_zhang import errors
 from feldman_zhang import estimates_file
 from feldman_zhang import identity as identity_lib
@@ -23,7 +22,7 @@ def finished_run(config, workdir) -> tuple[prepare_lib.Prepared, dict]:
   estimates)."""
   if jax.process_count() > 1:
     # Both experiments train on one host's devices and write shared files.
-    raise config_lib.ConfigError('the drop and lastlayer experiments run in '
+    raise errors.ConfigError('the drop and lastlayer experiments run in '
                                  'one process: start them without '
                                  '--distributed')
   job = prepare_lib.prepare(config,

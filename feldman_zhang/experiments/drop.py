@@ -5,6 +5,7 @@ Numbers only: WORKDIR/drop/theta_*.npz (each threshold's models) and
 drop.csv; analysis.experiment_figures draws them.
 """
 
+import concurrent.futures
 import csv
 import os
 import time
@@ -12,7 +13,8 @@ import time
 import numpy as np
 from absl import logging
 
-from feldman_zhang import config as config_lib
+from feldman_zhang import errors
+from feldman_zhang import optimizer
 from feldman_zhang import runner
 from feldman_zhang import store
 from feldman_zhang import streams
@@ -20,12 +22,42 @@ from feldman_zhang import train
 from feldman_zhang.experiments import common
 
 
-def train_rows(config, model, ds, idx, keys) -> dict:
+def train_rows(config, model, ds, idx, keys, ahead=None) -> dict:
   """The outputs of one model per row of idx (R, m), keys (R,), trained by
-  the job's runner on this host's devices."""
-  program = runner.Program(model, config, ds, idx.shape[1],
-                           min(config.models_per_device, len(idx)))
-  return runner.train_rows(program, keys, idx)
+  the job's runner on this host's devices. ahead: (program, its compile
+  under way) from compile_ahead, or None to build and compile here."""
+  if ahead is None:
+    ahead = _program(config, model, ds, idx.shape[1], len(idx)), None
+  program, compiling = ahead
+  return runner.train_rows(program, keys, idx, compiling=compiling)
+
+
+def _program(config, model, ds, m: int, rows: int, data=None):
+  return runner.Program(model, config, ds, m,
+                        min(config.models_per_device, rows), data=data)
+
+
+def compile_ahead(config, model, ds, sizes) -> dict:
+  """{m: (program, its compile under way)} for the subset sizes m, in the
+  order given (the order they train in).
+
+  A threshold removes r examples and trains on m = n - r: m fixes the
+  program's shapes (the epoch permutation, the steps per epoch), so the
+  thresholds cannot share one program. Instead each compiles in the
+  background while the ones before it train, on a queue of a quarter of
+  the host's cores (XLA compiles without the GIL; one on a 2-core host, so
+  a compile never waits for more than the training it overlaps). The
+  programs share one copy of the data on the devices.
+  """
+  pool = concurrent.futures.ThreadPoolExecutor(
+      max(1, (os.cpu_count() or 1) // 4))
+  ahead, data = {}, None
+  for m in dict.fromkeys(sizes):
+    program = _program(config, model, ds, m, 2 * config.drop.num_models, data)
+    data = program.data
+    ahead[m] = program, program.compile_async(pool)
+  pool.shutdown(wait=False)
+  return ahead
 
 
 def random_removal(seed: int, theta_index: int, model: int, n: int, r: int):
@@ -35,29 +67,37 @@ def random_removal(seed: int, theta_index: int, model: int, n: int, r: int):
   return np.sort(rng.choice(n, r, replace=False))
 
 
-def drop_one(config, ds, model, removed, theta, theta_index) -> dict:
-  """Both arms at one threshold: arrays for drop/theta_*.npz.
-
-  removed: (r,) the training examples of mem >= theta.
-  """
-  n, num = ds.num_train, config.drop.num_models
-  r = len(removed)
+def check_removal(config, n: int, r: int, theta) -> None:
+  """ConfigError/StoreError in one line if removing r of the n examples
+  leaves nothing to train."""
   if r >= n:
     raise store.StoreError(f'mem >= {theta} removes every training example')
-  if train.step_counts(n - r, config.train)[1] < 1:
-    raise config_lib.ConfigError(
+  if optimizer.step_counts(n - r, config.train)[1] < 1:
+    raise errors.ConfigError(
         f'mem >= {theta} leaves {n - r} training examples, on which '
         f'train.epochs={config.train.epochs:g} at train.batch_size='
         f'{config.train.batch_size} (drop_last={config.train.drop_last}) '
         'trains no step; lower the batch size or leave that threshold out '
         'of drop.thresholds')
+
+
+def drop_one(config, ds, model, removed, theta, theta_index,
+             ahead=None) -> dict:
+  """Both arms at one threshold: arrays for drop/theta_*.npz.
+
+  removed: (r,) the training examples of mem >= theta. ahead: as in
+  train_rows.
+  """
+  n, num = ds.num_train, config.drop.num_models
+  r = len(removed)
+  check_removal(config, n, r, theta)
   random_removed = np.stack([random_removal(config.drop.seed, theta_index, j,
                                             n, r) for j in range(num)])
   keep = lambda gone: np.setdiff1d(np.arange(n), gone).astype(np.int32)
   idx = np.stack([keep(removed)] * num + [keep(g) for g in random_removed])
   keys = train.model_keys(config.seed, theta_index * 2**20 + np.arange(2 * num),
                           stream=streams.DROP)
-  out = train_rows(config, model, ds, idx, keys)
+  out = train_rows(config, model, ds, idx, keys, ahead)
   # A diverged model's accuracy is not the recipe's: NaN, left out of the
   # means, as the estimate leaves it out.
   acc = np.where(np.isfinite(out['loss']).all(1), out['test_correct'].mean(1),
@@ -87,17 +127,21 @@ def _drop(config, ds, model, est, workdir) -> list:
   w = store.Workdir(workdir)
   rows, start = [], time.time()
   thresholds = list(config.drop.thresholds)
+  removed = [np.flatnonzero(est['mem'] >= theta) for theta in thresholds]
+  stored = [_stored(w.drop_theta(theta), gone, config)
+            for theta, gone in zip(thresholds, removed)]
+  todo = [i for i, result in enumerate(stored) if result is None]
+  n = ds.num_train
+  for i in todo:
+    check_removal(config, n, len(removed[i]), thresholds[i])
+  ahead = compile_ahead(config, model, ds, [n - len(removed[i]) for i in todo])
   for i, theta in enumerate(thresholds):
-    path = w.drop_theta(theta)
-    removed = np.flatnonzero(est['mem'] >= theta)
-    result = _read_npz(path)
-    if result is not None and not _same_drop(result, removed, config):
-      logging.info('%s was made with other drop settings or estimates; '
-                   'training it again', path)
-      result = None
+    result = stored[i]
     if result is None:
-      result = drop_one(config, ds, model, removed, theta, i)
-      store.atomic_write(path, lambda f, r=result: np.savez(f, **r))
+      result = drop_one(config, ds, model, removed[i], theta, i,
+                        ahead[n - len(removed[i])])
+      store.atomic_write(w.drop_theta(theta),
+                         lambda f, r=result: np.savez(f, **r))
     high, high_se = _mean_se(result['acc_high'])
     rand, rand_se = _mean_se(result['acc_random'])
     rows.append(dict(theta=float(theta), num_removed=len(result['removed']),
@@ -112,6 +156,16 @@ def _drop(config, ds, model, est, workdir) -> list:
   _write_csv(w.drop_csv, rows)
   print(_drop_table(rows))
   return rows
+
+
+def _stored(path, removed, config) -> dict | None:
+  """The threshold's stored result if these settings made it, else None."""
+  result = _read_npz(path)
+  if result is not None and not _same_drop(result, removed, config):
+    logging.info('%s was made with other drop settings or estimates; '
+                 'training it again', path)
+    return None
+  return result
 
 
 def _same_drop(result, removed, config) -> bool:

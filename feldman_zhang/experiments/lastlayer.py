@@ -25,6 +25,7 @@ from feldman_zhang import estimates_file
 from feldman_zhang import models
 from feldman_zhang import prepare as prepare_lib
 from feldman_zhang import identity as identity_lib
+from feldman_zhang import resolve
 from feldman_zhang import store
 from feldman_zhang import streams
 from feldman_zhang import train
@@ -185,7 +186,7 @@ def make_head_config(config):
                              warmup_epochs=0.0, drop_last=False)
     head_config.model.name = 'linear'
     head_config.subset_ratios = ()  # heads at the estimate's ratio only
-  config_lib.validate(head_config)
+  resolve.validate(head_config)
   return head_config
 
 
