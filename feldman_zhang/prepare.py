@@ -26,12 +26,13 @@ from feldman_zhang import precision
 from feldman_zhang import resolve
 from feldman_zhang import subsets
 from feldman_zhang import units
+from feldman_zhang.dataset import Dataset
 
 
 class Prepared(NamedTuple):
   config: ml_collections.FrozenConfigDict  # resolved: what the job reads
   given: ml_collections.ConfigDict         # as given: what it records too
-  ds: data_lib.Dataset
+  ds: Dataset
   m: int                                   # subset size
   model: nn.Module
 

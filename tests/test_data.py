@@ -10,6 +10,8 @@ import pytest
 from conftest import MNIST_DIR
 from conftest import ROOT
 from feldman_zhang import data
+from feldman_zhang import errors
+from feldman_zhang import sources
 
 CIFAR10_LOSSLESS = os.path.join(ROOT, '..', 'shared', 'datasets',
                                 'cifar10_lossless')
@@ -52,7 +54,7 @@ def test_idx_plain_and_gzip(tmp_path, compress):
                 y_train=rng.integers(0, 10, 7),
                 x_test=rng.integers(0, 256, (3, 5, 4)),
                 y_test=rng.integers(0, 10, 3))
-  for key, stem in data._IDX_FILES.items():
+  for key, stem in sources._IDX_FILES.items():
     _write_idx(str(tmp_path / (stem + ('.gz' if compress else ''))),
                arrays[key], compress)
   ds = data.load(f'idx:{tmp_path}')
@@ -65,8 +67,8 @@ def test_idx_truncated(tmp_path):
   _write_idx(path, np.zeros((4, 3, 3)), compress=False)
   with open(path, 'r+b') as f:
     f.truncate(20)
-  with pytest.raises(data.DataError, match='truncated'):
-    data.read_idx(path)
+  with pytest.raises(errors.DataError, match='truncated'):
+    sources.read_idx(path)
 
 
 def test_idx_corrupt_gzip_stream(tmp_path):
@@ -75,15 +77,15 @@ def test_idx_corrupt_gzip_stream(tmp_path):
   # Compressible, as images are: the stream holds Huffman codes to break.
   _write_idx(path, rng.integers(0, 4, (200, 28, 28)) * 60, compress=True)
   raw = bytearray(open(path, 'rb').read())
-  errors = set()
+  causes = set()
   for at in range(40, min(len(raw), 400), 7):  # bytes inside the stream
     bad = raw.copy()
     bad[at] ^= 0xFF
     open(path, 'wb').write(bytes(bad))
-    with pytest.raises(data.DataError) as e:
-      data.read_idx(path)
-    errors.add(type(e.value.__cause__).__name__)
-  assert 'error' in errors  # zlib.error among them, not only gzip's OSError
+    with pytest.raises(errors.DataError) as e:
+      sources.read_idx(path)
+    causes.add(type(e.value.__cause__).__name__)
+  assert 'error' in causes  # zlib.error among them, not only gzip's OSError
 
 
 def _npz(tmp_path, **overrides):
@@ -130,19 +132,19 @@ def test_npz_reads_the_lossless_cifar10(tmp_path):
     ('npz:/nonexistent.npz', 'does not exist'),
 ])
 def test_bad_sources(source, message):
-  with pytest.raises(data.DataError, match=message):
+  with pytest.raises(errors.DataError, match=message):
     data.load(source)
 
 
 def test_bad_arrays(tmp_path):
-  with pytest.raises(data.DataError, match='out of range'):
+  with pytest.raises(errors.DataError, match='out of range'):
     data.load(_npz(tmp_path, y_test=np.array([0, 1, 2, 3, 9, -1])),
               num_classes=4)
-  with pytest.raises(data.DataError, match='uint8'):
+  with pytest.raises(errors.DataError, match='uint8'):
     data.load(_npz(tmp_path, x_train=np.zeros((20, 4, 4, 3), np.float32)))
-  with pytest.raises(data.DataError, match='differ'):
+  with pytest.raises(errors.DataError, match='differ'):
     data.load(_npz(tmp_path, x_test=np.zeros((6, 4, 4, 1), np.uint8)))
-  with pytest.raises(data.DataError, match='out of range'):
+  with pytest.raises(errors.DataError, match='out of range'):
     data.load('digits', num_classes=5)
 
 
@@ -164,7 +166,7 @@ def test_tfds_mock(name, shape, classes):
 
 def test_tfds_not_prepared_names_data_dir(tmp_path):
   pytest.importorskip('tensorflow_datasets')
-  with pytest.raises(data.DataError, match=f'not prepared.*data_dir={tmp_path}'):
+  with pytest.raises(errors.DataError, match=f'not prepared.*data_dir={tmp_path}'):
     data.load('tfds:mnist', data_dir=str(tmp_path))
 
 
@@ -174,14 +176,14 @@ def test_tfds_probe_warnings_stay_quiet(tmp_path, caplog):
   pytest.importorskip('tensorflow_datasets')
   (tmp_path / 'mnist' / '3.0.1').mkdir(parents=True)
   with caplog.at_level(logging.INFO):
-    with pytest.raises(data.DataError, match='not prepared'):
+    with pytest.raises(errors.DataError, match='not prepared'):
       data.load('tfds:mnist', data_dir=str(tmp_path))
   assert 'dataset_info.json' not in caplog.text
 
 
 def test_tfds_unknown_name_is_one_line_with_tfds_guess(tmp_path):
   pytest.importorskip('tensorflow_datasets')
-  with pytest.raises(data.DataError) as e:
+  with pytest.raises(errors.DataError) as e:
     data.load('tfds:cifar_10', data_dir=str(tmp_path))
   assert 'Did you mean' in str(e.value) and 'cifar10' in str(e.value)
   assert '\n' not in str(e.value) and len(str(e.value)) < 300
@@ -191,7 +193,7 @@ def test_tfds_data_dir_with_a_tilde_is_the_home_directory(monkeypatch,
                                                            tmp_path):
   pytest.importorskip('tensorflow_datasets')
   monkeypatch.setenv('HOME', str(tmp_path))
-  with pytest.raises(data.DataError, match=f'looked in {tmp_path}/tfds/mnist'):
+  with pytest.raises(errors.DataError, match=f'looked in {tmp_path}/tfds/mnist'):
     data.load('tfds:mnist', data_dir='~/tfds')
 
 
@@ -200,7 +202,7 @@ def test_random_source_for_timing():
   assert ds.x_train.shape == (50, 32, 32, 3) and ds.x_test.shape == (20, 32, 32, 3)
   assert ds.num_classes == 100 and ds.y_train.max() < 100
   assert ds.fingerprint() == data.load('random:32x32x3:100:50:20').fingerprint()
-  with pytest.raises(data.DataError, match='bad random source'):
+  with pytest.raises(errors.DataError, match='bad random source'):
     data.load('random:32x32:10:5:5')
 
 
@@ -208,7 +210,7 @@ def test_digits_indices_map_back_to_scikit_learn():
   from sklearn import datasets as skdatasets  # pylint: disable=g-import-not-at-top
   bunch = skdatasets.load_digits()
   ds = data.load('digits')
-  train, test = data.digits_split()
+  train, test = sources.digits_split()
   assert len(train) == ds.num_train and len(test) == ds.num_test
   assert not set(train) & set(test) and len(set(train) | set(test)) == 1797
   np.testing.assert_array_equal(ds.y_train, bunch.target[train])
@@ -229,20 +231,20 @@ def _npz_file(path, y_train, y_test, **extra):
 def test_bad_npz_inputs_are_named(tmp_path):
   junk = tmp_path / 'junk.npz'
   junk.write_bytes(os.urandom(256))
-  with pytest.raises(data.DataError, match='is not an npz file'):
+  with pytest.raises(errors.DataError, match='is not an npz file'):
     data.load(f'npz:{junk}')
   stray = _npz_file(tmp_path / 'stray.npz', [0, 1, 17, 0, 1], [0, 1])
-  with pytest.raises(data.DataError, match='have no training example'):
+  with pytest.raises(errors.DataError, match='have no training example'):
     data.load(f'npz:{stray}')
   assert data.load(f'npz:{stray}', num_classes=18).num_classes == 18
   big = _npz_file(tmp_path / 'big.npz', [0, 1, 2**31 - 1], [0])
-  with pytest.raises(data.DataError, match='no training example'):
+  with pytest.raises(errors.DataError, match='no training example'):
     data.load(f'npz:{big}')
   one = _npz_file(tmp_path / 'one.npz', [0, 0, 0], [0], num_classes=2)
-  with pytest.raises(data.DataError, match='one class leaves nothing'):
+  with pytest.raises(errors.DataError, match='one class leaves nothing'):
     data.load(f'npz:{one}')
   np.savez(tmp_path / 'empty.npz', x_train=np.zeros((3, 0, 0), np.uint8),
            y_train=np.array([0, 1, 0]), x_test=np.zeros((1, 0, 0), np.uint8),
            y_test=np.array([0]))
-  with pytest.raises(data.DataError, match='empty side'):
+  with pytest.raises(errors.DataError, match='empty side'):
     data.load(f'npz:{tmp_path / "empty.npz"}')

@@ -19,6 +19,7 @@ from feldman_zhang import errors
 from feldman_zhang import estimates_file
 from feldman_zhang import identity as identity_lib
 from feldman_zhang import store
+from feldman_zhang.dataset import Dataset
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +41,7 @@ class Run:
   config: dict
   summary: dict | None
   estimates: dict
-  dataset: data_lib.Dataset
+  dataset: Dataset
   resolved: dict
 
 
@@ -107,7 +108,7 @@ def load_run_or_exit(argv, workdir: str, need_infl: bool = False) -> Run:
     sys.exit(f'error: {e}')
 
 
-def load_dataset(config: dict) -> data_lib.Dataset:
+def load_dataset(config: dict) -> Dataset:
   """The data set as the job builds it for training."""
   return data_lib.from_config(config)
 
