@@ -11,7 +11,7 @@ mesh the models split over, distributed.py's.
 """
 
 import math
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -128,22 +128,52 @@ def epoch_order(key, idx, batch_size: int, drop_last: bool = False):
   return order, weights
 
 
-def make_train_one(model, tx, *, m: int, batch_size: int, epochs,
-                   augment=None, label_smoothing: float = 0.0,
-                   storage: precision.Storage | None = None,
-                   alternating_flip: bool = False, lookahead: bool = False,
-                   drop_last: bool = False):
+def make_train_one(model, tx, **kwargs):
   """Returns train_one(key, idx, x, y) -> ((params, state), epoch_losses).
 
   idx: (m,) int32 training indices of this model's subset; x: (N, H, W, C)
   uint8 and y: (N,) int32, the whole training set, shared by all models.
-  epochs: a fractional count stops the last pass early
-  (`optimizer.total_steps`).
   epoch_losses: (ceil(epochs),) mean training loss of each pass (of the
-  examples the last, early-stopped one saw).
-  alternating_flip: mirror each batch by augment.alternating_flips (before
-  `augment`'s own draw); lookahead: airbench's weight averaging
-  (`_lookahead`); drop_last: `epoch_order`'s.
+  examples the last, early-stopped one saw). kwargs: make_segments'.
+  """
+  seg = make_segments(model, tx, **kwargs)
+
+  def train_one(key, idx, x, y):
+    carry = seg.start(key, idx, x)
+    carry, epoch_losses = seg.run(carry, key, idx, x, y, 0, seg.passes)
+    return seg.finish(carry), epoch_losses
+
+  return train_one
+
+
+class Segments(NamedTuple):
+  """One model's training cut at pass boundaries (make_segments).
+
+  start(key, idx, x) -> carry; run(carry, key, idx, x, y, first, count) ->
+  (carry, (count,) epoch losses) trains passes first .. first + count - 1;
+  count is static, first a static int or, where every pass of the range is
+  a whole one (not the early-stopped last pass of a fractional epochs), a
+  traced one, so one program serves them all; finish(carry) -> (params,
+  state). A carry is a pytree of arrays: saved between calls, a long
+  training resumes where it stopped, bit for bit.
+  """
+  start: Callable
+  run: Callable
+  finish: Callable
+  passes: int
+
+
+def make_segments(model, tx, *, m: int, batch_size: int, epochs,
+                  augment=None, label_smoothing: float = 0.0,
+                  storage: precision.Storage | None = None,
+                  alternating_flip: bool = False, lookahead: bool = False,
+                  drop_last: bool = False) -> Segments:
+  """The trainer of make_train_one, in pieces.
+
+  epochs: a fractional count stops the last pass early
+  (`optimizer.total_steps`). alternating_flip: mirror each batch by
+  augment.alternating_flips (before `augment`'s own draw); lookahead:
+  airbench's weight averaging (`_lookahead`); drop_last: `epoch_order`'s.
   A model with a 'whiten' collection has it fit on x[idx] after init.
   """
   steps = optimizer.steps_per_epoch(m, batch_size, drop_last)
@@ -154,12 +184,19 @@ def make_train_one(model, tx, *, m: int, batch_size: int, epochs,
   storage = storage or precision.storage('float32', None)
   step = make_step(model, tx, augment, label_smoothing, storage)
 
-  def train_one(key, idx, x, y):
-    init_key, order_keys, aug_keys = split_model_key(key, passes, steps)
+  def start(key, idx, x):
+    init_key, _, _ = split_model_key(key, passes, steps)
     params, state = models_lib.init(model, init_key, x)
     if 'whiten' in state:
       state = {**state, 'whiten': {'kernel': airbench.fit_whitening(x, idx)}}
     opt_state = tx.init(params)
+    # Parameters and BatchNorm statistics are averaged, as airbench
+    # averages every float entry of its state dict.
+    ema = (params, state) if lookahead else None
+    return ((storage.store(params), state, opt_state), ema)
+
+  def run(carry, key, idx, x, y, first: int, count: int):
+    _, order_keys, aug_keys = split_model_key(key, passes, steps)
     bits = (augment_lib.flip_bits(jax.random.fold_in(key, streams.FLIP),
                                   x.shape[0]) if alternating_flip else None)
 
@@ -190,23 +227,32 @@ def make_train_one(model, tx, *, m: int, batch_size: int, epochs,
         return carry, jnp.sum(losses * weights.sum(1)) / seen
       return epoch
 
-    # Parameters and BatchNorm statistics are averaged, as airbench
-    # averages every float entry of its state dict.
-    ema = (params, state) if lookahead else None
-    carry = ((storage.store(params), state, opt_state), ema)
     keys = (order_keys, aug_keys, jnp.arange(passes))
-    full = passes if tail == steps else passes - 1
-    carry, epoch_losses = jax.lax.scan(
-        epoch_of(steps), carry, jax.tree.map(lambda a: a[:full], keys))
-    if full < passes:
-      carry, last = epoch_of(tail)(carry, jax.tree.map(lambda a: a[-1], keys))
-      epoch_losses = jnp.append(epoch_losses, last)
+    whole = passes if tail == steps else passes - 1
+    if isinstance(first, int):
+      # Whole passes in [first, first + count), then the early-stopped one.
+      full, stops = min(first + count, whole) - first, first + count > whole
+    else:  # a traced first: the caller's passes are whole ones
+      full, stops = count, False
+    epoch_losses = jnp.zeros((0,), jnp.float32)
+    if full > 0:
+      carry, epoch_losses = jax.lax.scan(
+          epoch_of(steps), carry,
+          jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, first, full),
+                       keys))
+    if stops:
+      carry, final = epoch_of(tail)(carry,
+                                    jax.tree.map(lambda a: a[-1], keys))
+      epoch_losses = jnp.append(epoch_losses, final)
+    return carry, epoch_losses
+
+  def finish(carry):
     ((stored, state, _), ema) = carry
     if lookahead:  # the model is the average, as airbench's last step sets
-      return ema, epoch_losses
-    return (storage.master(stored), state), epoch_losses
+      return ema
+    return (storage.master(stored), state)
 
-  return train_one
+  return Segments(start, run, finish, passes)
 
 
 def _lookahead(carry, ema, s, total: int, storage):
@@ -226,17 +272,31 @@ def _lookahead(carry, ema, s, total: int, storage):
   return jax.lax.cond(s % 5 == 0, update, lambda args: args, (carry, ema))
 
 
+def trainer_options(model, config, m: int) -> dict:
+  """make_segments' (and make_train_one's) options, after the model and tx,
+  for a resolved config's recipe."""
+  c = config.train
+  return dict(m=m, batch_size=c.batch_size, epochs=c.epochs,
+              drop_last=c.drop_last,
+              augment=augment_lib.make(c.augment, c.crop_padding),
+              label_smoothing=c.label_smoothing,
+              storage=config_storage(config),
+              alternating_flip=c.augment == 'flip_translate',
+              lookahead=c.lookahead)
+
+
 def make_trainer(model, config, m: int):
   """train_one for the config's optimizer, batch size, epochs, augmentation."""
   c = config.train
   tx = optimizer.make_optimizer(c, optimizer.step_counts(m, c)[0])
-  return make_train_one(model, tx, m=m, batch_size=c.batch_size,
-                        epochs=c.epochs, drop_last=c.drop_last,
-                        augment=augment_lib.make(c.augment, c.crop_padding),
-                        label_smoothing=c.label_smoothing,
-                        storage=config_storage(config),
-                        alternating_flip=c.augment == 'flip_translate',
-                        lookahead=c.lookahead)
+  return make_train_one(model, tx, **trainer_options(model, config, m))
+
+
+def make_config_segments(model, config, m: int) -> Segments:
+  """make_segments for the config's recipe: make_trainer's model, in pieces."""
+  c = config.train
+  tx = optimizer.make_optimizer(c, optimizer.step_counts(m, c)[0])
+  return make_segments(model, tx, **trainer_options(model, config, m))
 
 
 def make_chunk_fn(model, config, m: int, mesh=None) -> Callable:

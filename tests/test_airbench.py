@@ -264,3 +264,38 @@ def test_loop_friendly_conv_has_xla_gradients():
   np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-5)
   np.testing.assert_array_equal(airbench.conv_same_loop(x, w),
                                 airbench._conv_same(x, w))
+
+
+def test_training_in_segments_equals_one_call():
+  """make_config_segments cut at pass boundaries, the carry brought to the
+  host between calls (as a saved and resumed training does), gives the very
+  model and losses of make_trainer's one call: whitening, lookahead,
+  alternating flips and an early-stopped last pass included."""
+  c = tiny_config(epochs=3)
+  c.unlock()
+  c.train.epochs = 2.5
+  c.lock()
+  x, y, _, _ = random_data(100)
+  model = models.create(c.model, 10)
+  m = 70
+  idx = subsets.indices(0, 100, m, [0])[0]
+  key = train.model_keys(0, [0])[0]
+  whole, losses = jax.jit(train.make_trainer(model, c, m))(key, idx, x, y)
+  seg = train.make_config_segments(model, c, m)
+  assert seg.passes == 3
+  carry = jax.device_get(jax.jit(seg.start)(key, idx, x))
+  pieces = []
+  # Passes 0 and 1 by one program (first traced), the early-stopped pass 2
+  # by its own (first static).
+  run = jax.jit(seg.run, static_argnums=6)
+  for first in (0, 1):
+    carry, part = jax.device_get(run(carry, key, idx, x, y, np.int32(first),
+                                     1))
+    pieces.append(part)
+  run_last = jax.jit(seg.run, static_argnums=(5, 6))
+  carry, part = jax.device_get(run_last(carry, key, idx, x, y, 2, 1))
+  pieces.append(part)
+  np.testing.assert_array_equal(np.concatenate(pieces), losses)
+  for a, b in zip(jax.tree.leaves(jax.jit(seg.finish)(carry)),
+                  jax.tree.leaves(whole)):
+    np.testing.assert_array_equal(a, b)
