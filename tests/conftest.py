@@ -1,12 +1,68 @@
 import os
 import shutil
 import sys
+import tempfile
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 MNIST_DIR = os.path.join(ROOT, '..', 'shared', 'datasets', 'mnist')
+
+
+# -- one compilation cache for the session --------------------------------------
+# Most of the suite's time is XLA compiling the same few tiny programs again:
+# in test after test, in each xdist worker and in every `python -m
+# feldman_zhang.main` a test starts (they inherit the environment; the CLI
+# takes JAX_COMPILATION_CACHE_DIR over its flag). A cache hit is the same
+# executable, so no result changes. Cold at every session: timings do not
+# depend on earlier runs, and no stale entry outlives it.
+_CACHE_OWNER = 'FELDMAN_ZHANG_TEST_CACHE_OWNER'
+
+
+# -- XLA's backend at -O0 ----------------------------------------------------------
+# LLVM's optimization of XLA's CPU code is two thirds of the suite's compile
+# time, and most of the suite's programs run for milliseconds. At -O0 the
+# last bits of some results differ from the default level (BENCHMARKS.md:
+# the default job's losses in the 7th digit), and two programs that agree
+# bit for bit at the default level may not. So no test compares with a
+# number made outside the suite, and the tests marked `optimized` (results
+# identical across programs, devices, processes or resumes, which is a
+# claim about the level users run; full-size models, whose run time -O0
+# multiplies) are skipped here and run by the README's second command,
+# FELDMAN_ZHANG_TEST_XLA=default python -m pytest -m optimized.
+_OPT = '--xla_backend_optimization_level'
+_DEFAULT = os.environ.get('FELDMAN_ZHANG_TEST_XLA') == 'default'
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  if _DEFAULT:
+    return
+  skip = pytest.mark.skip(reason='at XLA -O0; run with '
+                          'FELDMAN_ZHANG_TEST_XLA=default -m optimized')
+  for item in items:
+    if 'optimized' in item.keywords:
+      item.add_marker(skip)
+
+
+def pytest_configure(config):
+  del config
+  flags = os.environ.get('XLA_FLAGS', '')
+  if not _DEFAULT and _OPT not in flags:  # workers, subprocesses inherit it
+    os.environ['XLA_FLAGS'] = f'{flags} {_OPT}=0'.strip()
+  if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:  # workers inherit it
+    os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(
+        prefix='feldman_zhang-test-xla-')
+    os.environ[_CACHE_OWNER] = str(os.getpid())
+    os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+
+
+def pytest_unconfigure(config):
+  del config
+  if os.environ.get(_CACHE_OWNER) == str(os.getpid()):
+    shutil.rmtree(os.environ.pop('JAX_COMPILATION_CACHE_DIR'),
+                  ignore_errors=True)
 
 
 def make_tiny_config():

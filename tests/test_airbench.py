@@ -266,6 +266,7 @@ def test_loop_friendly_conv_has_xla_gradients():
                                 airbench._conv_same(x, w))
 
 
+@pytest.mark.optimized
 def test_training_in_segments_equals_one_call():
   """make_config_segments cut at pass boundaries, the carry brought to the
   host between calls (as a saved and resumed training does), gives the very

@@ -47,6 +47,7 @@ def test_pairs_of_examples_are_not_tied_together():
   assert abs(off.mean() - 0.25) < 0.01 and off.max() < 0.4
 
 
+@pytest.mark.optimized
 def test_a_balanced_run_resumes_identically_and_refuses_another_t(
     tiny_config, tmp_path):
   c = tiny_config

@@ -64,6 +64,7 @@ def test_byte_model_follows_the_dtypes(tiny_config):
   assert _bytes(tiny_config)['total'] == 16
 
 
+@pytest.mark.optimized
 @pytest.mark.parametrize('epochs,drop_last', [(2, False), (1.5, True)])
 def test_steploop_trains_the_same_model(tiny_config, epochs, drop_last):
   c = tiny_config
@@ -103,6 +104,7 @@ def test_run_reports_consistent_figures(tiny_config):
   assert 'vmap' in bench.table(result)
 
 
+@pytest.mark.optimized
 def test_step_layouts_train_the_same_models(tiny_config):
   from tools import step_layouts as bench_step  # pylint: disable=g-import-not-at-top
   c = tiny_config

@@ -27,6 +27,7 @@ def test_all_configs_are_covered():
           'cifar100_airbench.py'} <= names
 
 
+@pytest.mark.optimized  # full-size models: minutes each at -O0
 @pytest.mark.parametrize('path', CONFIGS, ids=os.path.basename)
 def test_config_builds_and_trains_one_step(path):
   c = resolve.resolve(config_lib.from_file(path))

@@ -73,6 +73,7 @@ def test_random_arm_sets_are_distinct_and_exact():
   np.testing.assert_array_equal(gone, drop_lib.random_removal(3, 2, 1, n, r))
 
 
+@pytest.mark.optimized
 def test_drop_compiles_each_size_once_ahead_with_the_same_results(
     planted_run):
   c, _, _, _ = planted_run

@@ -77,6 +77,7 @@ def test_rerun_resumes_and_extends(finished):
   assert estimates_file.load_estimates(workdir)['num_models'] == 15
 
 
+@pytest.mark.optimized
 def test_lost_and_corrupt_chunks_are_retrained_identically(finished):
   c, workdir, _ = finished
   before = estimates_file.load_estimates(workdir)

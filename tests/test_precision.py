@@ -81,6 +81,7 @@ def _three_steps(storage_name, params, grads_fn):
   return storage.master(stored)
 
 
+@pytest.mark.optimized
 def test_split_update_gives_the_f32_master_weights_bit_for_bit():
   rng = np.random.default_rng(1)
   params = {'w': rng.normal(size=(64, 32)).astype(np.float32),
@@ -101,6 +102,7 @@ def test_split_update_gives_the_f32_master_weights_bit_for_bit():
     np.testing.assert_array_equal(_bits(split[k]), _bits(plain[k]))
 
 
+@pytest.mark.optimized
 def test_split_storage_trains_the_same_models(tiny_config):
   ds = data.load('digits')
   c = tiny_config

@@ -15,7 +15,8 @@ from feldman_zhang import chunks
 from feldman_zhang import estimates_file
 from feldman_zhang import schedule
 
-pytestmark = pytest.mark.integration  # runs and subprocesses
+pytestmark = [pytest.mark.integration,  # runs and subprocesses
+              pytest.mark.optimized]
 
 TINY = ['--config=configs/digits_mlp.py', '--config.model.hidden=(32,)',
         '--config.train.epochs=4', '--config.models_per_device=2',
@@ -29,7 +30,9 @@ def _cmd(workdir, *flags):
 
 def _env(devices=1):
   env = dict(os.environ)
-  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  # Added to the suite's own flags (conftest: its optimization level).
+  env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') +
+                      f' --xla_force_host_platform_device_count={devices}')
   return env
 
 
