@@ -1,0 +1,55 @@
+"""tools/recipe_accuracy.py: a training cut by a kill resumes bit for bit,
+and a state of another training is refused."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import make_tiny_config
+from feldman_zhang import prepare as prepare_lib
+from tools import recipe_accuracy
+
+
+def _job(ratio=0.7):
+  c = make_tiny_config()
+  c.subset_ratio = ratio
+  return prepare_lib.prepare(c)
+
+
+def test_a_killed_training_resumes_bit_for_bit(tmp_path, monkeypatch):
+  job = _job()
+  whole = recipe_accuracy.train_model(job, 'tiny', '0.7', 1,
+                                      str(tmp_path / 'whole'))
+  save, calls = recipe_accuracy._save, []
+
+  def killed_after_three(*args):
+    save(*args)
+    calls.append(1)
+    if len(calls) == 3:
+      raise KeyboardInterrupt
+
+  monkeypatch.setattr(recipe_accuracy, '_save', killed_after_three)
+  with pytest.raises(KeyboardInterrupt):
+    recipe_accuracy.train_model(job, 'tiny', '0.7', 1, str(tmp_path / 'cut'))
+  monkeypatch.setattr(recipe_accuracy, '_save', save)
+  with np.load(tmp_path / 'cut' / 'model_1.npz') as f:
+    assert int(f['done']) == 3
+  resumed = recipe_accuracy.train_model(job, 'tiny', '0.7', 1,
+                                        str(tmp_path / 'cut'))
+  assert resumed == whole
+  assert len(whole['epoch_losses']) == 8
+  assert 0.5 < whole['test_tta'] <= 1 and 0.5 < whole['heldout_tta'] <= 1
+  with np.load(tmp_path / 'whole' / 'model_1.npz') as a, \
+       np.load(tmp_path / 'cut' / 'model_1.npz') as b:
+    for k in a.files:
+      np.testing.assert_array_equal(a[k], b[k])
+  assert json.loads((tmp_path / 'cut' / 'model_1.json').read_text()) == whole
+
+
+def test_a_state_of_another_training_is_refused(tmp_path):
+  job = _job()
+  recipe_accuracy.train_model(job, 'tiny', '0.7', 0, str(tmp_path))
+  # Model 0's file, read as model 0 of another ratio.
+  with pytest.raises(SystemExit, match='another training'):
+    recipe_accuracy.train_model(_job(0.5), 'tiny', '0.5', 0, str(tmp_path))
