@@ -20,7 +20,8 @@ AUTO = 'auto'
 # or how it is scheduled, not what any one model computes. (Models per device
 # changes the shapes XLA compiles for, which may reorder float sums; the
 # measured effect is in BENCHMARKS.md.)
-SCHEDULING_FIELDS = ('num_models', 'models_per_device', 'vectorize',
+SCHEDULING_FIELDS = ('num_models', 'models_per_device',
+                     'cpu_models_per_device', 'vectorize',
                      'subset_ratios',
                      'eval_batch_size', 'target_stderr',
                      'estimate', 'summary', 'drop', 'lastlayer')
@@ -50,6 +51,11 @@ def base() -> ml_collections.ConfigDict:
   # subset_ratios' other ratios a stream of its own (not set by hand).
   c.subset_stream = 0
   c.models_per_device = 100    # K, models trained by one jitted call.
+  # > 0: K on the CPU instead (resolve.resolve). An accelerator's best K is
+  # in the hundreds; a CPU's, for the MNIST MLP, about 8 (BENCHMARKS.md:
+  # "Models per call on the CPU"), and a call of 1,000 CPU models shows no
+  # progress for half an hour.
+  c.cpu_models_per_device = 0
   # How a call runs its K models: vmap (one batched program; dense layers
   # become batched matmuls) or map (lax.map, one model after another inside
   # the call; convolutions stay plain rather than grouped, faster for

@@ -48,6 +48,8 @@ def validate(c) -> None:
        'target_stderr must be 0 with subset_design=balanced (stopping early '
        'would unbalance it)'),
       (c.models_per_device >= 1, 'models_per_device must be >= 1'),
+      (c.get('cpu_models_per_device', 0) >= 0,
+       'cpu_models_per_device must be >= 0 (0: models_per_device)'),
       _one_of(c.vectorize, 'vectorize', train.VECTORIZE),
       (c.eval_batch_size >= 1, 'eval_batch_size must be >= 1'),
       (c.train.epochs > 0, 'train.epochs must be > 0'),
@@ -117,6 +119,7 @@ def resolve(c, backend: str | None = None, recorded: dict | None = None,
   resolved config again changes nothing but what `sizes` decides.
 
   backend: jax's platform name ('cpu', 'gpu', 'tpu'; default: jax's own).
+  models_per_device: cpu_models_per_device on the CPU where that is set.
   compute_dtype and momentum_dtype: bfloat16 on accelerators, float32 on
   the CPU, which has no fast bf16 matrix unit. param_storage: 'split' where
   the compute is bf16 (no per-step cast pass, precision.py), 'float32'
@@ -145,6 +148,12 @@ def resolve(c, backend: str | None = None, recorded: dict | None = None,
                    'stored models were trained with', kept)
       default = kept
     t.param_storage = default
+  if backend == 'cpu' and out.get('cpu_models_per_device', 0):
+    if out.models_per_device != out.cpu_models_per_device:
+      logging.info('models_per_device=%d on the CPU (cpu_models_per_device; '
+                   '0 takes models_per_device=%d)', out.cpu_models_per_device,
+                   out.models_per_device)
+    out.models_per_device = out.cpu_models_per_device
   if out.model.get('conv_weight_grad', config_lib.AUTO) == config_lib.AUTO:
     with out.model.unlocked():
       out.model.conv_weight_grad = 'matmul' if backend == 'cpu' else 'xla'

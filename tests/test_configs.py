@@ -10,6 +10,7 @@ import pytest
 
 from conftest import ROOT
 from feldman_zhang import config as config_lib
+from feldman_zhang import errors
 from feldman_zhang import models
 from feldman_zhang import resolve
 from feldman_zhang import train
@@ -69,3 +70,21 @@ def test_cifar_config_end_to_end_on_mocked_tfds(tmp_path, name, widths):
   assert summary['num_models'] == 4 and summary['data'] == c.data.source
   preds = chunks.load_predictions(str(tmp_path / 'run'))
   assert preds['masks'].sum(1).tolist() == [17] * 4  # round(0.7 * 24)
+
+
+def test_cpu_models_per_device_is_k_on_the_cpu_only():
+  c = config_lib.from_file(os.path.join(ROOT, 'configs', 'mnist_mlp.py'))
+  assert c.models_per_device == 1000 and c.cpu_models_per_device == 8
+  assert resolve.resolve(c, 'cpu').models_per_device == 8
+  assert resolve.resolve(c, 'gpu').models_per_device == 1000
+  assert resolve.resolve(c, 'tpu').models_per_device == 1000
+  c.cpu_models_per_device = 0  # 0: models_per_device everywhere
+  assert resolve.resolve(c, 'cpu').models_per_device == 1000
+  c.cpu_models_per_device = -1
+  with pytest.raises(errors.ConfigError, match='cpu_models_per_device'):
+    resolve.resolve(c, 'cpu')
+  # The digits default sets none: its K, and so its bits, stay.
+  d = config_lib.from_file(os.path.join(ROOT, 'configs', 'digits_mlp.py'))
+  assert resolve.resolve(d, 'cpu').models_per_device == 100
+  # Not part of a run's identity: a GPU run resumes on the CPU.
+  assert 'cpu_models_per_device' in config_lib.SCHEDULING_FIELDS
