@@ -136,8 +136,11 @@ def make_train_one(model, tx, **kwargs):
   epoch_losses: (ceil(epochs),) mean training loss of each pass (of the
   examples the last, early-stopped one saw). kwargs: make_segments'.
   """
-  seg = make_segments(model, tx, **kwargs)
+  return _in_one_call(make_segments(model, tx, **kwargs))
 
+
+def _in_one_call(seg):
+  """train_one(key, idx, x, y) running every pass of Segments seg."""
   def train_one(key, idx, x, y):
     carry = seg.start(key, idx, x)
     carry, epoch_losses = seg.run(carry, key, idx, x, y, 0, seg.passes)
@@ -155,12 +158,14 @@ class Segments(NamedTuple):
   a whole one (not the early-stopped last pass of a fractional epochs), a
   traced one, so one program serves them all; finish(carry) -> (params,
   state). A carry is a pytree of arrays: saved between calls, a long
-  training resumes where it stopped, bit for bit.
+  training resumes where it stopped, bit for bit. whole: the passes
+  0 .. whole - 1 that are whole (all of them unless epochs is fractional).
   """
   start: Callable
   run: Callable
   finish: Callable
   passes: int
+  whole: int
 
 
 def make_segments(model, tx, *, m: int, batch_size: int, epochs,
@@ -181,6 +186,7 @@ def make_segments(model, tx, *, m: int, batch_size: int, epochs,
   passes = math.ceil(total / steps)
   # Steps of the last pass: all of them unless epochs is fractional.
   tail = total - (passes - 1) * steps
+  whole = passes if tail == steps else passes - 1
   storage = storage or precision.storage('float32', None)
   step = make_step(model, tx, augment, label_smoothing, storage)
 
@@ -228,7 +234,6 @@ def make_segments(model, tx, *, m: int, batch_size: int, epochs,
       return epoch
 
     keys = (order_keys, aug_keys, jnp.arange(passes))
-    whole = passes if tail == steps else passes - 1
     if isinstance(first, int):
       # Whole passes in [first, first + count), then the early-stopped one.
       full, stops = min(first + count, whole) - first, first + count > whole
@@ -252,7 +257,7 @@ def make_segments(model, tx, *, m: int, batch_size: int, epochs,
       return ema
     return (storage.master(stored), state)
 
-  return Segments(start, run, finish, passes)
+  return Segments(start, run, finish, passes, whole)
 
 
 def _lookahead(carry, ema, s, total: int, storage):
@@ -272,31 +277,22 @@ def _lookahead(carry, ema, s, total: int, storage):
   return jax.lax.cond(s % 5 == 0, update, lambda args: args, (carry, ema))
 
 
-def trainer_options(model, config, m: int) -> dict:
-  """make_segments' (and make_train_one's) options, after the model and tx,
-  for a resolved config's recipe."""
+def make_config_segments(model, config, m: int) -> Segments:
+  """make_segments for a resolved config's optimizer, batch size, epochs,
+  augmentation and storage."""
   c = config.train
-  return dict(m=m, batch_size=c.batch_size, epochs=c.epochs,
-              drop_last=c.drop_last,
-              augment=augment_lib.make(c.augment, c.crop_padding),
-              label_smoothing=c.label_smoothing,
-              storage=config_storage(config),
-              alternating_flip=c.augment == 'flip_translate',
-              lookahead=c.lookahead)
+  tx = optimizer.make_optimizer(c, optimizer.step_counts(m, c)[0])
+  return make_segments(
+      model, tx, m=m, batch_size=c.batch_size, epochs=c.epochs,
+      drop_last=c.drop_last,
+      augment=augment_lib.make(c.augment, c.crop_padding),
+      label_smoothing=c.label_smoothing, storage=config_storage(config),
+      alternating_flip=c.augment == 'flip_translate', lookahead=c.lookahead)
 
 
 def make_trainer(model, config, m: int):
-  """train_one for the config's optimizer, batch size, epochs, augmentation."""
-  c = config.train
-  tx = optimizer.make_optimizer(c, optimizer.step_counts(m, c)[0])
-  return make_train_one(model, tx, **trainer_options(model, config, m))
-
-
-def make_config_segments(model, config, m: int) -> Segments:
-  """make_segments for the config's recipe: make_trainer's model, in pieces."""
-  c = config.train
-  tx = optimizer.make_optimizer(c, optimizer.step_counts(m, c)[0])
-  return make_segments(model, tx, **trainer_options(model, config, m))
+  """train_one for the config's recipe (make_config_segments, in one call)."""
+  return _in_one_call(make_config_segments(model, config, m))
 
 
 def make_chunk_fn(model, config, m: int, mesh=None) -> Callable:

@@ -11,12 +11,13 @@ MNIST_DIR = os.path.join(ROOT, '..', 'shared', 'datasets', 'mnist')
 
 
 # -- one compilation cache for the session --------------------------------------
-# Most of the suite's time is XLA compiling the same few tiny programs again:
-# in test after test, in each xdist worker and in every `python -m
-# feldman_zhang.main` a test starts (they inherit the environment; the CLI
-# takes JAX_COMPILATION_CACHE_DIR over its flag). A cache hit is the same
-# executable, so no result changes. Cold at every session: timings do not
-# depend on earlier runs, and no stale entry outlives it.
+# Shared by the xdist workers and every `python -m feldman_zhang.main` a
+# test starts (they inherit the environment; the CLI takes
+# JAX_COMPILATION_CACHE_DIR over its flag), so a program compiled twice in
+# the session compiles once; few are (BENCHMARKS.md: about 2 of 22 CPU
+# minutes saved). A cache hit is the same executable, so no result changes.
+# Cold at every session: timings do not depend on earlier runs, and no stale
+# entry outlives it.
 _CACHE_OWNER = 'FELDMAN_ZHANG_TEST_CACHE_OWNER'
 
 

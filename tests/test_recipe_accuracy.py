@@ -17,7 +17,8 @@ def _job(ratio=0.7):
   return prepare_lib.prepare(c)
 
 
-def test_a_killed_training_resumes_bit_for_bit(tmp_path, monkeypatch):
+def test_a_killed_training_resumes_bit_for_bit(tmp_path, monkeypatch,
+                                               capsys):
   job = _job()
   whole = recipe_accuracy.train_model(job, 'tiny', '0.7', 1,
                                       str(tmp_path / 'whole'))
@@ -35,8 +36,13 @@ def test_a_killed_training_resumes_bit_for_bit(tmp_path, monkeypatch):
   monkeypatch.setattr(recipe_accuracy, '_save', save)
   with np.load(tmp_path / 'cut' / 'model_1.npz') as f:
     assert int(f['done']) == 3
+  capsys.readouterr()
   resumed = recipe_accuracy.train_model(job, 'tiny', '0.7', 1,
                                         str(tmp_path / 'cut'))
+  # It went on from the saved pass rather than training again from the start.
+  said = capsys.readouterr().out
+  assert 'resuming after pass 3 of 8' in said
+  assert 'pass 4/8' in said and 'pass 3/8' not in said
   assert resumed == whole
   assert len(whole['epoch_losses']) == 8
   assert 0.5 < whole['test_tta'] <= 1 and 0.5 < whole['heldout_tta'] <= 1

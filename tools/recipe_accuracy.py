@@ -81,14 +81,15 @@ def train_model(job, config_file: str, ratio: str, k: int,
   c, ds, model = job.config, job.ds, job.model
   n = ds.num_train
   m = n if ratio == 'all' else job.m
-  keys, idx = schedule.model_inputs(c, n, m, [k])
-  key, idx = keys[0], jnp.asarray(idx[0] if ratio != 'all' else np.arange(n),
-                                  jnp.int32)
+  keys, subsets = schedule.model_inputs(c, n, m, [k])
+  key = keys[0]
+  idx = jnp.asarray(np.arange(n) if ratio == 'all' else subsets[0], jnp.int32)
   seg = train.make_config_segments(model, c, m)
-  steps, total = optimizer.step_counts(m, c.train)
+  total = optimizer.step_counts(m, c.train)[1]
   identity = json.dumps(dict(config=json.loads(c.to_json()), ratio=ratio,
                              model=k, m=m), sort_keys=True)
   path = os.path.join(state_dir, f'model_{k}.npz')
+  result = os.path.join(state_dir, f'model_{k}.json')
   start = jax.jit(seg.start)
   like = jax.eval_shape(start, key, idx, ds.x_train)
   loaded = _load(path, like, identity)
@@ -97,17 +98,15 @@ def train_model(job, config_file: str, ratio: str, k: int,
     _say(f'model {k}: m={m}, {seg.passes} passes, {total} steps; starting')
   else:
     carry, done, losses = loaded
-    result = os.path.join(state_dir, f'model_{k}.json')
     if done == seg.passes and os.path.exists(result):
       return store.read_json(result)  # measured already
     _say(f'model {k}: resuming after pass {done} of {seg.passes}')
-  whole = total // steps
   run_whole = jax.jit(seg.run, static_argnums=6)
   run_last = jax.jit(seg.run, static_argnums=(5, 6))
   began = time.time()
   for p in range(done, seg.passes):
     t = time.time()
-    if p < whole:
+    if p < seg.whole:  # one program for every whole pass
       carry, loss = run_whole(carry, key, idx, ds.x_train, ds.y_train,
                               np.int32(p), 1)
     else:
@@ -118,18 +117,19 @@ def train_model(job, config_file: str, ratio: str, k: int,
     _say(f'model {k}: pass {p + 1}/{seg.passes} loss {losses[-1]:.4f} '
          f'({time.time() - t:.0f} s; about {left / 60:.0f} min left)')
   variables = jax.jit(seg.finish)(carry)
-  tta = evaluation.make_evaluate(model, c.eval_batch_size, c.model.tta)
-  plain = evaluation.make_evaluate(model, c.eval_batch_size)
-  out = dict(config=config_file, source=c.data.source, ratio=ratio, model=k, m=m, n=n, epochs=c.train.epochs,
-             steps=total, epoch_losses=[round(x, 4) for x in losses],
-             test_tta=_accuracy(jax.jit(tta), variables, ds.x_test, ds.y_test),
-             test_notta=_accuracy(jax.jit(plain), variables, ds.x_test,
-                                  ds.y_test))
+  tta = jax.jit(evaluation.make_evaluate(model, c.eval_batch_size,
+                                         c.model.tta))
+  plain = jax.jit(evaluation.make_evaluate(model, c.eval_batch_size))
+  out = dict(config=config_file, source=c.data.source, ratio=ratio, model=k,
+             m=m, n=n, epochs=c.train.epochs, steps=total,
+             epoch_losses=[round(x, 4) for x in losses],
+             test_tta=_accuracy(tta, variables, ds.x_test, ds.y_test),
+             test_notta=_accuracy(plain, variables, ds.x_test, ds.y_test))
   if ratio != 'all':
     held = np.setdiff1d(np.arange(n), np.asarray(idx))
-    out['heldout_tta'] = _accuracy(jax.jit(tta), variables,
-                                   ds.x_train[held], ds.y_train[held])
-  store.write_json(os.path.join(state_dir, f'model_{k}.json'), out)
+    out['heldout_tta'] = _accuracy(tta, variables, ds.x_train[held],
+                                   ds.y_train[held])
+  store.write_json(result, out)
   return out
 
 
@@ -141,7 +141,8 @@ def main(config_file, source, state_dir, ratio, ids='0'):
   os.makedirs(state_dir, exist_ok=True)
   job = prepare_lib.prepare(c)
   for k in (int(i) for i in ids.split(',')):
-    print(json.dumps(train_model(job, config_file, ratio, k, state_dir)), flush=True)
+    print(json.dumps(train_model(job, config_file, ratio, k, state_dir)),
+          flush=True)
 
 
 if __name__ == '__main__':
