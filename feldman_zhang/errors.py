@@ -1,7 +1,7 @@
 """The errors a user can cause and fix: each ends a command as one line.
 
-Every command catches `UserError` alone (main.py, the analysis commands);
-anything else is a bug and keeps its traceback.
+Every command catches `UserError` alone (cli.errors_as_lines, the analysis
+commands); anything else is a bug and keeps its traceback.
 """
 
 

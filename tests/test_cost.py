@@ -57,9 +57,9 @@ def test_auto_writes_the_dense_matrix_up_to_a_gib_and_the_top_k_above():
     ('train.epochs', '3', '3')])
 def test_the_command_line_parses_the_object_fields(tmp_path, field, value,
                                                    want):
-  code = ('from absl import app; from feldman_zhang import main; '
+  code = ('from absl import app; from feldman_zhang import cli, main; '
           f'app.run(lambda _: print(repr(main.FLAGS.config.{field})), '
-          'flags_parser=main.parse_flags)')
+          'flags_parser=cli.parse_flags)')
   out = subprocess.run(
       [sys.executable, '-c', code, '--config=configs/digits_mlp.py',
        f'--config.{field}={value}', f'--workdir={tmp_path}'],
