@@ -59,3 +59,30 @@ def test_a_state_of_another_training_is_refused(tmp_path):
   # Model 0's file, read as model 0 of another ratio.
   with pytest.raises(SystemExit, match='another training'):
     recipe_accuracy.train_model(_job(0.5), 'tiny', '0.5', 0, str(tmp_path))
+
+
+def test_a_state_saved_under_other_scheduling_fields_resumes(tmp_path,
+                                                             capsys):
+  # A state saved before a scheduling field existed (or with another
+  # num_models) is the same training: it must not be orphaned.
+  job = _job()
+  first = recipe_accuracy.train_model(job, 'tiny', '0.7', 0, str(tmp_path))
+  path = tmp_path / 'model_0.npz'
+  with np.load(path) as f:
+    saved = {k: f[k] for k in f.files}
+  identity = json.loads(str(saved['identity']))
+  del identity['config']['cpu_models_per_device']
+  identity['config']['num_models'] += 1
+  saved['identity'] = np.array(json.dumps(identity, sort_keys=True))
+  np.savez(path, **saved)
+  (tmp_path / 'model_0.json').unlink()
+  capsys.readouterr()
+  again = recipe_accuracy.train_model(job, 'tiny', '0.7', 0, str(tmp_path))
+  assert 'resuming after pass 8 of 8' in capsys.readouterr().out
+  assert again == first
+  # A field that changes the training is still another training.
+  identity['config']['train']['lr'] *= 2
+  saved['identity'] = np.array(json.dumps(identity, sort_keys=True))
+  np.savez(path, **saved)
+  with pytest.raises(SystemExit, match='another training'):
+    recipe_accuracy.train_model(job, 'tiny', '0.7', 0, str(tmp_path))

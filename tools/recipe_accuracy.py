@@ -54,12 +54,24 @@ def _save(path: str, carry, identity: str, done: int, losses) -> None:
       losses=np.asarray(losses, np.float32), **arrays))
 
 
+def _training(identity: str) -> dict:
+  """What a saved state's training depends on: its identity without the
+  config's scheduling and implementation fields (config.py), as a run's
+  resume ignores them. A field added to the config since the state was
+  saved, such as cpu_models_per_device, does not orphan it."""
+  s = json.loads(identity)
+  s['config'] = {k: v for k, v in config_lib.flatten(s['config']).items()
+                 if k.split('.')[0] not in config_lib.SCHEDULING_FIELDS
+                 and k not in config_lib.IMPLEMENTATION_FIELDS}
+  return s
+
+
 def _load(path: str, like, identity: str):
   """(carry, passes done, losses so far) of a saved state, or None."""
   if not os.path.exists(path):
     return None
   with np.load(path) as f:
-    if str(f['identity']) != identity:
+    if _training(str(f['identity'])) != _training(identity):
       sys.exit(f'error: {path} holds another training\'s state (config, '
                'source, ratio or model differ); remove it or use another '
                'STATE_DIR')
