@@ -13,12 +13,12 @@
    different models_per_device): never a traceback, never a model stored
    twice, one process refused; the equal-K pairs' files identical to the
    uninterrupted run's (a K = 16 run compiles other shapes: chunks only).
-5. A full disk (root only: a tmpfs at 24 sizes, 16 kB to 4 MB): a fresh run
+5. A full disk (root only: a tmpfs at 24 sizes, 16 kB to 16 MB): a fresh run
    fails in one line or finishes; extending a finished run onto a disk
    without room for the new models fails in one line and leaves the
    finished estimates as they were. Twice: as the job runs (its plan refuses
    a disk too small before it starts), and with that check off, so every
-   write meets the full disk itself.
+   write meets the full disk itself. --only=disk runs this part alone.
 6. Malformed inputs: each one exits non-zero with one line, no traceback.
 7. Issue 27 (`_issue27`, also alone: --only=issue27, about six minutes on
    2 busy cores): files of another run copied in (`_foreign_files`): a
@@ -72,11 +72,12 @@ def _files(workdir):
 
 def main(out, kills=10, pairs=1, only=None):
   os.makedirs(out, exist_ok=True)
-  if only == 'issue27':
+  if only in ('issue27', 'disk'):
     ref = os.path.join(out, 'ref')
     if not os.path.exists(os.path.join(ref, 'estimates.npz')):
       assert _run(_job(ref)).returncode == 0
-    print(json.dumps(_issue27(out, ref)))
+    print(json.dumps(_issue27(out, ref) if only == 'issue27' else
+                     _full_disk(out, ref, _files(ref))))
     return
   counts = dict(kill_trials=0, kill_resumed_identical=0, tracebacks=0,
                 duplicate_models=0, concurrent_refused=0, corrupt_one_line=0,
@@ -183,6 +184,10 @@ def _unplanned(cmd):
   return [cmd[0], '-c', code, 'main', *cmd[3:]]
 
 
+def _default_sigint():
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _full_disk(out, ref, want):
   counts = dict(disk_trials=0, disk_tracebacks=0, disk_one_line=0,
                 disk_finished=0, disk_extend_trials=0,
@@ -201,7 +206,9 @@ def _full_disk_pass(out, ref, want, wrap):
                 disk_extend_kept=0)
   mount = os.path.join(out, 'tmpfs')
   os.makedirs(mount, exist_ok=True)
-  sizes = [int(16e3 * (4e6 / 16e3)**(i / 23)) for i in range(24)]
+  # Up to 16 MB: a finished run (dense infl and infl_margin) is 5.6 MB, so
+  # the largest sizes finish and their extension trials run.
+  sizes = [int(16e3 * (16e6 / 16e3)**(i / 23)) for i in range(24)]
   for size in sizes:
     subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={size}', 'tmpfs',
                     mount], check=True)
@@ -443,9 +450,11 @@ def _issue27(out, ref):
                            (signal.SIGINT, 130, True)):
     w = os.path.join(out, f'signal{code}')
     shutil.rmtree(w, ignore_errors=True)
+    # The job keeps a signal ignored when it starts (nohup): give it
+    # SIGINT's default action whatever the campaign itself was started with.
     p = subprocess.Popen(_job(w, '--config.num_models=4000'), cwd=ROOT,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
+                         text=True, preexec_fn=_default_sigint)
     deadline = time.time() + 300
     while not glob.glob(os.path.join(w, 'chunks', 'models_*')):
       if p.poll() is not None or time.time() > deadline:
