@@ -27,10 +27,13 @@ from feldman_zhang import schedule
 from feldman_zhang import train
 
 
-def _call(fn, args) -> float:
+def _call(fn, args, what) -> float:
   begin = time.perf_counter()
   jax.block_until_ready(fn(*args))
-  return time.perf_counter() - begin
+  seconds = time.perf_counter() - begin
+  # A CNN's call can take many minutes on a CPU: say each as it ends.
+  print(f'{what}: {seconds:.1f} s', file=sys.stderr, flush=True)
+  return seconds
 
 
 def main(config_file, source, ks, epochs=None, repeats=3):
@@ -47,11 +50,12 @@ def main(config_file, source, ks, epochs=None, repeats=3):
   for k in ks:
     keys, idx = schedule.model_inputs(c, ds.num_train, m, np.arange(k))
     calls[k] = (keys, idx) + data
-    compile_s[k] = round(_call(fn, calls[k]), 2)  # compiles, then runs once
+    # The first call compiles, then runs once.
+    compile_s[k] = round(_call(fn, calls[k], f'K={k} first call'), 2)
   seconds = {k: [] for k in ks}
   for _ in range(int(repeats)):
     for k in ks:
-      seconds[k].append(round(_call(fn, calls[k]), 3))
+      seconds[k].append(round(_call(fn, calls[k], f'K={k}'), 3))
   per_model = {k: float(np.median(seconds[k])) / k for k in ks}
   print(json.dumps(dict(
       config=config_file, source=source, backend=jax.default_backend(),
