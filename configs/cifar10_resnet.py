@@ -17,6 +17,9 @@ def get_config():
   c.data.source = 'tfds:cifar10'
   c.num_models = 4000
   c.models_per_device = 8
+  # On the CPU a model takes hours: one a call, so that progress shows per
+  # model (lax.map trains them one by one either way).
+  c.cpu_models_per_device = 1
   # lax.map over the 8 models: plain convolutions ran faster than the
   # grouped ones vmap makes (per model-step, H100, BENCHMARKS.md).
   c.vectorize = 'map'

@@ -81,10 +81,11 @@ def base() -> ml_collections.ConfigDict:
   # levels). The correctness mem and infl count is that of the averaged
   # prediction, so it is part of the run's identity.
   c.model.tta = 'none'
-  # How convolutions inside the training loop take their weight gradient:
-  # matmul (airbench.conv_same_loop: XLA's CPU backend runs the gradient
-  # convolutions 10-40x slower inside a loop) or xla (its own, for GPUs and
-  # TPUs). auto: matmul on the CPU. Same values up to float summation order.
+  # How the 3x3 convolutions (airbench, cnn, resnet9) take their gradients
+  # inside the training loop: matmul (airbench.conv_same_loop: XLA's CPU
+  # backend runs the gradient convolutions 10-40x slower inside a loop) or
+  # xla (its own, for GPUs and TPUs). auto: matmul on the CPU. Same values
+  # up to float summation order.
   c.model.conv_weight_grad = AUTO
 
   c.train = ml_collections.ConfigDict()

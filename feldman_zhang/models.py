@@ -12,9 +12,11 @@ Parameters are float32; `dtype` sets the compute dtype (bf16 for mixed
 precision). airbench.py holds the airbench network.
 """
 
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from feldman_zhang import airbench
@@ -50,15 +52,47 @@ class MLP(nn.Module):
     return self.head(self.features(x, train)).astype(jnp.float32)
 
 
+def _conv_same_loop(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                    rhs_dilation=None, dimension_numbers=None,
+                    feature_group_count=1, precision=None, **unused):
+  """nn.Conv's lax.conv_general_dilated, as airbench.conv_same_loop: the
+  same forward convolution, its gradients in the form XLA's CPU backend
+  runs fast inside the trainer's scan. Only what conv_3x3 asks for."""
+  del unused
+  nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape,
+                                        ('NHWC', 'HWIO', 'NHWC'))
+  if (tuple(window_strides) != (1, 1) or padding != 'SAME' or
+      any(d is not None and tuple(d) != (1, 1)
+          for d in (lhs_dilation, rhs_dilation)) or
+      feature_group_count != 1 or precision is not None or
+      dimension_numbers != nhwc):
+    raise ValueError('the loop-friendly convolution is a plain stride-1 '
+                     "'SAME' NHWC convolution")
+  return airbench.conv_same_loop(lhs, rhs)
+
+
+def conv_3x3(features: int, loop_friendly: bool, **kwargs) -> nn.Conv:
+  """A stride-1 'SAME' 3x3 nn.Conv (its parameters and initialization
+  whatever loop_friendly says); loop_friendly: its gradients as in
+  airbench.conv_same_loop (the CPU's choice, resolve.py): XLA's CPU
+  convolution gradients run 10-40x slower inside the trainer's scan
+  (BENCHMARKS.md). Same forward values; gradients up to float order."""
+  if loop_friendly:
+    kwargs['conv_general_dilated'] = _conv_same_loop
+  return nn.Conv(features, (3, 3), padding='SAME', **kwargs)
+
+
 class CNN(nn.Module):
   """Two conv-pool stages and a dense layer: ~99% on MNIST."""
   channels: Sequence[int] = (32, 64)
   dense: int = 128
   num_classes: int = 10
   dtype: Any = jnp.float32
+  loop_friendly: bool = False  # see conv_3x3
 
   def setup(self):
-    self.convs = [nn.Conv(c, (3, 3), dtype=self.dtype) for c in self.channels]
+    self.convs = [conv_3x3(c, self.loop_friendly, dtype=self.dtype)
+                  for c in self.channels]
     self.fc = nn.Dense(self.dense, dtype=self.dtype)
     self.head = nn.Dense(self.num_classes, dtype=self.dtype)
 
@@ -94,11 +128,13 @@ class Linear(nn.Module):
 class _ConvBN(nn.Module):
   features: int
   pool: bool = False
+  loop_friendly: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x = nn.Conv(self.features, (3, 3), use_bias=False, dtype=self.dtype)(x)
+    x = conv_3x3(self.features, self.loop_friendly, use_bias=False,
+                 dtype=self.dtype)(x)
     if self.pool:
       x = nn.max_pool(x, (2, 2), (2, 2))
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
@@ -118,17 +154,19 @@ class ResNet9(nn.Module):
   num_classes: int = 10
   head_scale: float = 0.125  # Scaled logits train stably at high lr.
   dtype: Any = jnp.float32
+  loop_friendly: bool = False  # see conv_3x3
 
   def setup(self):
     w0, w1, w2, w3 = self.widths
-    d = self.dtype
-    self.prep = _ConvBN(w0, dtype=d)
-    self.layer1 = _ConvBN(w1, pool=True, dtype=d)
-    self.res1 = [_ConvBN(w1, dtype=d), _ConvBN(w1, dtype=d)]
-    self.layer2 = _ConvBN(w2, pool=True, dtype=d)
-    self.layer3 = _ConvBN(w3, pool=True, dtype=d)
-    self.res3 = [_ConvBN(w3, dtype=d), _ConvBN(w3, dtype=d)]
-    self.head = nn.Dense(self.num_classes, use_bias=False, dtype=d)
+    block = functools.partial(_ConvBN, loop_friendly=self.loop_friendly,
+                              dtype=self.dtype)
+    self.prep = block(w0)
+    self.layer1 = block(w1, pool=True)
+    self.res1 = [block(w1), block(w1)]
+    self.layer2 = block(w2, pool=True)
+    self.layer3 = block(w3, pool=True)
+    self.res3 = [block(w3), block(w3)]
+    self.head = nn.Dense(self.num_classes, use_bias=False, dtype=self.dtype)
 
   def features(self, x, train: bool = False):
     h = self.prep(airbench.preprocess_cifar(x, self.dtype), train)
@@ -152,13 +190,17 @@ def create(config, num_classes: int, dtype=jnp.float32) -> nn.Module:
   if config.name == 'mlp':
     return MLP(hidden=tuple(config.hidden), num_classes=num_classes,
                dtype=dtype, kernel_init=config.get('kernel_init', 'lecun_normal'))
+  # The CPU's slow weight gradient in loops: see airbench.conv_same_loop.
+  # A config not resolved for a backend (conv_weight_grad auto) gets XLA's.
+  loop_friendly = config.get('conv_weight_grad') == 'matmul'
   if config.name == 'cnn':
     return CNN(channels=tuple(config.get('channels', (32, 64))),
                dense=config.get('dense', 128), num_classes=num_classes,
-               dtype=dtype)
+               dtype=dtype, loop_friendly=loop_friendly)
   if config.name == 'resnet9':
     return ResNet9(widths=tuple(config.get('widths', (64, 128, 256, 512))),
-                   num_classes=num_classes, dtype=dtype)
+                   num_classes=num_classes, dtype=dtype,
+                   loop_friendly=loop_friendly)
   if config.name == 'airbench':
     # The CPU's slow weight gradient in loops: see airbench.conv_same_loop.
     if config.get('conv_weight_grad') not in ('matmul', 'xla'):

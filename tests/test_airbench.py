@@ -35,6 +35,7 @@ def tiny_config(epochs=1):
   c.model.widths = (4, 8, 8)
   c.num_models = 2
   c.models_per_device = 2
+  c.cpu_models_per_device = 0  # two models a call on the CPU too
   c.eval_batch_size = 50
   c.train.update(epochs=epochs, batch_size=32, warmup_epochs=0.5 * epochs,
                  whiten_bias_epochs=min(epochs, 3))

@@ -58,6 +58,7 @@ def test_cifar_config_end_to_end_on_mocked_tfds(tmp_path, name, widths):
   c = config_lib.from_file(os.path.join(ROOT, 'configs', f'{name}.py'))
   c.num_models = 4
   c.models_per_device = 2
+  c.cpu_models_per_device = 0  # two models a call on the CPU too
   c.model.widths = widths
   c.train.update(epochs=2, batch_size=8, warmup_epochs=1.0)
   if c.model.name == 'airbench':
@@ -86,5 +87,11 @@ def test_cpu_models_per_device_is_k_on_the_cpu_only():
   # The digits default sets none: its K, and so its bits, stay.
   d = config_lib.from_file(os.path.join(ROOT, 'configs', 'digits_mlp.py'))
   assert resolve.resolve(d, 'cpu').models_per_device == 100
+  # The convolutional configs train one model a call on the CPU.
+  for name in ('mnist_cnn', 'cifar10_airbench', 'cifar100_airbench',
+               'cifar10_resnet', 'cifar100_resnet', 'imagenet32_resnet'):
+    conv = config_lib.from_file(os.path.join(ROOT, 'configs', f'{name}.py'))
+    assert resolve.resolve(conv, 'cpu').models_per_device == 1, name
+    assert resolve.resolve(conv, 'gpu').models_per_device > 1, name
   # Not part of a run's identity: a GPU run resumes on the CPU.
   assert 'cpu_models_per_device' in config_lib.SCHEDULING_FIELDS

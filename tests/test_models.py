@@ -108,3 +108,40 @@ def test_linear_takes_images_and_features():
   feats = x.reshape(4, -1).astype(np.float32)
   np.testing.assert_allclose(model.apply({'params': params}, feats),
                              feats @ w + b, rtol=1e-5)
+
+
+@pytest.mark.parametrize('name', ['cnn', 'resnet9'])
+def test_loop_friendly_convolutions_change_only_the_gradients_float_order(
+    name):
+  # On the CPU (conv_weight_grad resolved to matmul) the CNN and ResNet-9
+  # take airbench.conv_same_loop's gradients: the same parameters and
+  # forward values, gradients up to float summation order.
+  assert _config(name).model.conv_weight_grad == 'matmul'
+  x = _data()[0][:6]
+  out = {}
+  for grad in ('xla', 'matmul'):
+    c = ml_collections.ConfigDict({**MODELS[name], 'conv_weight_grad': grad})
+    model = models.create(c, 4)
+    assert model.loop_friendly == (grad == 'matmul')
+    params, state = models.init(model, jax.random.key(0), x)
+
+    def loss(p, model=model, state=state):
+      return jax.numpy.sum(models.apply(model, p, state, x, True)[0] ** 2)
+
+    out[grad] = (params, models.apply(model, params, state, x, False)[0],
+                 jax.grad(loss)(params))
+  (p_xla, y_xla, g_xla), (p_mm, y_mm, g_mm) = out['xla'], out['matmul']
+  assert jax.tree.structure(p_xla) == jax.tree.structure(p_mm)
+  for a, b in zip(jax.tree.leaves(p_xla), jax.tree.leaves(p_mm)):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(y_xla, y_mm)
+  for a, b in zip(jax.tree.leaves(g_xla), jax.tree.leaves(g_mm)):
+    assert np.any(a != 0)
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * np.abs(a).max())
+
+
+def test_the_loop_friendly_convolution_refuses_what_it_does_not_compute():
+  conv = models.conv_3x3(4, True)
+  with pytest.raises(ValueError, match="stride-1 'SAME'"):
+    flax_conv = conv.clone(strides=(2, 2))
+    flax_conv.init(jax.random.key(0), np.zeros((1, 8, 8, 3), np.float32))

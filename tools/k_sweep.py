@@ -1,6 +1,6 @@
 r"""Seconds per model against K, the models one jitted call trains.
 
-  python tools/k_sweep.py CONFIG_FILE SOURCE KS [EPOCHS] [REPEATS]
+  python tools/k_sweep.py CONFIG_FILE SOURCE KS [EPOCHS] [REPEATS] [FIELD=VALUE ...]
   python tools/k_sweep.py configs/mnist_mlp.py idx:.data/mnist 1,8,64,256 0.25
 
 Times the job's own chunk program (train.make_chunk_fn: training, the
@@ -10,9 +10,12 @@ turn (K1, K2, ..., K1, K2, ...) so that a change in the machine's load
 falls on every K alike. EPOCHS (optional) shortens the training so that a
 large K fits in minutes; the ratio between Ks is what it is for. Prints one
 JSON object: per K the median seconds per model, every timed call, and the
-compile time. A measurement, not a test.
+compile time. FIELD=VALUE pairs (e.g. model.conv_weight_grad=xla) set config
+fields, the value read as a Python literal where it is one. A measurement,
+not a test.
 """
 
+import ast
 import json
 import sys
 import time
@@ -36,9 +39,19 @@ def _call(fn, args, what) -> float:
   return seconds
 
 
-def main(config_file, source, ks, epochs=None, repeats=3):
+def main(config_file, source, ks, epochs=None, repeats=3, *fields):
   c = config_lib.from_file(config_file)
   c.data.source = source
+  for field in fields:
+    path, value = field.split('=', 1)
+    *parents, leaf = path.split('.')
+    node = c
+    for parent in parents:
+      node = node[parent]
+    try:
+      node[leaf] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      node[leaf] = value
   if epochs is not None:
     c.train.epochs = float(epochs)
   job = prepare_lib.prepare(c)
@@ -59,7 +72,8 @@ def main(config_file, source, ks, epochs=None, repeats=3):
   per_model = {k: float(np.median(seconds[k])) / k for k in ks}
   print(json.dumps(dict(
       config=config_file, source=source, backend=jax.default_backend(),
-      vectorize=c.vectorize, epochs=c.train.epochs,
+      vectorize=c.vectorize, epochs=c.train.epochs, fields=list(fields),
+      conv_weight_grad=c.model.get('conv_weight_grad'),
       steps=optimizer.step_counts(m, c.train)[1], m=m,
       per_model_s={k: round(v, 4) for k, v in per_model.items()},
       relative_to_first={k: round(v / per_model[ks[0]], 3)
