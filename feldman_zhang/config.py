@@ -228,8 +228,17 @@ def flatten(d, prefix=''):
   return out
 
 
-def result_fields(c) -> dict:
-  """The flattened fields that change what the stored models compute."""
-  return {k: v for k, v in flatten(c.to_dict()).items()
+def training_fields(d: dict) -> dict:
+  """The flattened fields of config dict d that change what a model trained
+  by it computes: all but the scheduling and implementation fields (where
+  its data lies included)."""
+  return {k: v for k, v in flatten(d).items()
           if k.split('.')[0] not in SCHEDULING_FIELDS and
-          k not in LOCATION_FIELDS and k not in IMPLEMENTATION_FIELDS}
+          k not in IMPLEMENTATION_FIELDS}
+
+
+def result_fields(c) -> dict:
+  """The flattened fields that change what the stored models compute (the
+  run records its data's fingerprint instead of where the data lies)."""
+  return {k: v for k, v in training_fields(c.to_dict()).items()
+          if k not in LOCATION_FIELDS}

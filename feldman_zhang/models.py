@@ -202,14 +202,13 @@ def create(config, num_classes: int, dtype=jnp.float32) -> nn.Module:
                    num_classes=num_classes, dtype=dtype,
                    loop_friendly=loop_friendly)
   if config.name == 'airbench':
-    # The CPU's slow weight gradient in loops: see airbench.conv_same_loop.
     if config.get('conv_weight_grad') not in ('matmul', 'xla'):
       raise ValueError('model.conv_weight_grad must be matmul or xla: '
                        'resolve the config first (resolve.resolve)')
     return airbench.Airbench(widths=tuple(config.widths),
                              num_classes=num_classes,
                              bn_momentum=config.bn_momentum, dtype=dtype,
-                             loop_friendly=config.conv_weight_grad == 'matmul')
+                             loop_friendly=loop_friendly)
   if config.name == 'linear':
     return Linear(num_classes)
   raise ValueError(f'unknown model {config.name!r}: expected one of '

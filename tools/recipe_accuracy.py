@@ -55,14 +55,12 @@ def _save(path: str, carry, identity: str, done: int, losses) -> None:
 
 
 def _training(identity: str) -> dict:
-  """What a saved state's training depends on: its identity without the
-  config's scheduling and implementation fields (config.py), as a run's
-  resume ignores them. A field added to the config since the state was
-  saved, such as cpu_models_per_device, does not orphan it."""
+  """What a saved state's training depends on: its identity with the config
+  cut to config_lib.training_fields, as a run's resume ignores the rest. A
+  field added to the config since the state was saved, such as
+  cpu_models_per_device, does not orphan it."""
   s = json.loads(identity)
-  s['config'] = {k: v for k, v in config_lib.flatten(s['config']).items()
-                 if k.split('.')[0] not in config_lib.SCHEDULING_FIELDS
-                 and k not in config_lib.IMPLEMENTATION_FIELDS}
+  s['config'] = config_lib.training_fields(s['config'])
   return s
 
 
