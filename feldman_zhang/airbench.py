@@ -91,6 +91,57 @@ def _conv_same_bwd(res, dy):
 conv_same_loop.defvjp(_conv_same_fwd, _conv_same_bwd)
 
 
+@jax.custom_vjp
+def max_pool_2x2(x):
+  """nn.max_pool(x, (2, 2), (2, 2)) of x (B, H, W, C): the same values and
+  the same gradient bit for bit, faster on the CPU.
+
+  XLA's gradient of a max-pool is select_and_scatter, 16% of an airbench
+  step on the CPU (BENCHMARKS.md). Here the forward is a reshape and a max,
+  and the gradient a mask: each window's cotangent goes to its first
+  maximal element in row-major order, where select_and_scatter's `>=`
+  puts it (ties included), and the windows do not overlap, so no sums.
+  A trailing odd row or column is dropped, as 'VALID' pooling does.
+  """
+  return _pool_windows(x).max(axis=3)
+
+
+def _pool_windows(x):
+  """(B, H, W, C) -> (B, H//2, W//2, 4, C): each 2x2 window, row-major."""
+  b, h, w, c = x.shape
+  x = x[:, :h // 2 * 2, :w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, c)
+  return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, h // 2, w // 2, 4, c)
+
+
+def _max_pool_fwd(x):
+  windows = _pool_windows(x)
+  y = windows.max(axis=3)
+  return y, (windows, y, x.shape)
+
+
+def _max_pool_bwd(res, dy):
+  windows, y, shape = res
+  b, h, w, c = shape
+  hit = windows == y[:, :, :, None]
+  # Only the first hit of each window: no earlier element was a hit.
+  first = hit & (jnp.cumsum(hit, axis=3) == 1)
+  dx = jnp.where(first, dy[:, :, :, None], jnp.zeros((), dy.dtype))
+  dx = dx.reshape(b, h // 2, w // 2, 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
+  dx = dx.reshape(b, h // 2 * 2, w // 2 * 2, c)
+  return (jnp.pad(dx, ((0, 0), (0, h % 2), (0, w % 2), (0, 0))),)
+
+
+max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def pool_2x2(loop_friendly: bool):
+  """The 2x2, stride-2 max-pool: max_pool_2x2 on the CPU (loop_friendly),
+  nn.max_pool where the accelerator's own gradient is kept."""
+  if loop_friendly:
+    return max_pool_2x2
+  return lambda x: nn.max_pool(x, (2, 2), (2, 2))
+
+
 class _Conv3x3(nn.Module):
   """A bias-free 3x3 'SAME' convolution with dirac init (see _dirac_init);
   loop_friendly: conv_same_loop's gradient (the CPU's choice)."""
@@ -124,7 +175,7 @@ class _ConvGroup(nn.Module):
                           momentum=self.bn_momentum, epsilon=1e-12,
                           dtype=self.dtype)(h)
 
-    x = nn.max_pool(conv(x), (2, 2), (2, 2))
+    x = pool_2x2(self.loop_friendly)(conv(x))
     x = nn.gelu(norm(x), approximate=False)
     return nn.gelu(norm(conv(x)), approximate=False)
 

@@ -4,9 +4,11 @@ and a tiny version that learns real CIFAR-10 images."""
 
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from conftest import ROOT
@@ -265,6 +267,49 @@ def test_loop_friendly_conv_has_xla_gradients():
   np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-5)
   np.testing.assert_array_equal(airbench.conv_same_loop(x, w),
                                 airbench._conv_same(x, w))
+
+
+@pytest.mark.parametrize('shape', [(3, 31, 31, 5), (2, 8, 8, 4),
+                                   (2, 7, 6, 3)])
+def test_max_pool_2x2_is_nn_max_pool_bit_for_bit(shape):
+  # Values in {0, 1, 2}: most windows hold tied maxima, where the cotangent
+  # must go where XLA's select_and_scatter puts it (the first, row-major).
+  x = jax.random.randint(jax.random.key(0), shape, 0, 3).astype(jnp.float32)
+  flax_pool = lambda x: nn.max_pool(x, (2, 2), (2, 2))
+  want, want_vjp = jax.vjp(flax_pool, x)
+  got, got_vjp = jax.vjp(airbench.max_pool_2x2, x)
+  np.testing.assert_array_equal(got, want)
+  dys = jax.random.normal(jax.random.key(1), (2,) + want.shape)
+  grads = lambda vjp: jax.vmap(lambda dy: vjp(dy)[0])(dys)
+  np.testing.assert_array_equal(grads(got_vjp), grads(want_vjp))
+  assert np.any(grads(got_vjp) == 0) and np.any(grads(got_vjp) != 0)
+
+
+def test_loop_friendly_airbench_has_nn_max_pools_gradient(monkeypatch):
+  """The CPU's airbench (loop_friendly) pools with max_pool_2x2: its
+  gradients are those of the same network pooled with nn.max_pool, bit
+  for bit, on images whose saturated regions tie."""
+  x, y, _, _ = random_data(8)
+  x = np.array(x)
+  x[:, 8:24, 8:24] = 255  # a constant square: tied maxima
+  model = airbench.Airbench(widths=(8, 16, 16), loop_friendly=True)
+  params, state = models.init(model, jax.random.key(0), x)
+  state = {**state, 'whiten': jax.tree.map(
+      lambda a: jax.random.normal(jax.random.key(2), a.shape), state['whiten'])}
+
+  def grads():
+    def loss(p):
+      logits = models.apply(model, p, state, x, True)[0]
+      return optax.softmax_cross_entropy_with_integer_labels(
+          logits, y).mean()
+    return jax.grad(loss)(params)
+
+  got = grads()
+  monkeypatch.setattr(airbench, 'max_pool_2x2',
+                      lambda x: nn.max_pool(x, (2, 2), (2, 2)))
+  want = grads()
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.optimized
