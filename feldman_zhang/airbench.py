@@ -96,8 +96,8 @@ def max_pool_2x2(x):
   """nn.max_pool(x, (2, 2), (2, 2)) of x (B, H, W, C): the same values and
   the same gradient bit for bit, faster on the CPU.
 
-  XLA's gradient of a max-pool is select_and_scatter, 16% of an airbench
-  step on the CPU (BENCHMARKS.md). Here the forward is a reshape and a max,
+  XLA's gradient of a max-pool is select_and_scatter, slow on the CPU:
+  this takes about 6% off an airbench step there (BENCHMARKS.md). Here the forward is a reshape and a max,
   and the gradient a mask: each window's cotangent goes to its first
   maximal element in row-major order, where select_and_scatter's `>=`
   puts it (ties included), and the windows do not overlap, so no sums.
