@@ -97,10 +97,11 @@ def max_pool_2x2(x):
   the same gradient bit for bit, faster on the CPU.
 
   XLA's gradient of a max-pool is select_and_scatter, slow on the CPU:
-  this takes about 6% off an airbench step there (BENCHMARKS.md). Here the forward is a reshape and a max,
-  and the gradient a mask: each window's cotangent goes to its first
-  maximal element in row-major order, where select_and_scatter's `>=`
-  puts it (ties included), and the windows do not overlap, so no sums.
+  this takes about 6% off an airbench step there (BENCHMARKS.md). Here the
+  forward is a reshape and a max, and the gradient a mask: each window's
+  cotangent goes to its first maximal element in row-major order, where
+  select_and_scatter's `>=` puts it (ties included), and the windows do not
+  overlap, so no sums.
   A trailing odd row or column is dropped, as 'VALID' pooling does.
   """
   return _pool_windows(x).max(axis=3)
@@ -134,12 +135,13 @@ def _max_pool_bwd(res, dy):
 max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
-def pool_2x2(loop_friendly: bool):
-  """The 2x2, stride-2 max-pool: max_pool_2x2 on the CPU (loop_friendly),
-  nn.max_pool where the accelerator's own gradient is kept."""
+def pool_2x2(x, loop_friendly: bool):
+  """The 2x2, stride-2 max-pool of x (B, H, W, C): max_pool_2x2 on the CPU
+  (loop_friendly), nn.max_pool where the accelerator's own gradient is
+  kept."""
   if loop_friendly:
-    return max_pool_2x2
-  return lambda x: nn.max_pool(x, (2, 2), (2, 2))
+    return max_pool_2x2(x)
+  return nn.max_pool(x, (2, 2), (2, 2))
 
 
 class _Conv3x3(nn.Module):
@@ -175,7 +177,7 @@ class _ConvGroup(nn.Module):
                           momentum=self.bn_momentum, epsilon=1e-12,
                           dtype=self.dtype)(h)
 
-    x = pool_2x2(self.loop_friendly)(conv(x))
+    x = pool_2x2(conv(x), self.loop_friendly)
     x = nn.gelu(norm(x), approximate=False)
     return nn.gelu(norm(conv(x)), approximate=False)
 

@@ -100,7 +100,7 @@ class CNN(nn.Module):
     del train
     h = preprocess(x, self.dtype)
     for conv in self.convs:
-      h = airbench.pool_2x2(self.loop_friendly)(nn.relu(conv(h)))
+      h = airbench.pool_2x2(nn.relu(conv(h)), self.loop_friendly)
     return nn.relu(self.fc(h.reshape(h.shape[0], -1)))
 
   def __call__(self, x, train: bool = False):
@@ -136,7 +136,7 @@ class _ConvBN(nn.Module):
     x = conv_3x3(self.features, self.loop_friendly, use_bias=False,
                  dtype=self.dtype)(x)
     if self.pool:
-      x = airbench.pool_2x2(self.loop_friendly)(x)
+      x = airbench.pool_2x2(x, self.loop_friendly)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
                      dtype=self.dtype)(x)
     return nn.relu(x)
