@@ -4,8 +4,10 @@
 # CIFAR10_NPZ (a first argument ending in .npz): CIFAR-10 as an npz, by
 # default the decoded lossless copy .data/cifar10_lossless.npz of the
 # repository (python ../shared/datasets/cifar10_lossless/to_npz.py
-# .data/cifar10_lossless.npz, then carry .data: the GPU host does not see
-# ../shared). Measures, on that copy:
+# .data/cifar10_lossless.npz; the GPU host does not see ../shared, and at
+# 176 MiB the copy travels to a lent device machine in parts:
+# launch/carry_parts.sh, and BENCHMARKS.md for the calls). Measures, on
+# that copy:
 # 0. XLA's FLOP count of one model's job, airbench against ResNet-9;
 # 1. how K models share the device: lax.map against vmap, one call each of
 #    K = 8 models (train wall time per model from the phases);
@@ -26,7 +28,9 @@ need_args 1 $#
 out=$(from_caller "$1") budget=${2:-540} models=${3:-64}
 if [[ ! -f $npz ]]; then
   echo "error: $npz does not exist; make it with python" \
-    "../shared/datasets/cifar10_lossless/to_npz.py $npz" >&2
+    "../shared/datasets/cifar10_lossless/to_npz.py $npz (on a device" \
+    "machine: launch/carry_parts.sh join .data/parts" \
+    "cifar10_lossless.npz $npz)" >&2
   exit 2
 fi
 mkdir -p "$out"
