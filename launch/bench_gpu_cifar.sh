@@ -30,7 +30,7 @@ if [[ ! -f $npz ]]; then
   echo "error: $npz does not exist; make it with python" \
     "../shared/datasets/cifar10_lossless/to_npz.py $npz (on a device" \
     "machine: launch/carry_parts.sh join .data/parts" \
-    "cifar10_lossless.npz $npz)" >&2
+    "$(basename "$npz") $npz)" >&2
   exit 2
 fi
 mkdir -p "$out"

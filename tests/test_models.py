@@ -131,7 +131,7 @@ def test_loop_friendly_convolutions_change_only_the_gradients_float_order(
     # Every convolution takes conv_same_loop's gradient and every pool
     # airbench.max_pool_2x2's, or none does.
     convs = len(MODELS[name].get('channels', ())) or 8  # ResNet-9's 8
-    pools = 2 if name == 'cnn' else 3
+    pools = convs if name == 'cnn' else 3  # a pool after each CNN conv
     calls = str(jax.make_jaxpr(loss)(params)).count('custom_vjp_call')
     assert calls == (convs + pools if grad == 'matmul' else 0), (grad, calls)
     out[grad] = (params, models.apply(model, params, state, x, False)[0],
